@@ -1,0 +1,4 @@
+//! soe-uring: the SOE reliable-UDP protocol.
+#![deny(unsafe_code)]
+
+pub mod protocol;

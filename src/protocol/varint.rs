@@ -1,0 +1,205 @@
+//! The two variable-length integer encodings of the protocol (`soe-spec.md` §8, §9).
+//!
+//! Both use a 1-byte form, a 3-byte form `FF hi lo` and a 7-byte form
+//! `FF FF FF b3 b2 b1 b0`; they differ in how `FF` followed by `00` is read:
+//!
+//! * [`multi_len`] (multi-packet sub-packet lengths, v3 readers): `FF 00` is a
+//!   1-byte 255, relying on the sub-packet that follows starting with `00`.
+//! * [`bundle_len`] (data-bundle item lengths): `FF 00 FF` is a 3-byte 255.
+//!
+//! The writers here only produce encodings that *every* known reader of that kind
+//! decodes to the same value.
+
+/// A varint ran past the end of its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated;
+
+fn read_u16_form(buf: &[u8]) -> Result<(u32, usize), Truncated> {
+    match buf {
+        [_, 0xFF, 0xFF, b3, b2, b1, b0, ..] => Ok((u32::from_be_bytes([*b3, *b2, *b1, *b0]), 7)),
+        [_, 0xFF, 0xFF, ..] => Err(Truncated),
+        [_, hi, lo, ..] => Ok((u32::from(u16::from_be_bytes([*hi, *lo])), 3)),
+        _ => Err(Truncated),
+    }
+}
+
+fn write_long_forms(value: u32, out: &mut [u8]) -> usize {
+    if value < 0xFFFF {
+        out[0] = 0xFF;
+        out[1..3].copy_from_slice(&(value as u16).to_be_bytes());
+        3
+    } else {
+        out[..3].copy_from_slice(&[0xFF; 3]);
+        out[3..7].copy_from_slice(&value.to_be_bytes());
+        7
+    }
+}
+
+/// Multi-packet sub-packet lengths (the v3 "MultiPacket varint").
+pub mod multi_len {
+    use super::{Truncated, read_u16_form, write_long_forms};
+
+    /// The longest encoding.
+    pub const MAX_LEN: usize = 7;
+
+    /// Reads a length; returns `(value, bytes consumed)`.
+    pub fn read(buf: &[u8]) -> Result<(u32, usize), Truncated> {
+        match buf {
+            [b0, ..] if *b0 < 0xFF => Ok((u32::from(*b0), 1)),
+            [0xFF, 0x00, ..] => Ok((0xFF, 1)),
+            _ => read_u16_form(buf),
+        }
+    }
+
+    /// Bytes [`write`] uses for `value` when the sub-packet starts with `first`.
+    pub fn encoded_len(value: u32, first: u8) -> usize {
+        match value {
+            0..0xFF => 1,
+            0xFF if first == 0 => 1,
+            0xFF => 7,
+            0x100..0xFFFF => 3,
+            _ => 7,
+        }
+    }
+
+    /// Writes `value`, the length of a sub-packet whose first byte is `first`, and
+    /// returns the bytes written. `out` must hold [`MAX_LEN`] bytes.
+    ///
+    /// A 255-byte sub-packet that does not start with `00` takes the 7-byte form:
+    /// v3 readers take `FF 00` as a 1-byte 255 and `FF x` (x ≠ 0) as a 3-byte form,
+    /// so neither shorter encoding would read back correctly.
+    pub fn write(value: u32, first: u8, out: &mut [u8]) -> usize {
+        match encoded_len(value, first) {
+            1 => {
+                out[0] = value as u8;
+                1
+            }
+            7 if value < 0xFFFF => {
+                out[..3].copy_from_slice(&[0xFF; 3]);
+                out[3..7].copy_from_slice(&value.to_be_bytes());
+                7
+            }
+            _ => write_long_forms(value, out),
+        }
+    }
+}
+
+/// Data-bundle (`00 19`) item lengths.
+pub mod bundle_len {
+    use super::{Truncated, read_u16_form, write_long_forms};
+
+    /// The longest encoding.
+    pub const MAX_LEN: usize = 7;
+
+    /// Reads a length; returns `(value, bytes consumed)`.
+    pub fn read(buf: &[u8]) -> Result<(u32, usize), Truncated> {
+        match buf {
+            [b0, ..] if *b0 != 0xFF => Ok((u32::from(*b0), 1)),
+            _ => read_u16_form(buf),
+        }
+    }
+
+    /// Bytes [`write`] uses for `value`.
+    pub fn encoded_len(value: u32) -> usize {
+        match value {
+            0..0xFF => 1,
+            0xFF..0xFFFF => 3,
+            _ => 7,
+        }
+    }
+
+    /// Writes `value` and returns the bytes written; `out` must hold [`MAX_LEN`] bytes.
+    pub fn write(value: u32, out: &mut [u8]) -> usize {
+        if value < 0xFF {
+            out[0] = value as u8;
+            1
+        } else {
+            write_long_forms(value, out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn v19_multi_reader() {
+        assert_eq!(multi_len::read(&[0xfe, 0x00]), Ok((254, 1)));
+        assert_eq!(multi_len::read(&[0xff, 0x00]), Ok((255, 1)));
+        assert_eq!(multi_len::read(&[0xff, 0x01, 0x00, 0x00]), Ok((256, 3)));
+        assert_eq!(multi_len::read(&[0xff, 0xfe, 0xff, 0x00]), Ok((0xFEFF, 3)));
+        assert_eq!(
+            multi_len::read(&[0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff, 0x00]),
+            Ok((0xFFFF, 7))
+        );
+        assert_eq!(multi_len::read(&[]), Err(Truncated));
+        assert_eq!(multi_len::read(&[0xff]), Err(Truncated));
+        assert_eq!(multi_len::read(&[0xff, 0x01]), Err(Truncated));
+        assert_eq!(multi_len::read(&[0xff, 0xff, 0xff, 0, 0]), Err(Truncated));
+    }
+
+    #[test]
+    fn v19_multi_encoded_sizes() {
+        assert_eq!(multi_len::encoded_len(0, 0), 1);
+        assert_eq!(multi_len::encoded_len(0xFF, 0), 1);
+        assert_eq!(multi_len::encoded_len(0x100, 0), 3);
+        assert_eq!(multi_len::encoded_len(0xFFFE, 0), 3);
+        assert_eq!(multi_len::encoded_len(0xFFFF, 0), 7);
+    }
+
+    #[test]
+    fn v20_bundle_lengths() {
+        let enc = |v: u32| {
+            let mut out = [0u8; 7];
+            let n = bundle_len::write(v, &mut out);
+            out[..n].to_vec()
+        };
+        assert_eq!(enc(0xFE), [0xfe]);
+        assert_eq!(enc(0xFF), [0xff, 0x00, 0xff]);
+        assert_eq!(enc(0xFFFF), [0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff]);
+        assert_eq!(bundle_len::read(&[0xfe]), Ok((254, 1)));
+        assert_eq!(bundle_len::read(&[0xff, 0x00, 0xff]), Ok((255, 3)));
+        assert_eq!(
+            bundle_len::read(&[0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff]),
+            Ok((0xFFFF, 7))
+        );
+        // UdpLibrary writes 254 in the 3-byte form; it reads back the same.
+        assert_eq!(bundle_len::read(&[0xff, 0x00, 0xfe]), Ok((254, 3)));
+        for (v, n) in [(0, 1), (0xFE, 1), (0xFF, 3), (0xFFFE, 3), (0xFFFF, 7)] {
+            assert_eq!(bundle_len::encoded_len(v), n);
+        }
+        assert_eq!(bundle_len::read(&[0xff, 0x00]), Err(Truncated));
+    }
+
+    proptest! {
+        #[test]
+        fn multi_len_round_trips(value: u32, first: u8, tail in proptest::collection::vec(any::<u8>(), 0..4)) {
+            let mut buf = [0u8; 7];
+            let n = multi_len::write(value, first, &mut buf);
+            prop_assert_eq!(n, multi_len::encoded_len(value, first));
+            // The reader sees the encoding followed by the sub-packet's first byte.
+            let mut wire = buf[..n].to_vec();
+            wire.push(first);
+            wire.extend(tail);
+            prop_assert_eq!(multi_len::read(&wire), Ok((value, n)));
+        }
+
+        #[test]
+        fn bundle_len_round_trips(value: u32, tail in proptest::collection::vec(any::<u8>(), 0..4)) {
+            let mut buf = [0u8; 7];
+            let n = bundle_len::write(value, &mut buf);
+            prop_assert_eq!(n, bundle_len::encoded_len(value));
+            let mut wire = buf[..n].to_vec();
+            wire.extend(tail);
+            prop_assert_eq!(bundle_len::read(&wire), Ok((value, n)));
+        }
+
+        #[test]
+        fn readers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..10)) {
+            if let Ok((_, n)) = multi_len::read(&data) { prop_assert!(n <= data.len()); }
+            if let Ok((_, n)) = bundle_len::read(&data) { prop_assert!(n <= data.len()); }
+        }
+    }
+}
