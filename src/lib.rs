@@ -1,4 +1,15 @@
 //! soe-uring: the SOE reliable-UDP protocol.
 #![deny(unsafe_code)]
 
+pub mod mux;
 pub mod protocol;
+pub mod session;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
+pub use mux::{ConnectError, MuxStats, RemoteAddr, SocketConfig, SocketEvent, SoeMultiplexer};
+pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
+pub use session::{
+    ApplicationParameters, Channel, EnqueueError, MultiLength, SessionEvent, SessionIo,
+    SessionMode, SessionParameters, SessionState, SessionStats, SoeSession, ZeroEscape,
+};

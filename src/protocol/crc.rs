@@ -134,9 +134,8 @@ mod tests {
 
     #[test]
     fn v3_append_two_bytes() {
-        let mut buf = hex(
-            "00 09 00 00 00 a9 b7 b9 43 f1 40 a4 05 8f 13 23 57 15 a3 cd 1a 53 18 d4 00 00",
-        );
+        let mut buf =
+            hex("00 09 00 00 00 a9 b7 b9 43 f1 40 a4 05 8f 13 23 57 15 a3 cd 1a 53 18 d4 00 00");
         let n = Crc32::new(0).append(&mut buf, 24, 2);
         assert_eq!(n, 26);
         assert_eq!(&buf[24..], &[0xdc, 0x51]);

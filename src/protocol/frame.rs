@@ -218,7 +218,10 @@ mod tests {
             Ok(Unframed::Contextless(OpCode::UnknownSender, &d[..]))
         );
         assert_eq!(f.unframe(&[]), Err(FrameError::Empty));
-        assert_eq!(f.unframe(&hex("00 04 00 00 00 00")), Err(FrameError::UnknownOpCode(4)));
+        assert_eq!(
+            f.unframe(&hex("00 04 00 00 00 00")),
+            Err(FrameError::UnknownOpCode(4))
+        );
     }
 
     #[test]

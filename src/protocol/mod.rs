@@ -257,10 +257,7 @@ mod tests {
         assert_eq!(OpCode::from_type_byte(0x04), None);
         assert_eq!(OpCode::from_type_byte(0x1F), None);
         assert_eq!(OpCode::from_type_byte(0xFF), None);
-        assert_eq!(
-            OpCode::from_type_byte(0x0C),
-            Some(OpCode::ReliableData(3))
-        );
+        assert_eq!(OpCode::from_type_byte(0x0C), Some(OpCode::ReliableData(3)));
         assert_eq!(
             OpCode::from_type_byte(0x16),
             Some(OpCode::AcknowledgeAll(1))

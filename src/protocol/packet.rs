@@ -564,9 +564,7 @@ impl<'a> Packet<'a> {
             OpCode::MultiPacket => Self::MultiPacket(MultiPacket::new(body)),
             OpCode::Disconnect => Self::Disconnect(Disconnect::parse_body(body)?),
             OpCode::Heartbeat => Self::Heartbeat,
-            OpCode::NetStatusRequest => {
-                Self::NetStatusRequest(NetStatusRequest::parse_body(body)?)
-            }
+            OpCode::NetStatusRequest => Self::NetStatusRequest(NetStatusRequest::parse_body(body)?),
             OpCode::NetStatusResponse => {
                 Self::NetStatusResponse(NetStatusResponse::parse_body(body)?)
             }
@@ -736,7 +734,8 @@ mod tests {
 
     #[test]
     fn v5_session_request() {
-        let bytes = hex("00 01 00 00 00 03 3c 17 8c 63 00 00 02 00 4c 6f 67 69 6e 55 64 70 5f 39 00");
+        let bytes =
+            hex("00 01 00 00 00 03 3c 17 8c 63 00 00 02 00 4c 6f 67 69 6e 55 64 70 5f 39 00");
         let p = Packet::parse(&bytes).unwrap();
         let Packet::SessionRequest(req) = p else {
             panic!("{p:?}")
@@ -833,14 +832,26 @@ mod tests {
     #[test]
     fn v8_validation_outcomes() {
         assert_eq!(Packet::parse(&[0x01]), Ok(Packet::Application(&[0x01])));
-        assert_eq!(Packet::parse(&[0x00, 0x00]), Ok(Packet::ZeroEscaped(&[0x00])));
-        assert_eq!(Packet::parse(&[0x00, 0x04]), Err(DecodeError::UnknownOpCode(4)));
-        assert_eq!(Packet::parse(&[0x00, 0xff]), Err(DecodeError::UnknownOpCode(0xff)));
+        assert_eq!(
+            Packet::parse(&[0x00, 0x00]),
+            Ok(Packet::ZeroEscaped(&[0x00]))
+        );
+        assert_eq!(
+            Packet::parse(&[0x00, 0x04]),
+            Err(DecodeError::UnknownOpCode(4))
+        );
+        assert_eq!(
+            Packet::parse(&[0x00, 0xff]),
+            Err(DecodeError::UnknownOpCode(0xff))
+        );
         assert_eq!(Packet::parse(&[0x00, 0x1d]), Ok(Packet::UnknownSender));
         assert_eq!(Packet::parse(&[]), Err(DecodeError::Empty));
         assert_eq!(Packet::parse(&[0x00]), Ok(Packet::Application(&[0x00])));
         // A reliable packet needs at least one payload byte.
-        assert_eq!(Packet::parse(&[0x00, 0x09, 0x00]), Err(DecodeError::TooShort));
+        assert_eq!(
+            Packet::parse(&[0x00, 0x09, 0x00]),
+            Err(DecodeError::TooShort)
+        );
         assert_eq!(
             Packet::parse(&[0x00, 0x09, 0x00, 0x00]),
             Err(DecodeError::TooShort)
@@ -948,7 +959,9 @@ mod tests {
 
     #[test]
     fn v26_net_status() {
-        let req = hex("00 07 fb 5c 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 01 eb d8");
+        let req = hex(
+            "00 07 fb 5c 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 01 eb d8",
+        );
         let Ok(Packet::NetStatusRequest(r)) = Packet::parse(&req) else {
             panic!()
         };
@@ -956,7 +969,9 @@ mod tests {
         assert_eq!(r.our_sent, 2);
         assert_eq!(r.our_received, 1);
         assert_eq!(emitted(&Packet::NetStatusRequest(r)), req[..40]);
-        let reply = hex("00 08 fb 5c 21 27 c5 3c 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 83 d4");
+        let reply = hex(
+            "00 08 fb 5c 21 27 c5 3c 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 83 d4",
+        );
         let Ok(Packet::NetStatusResponse(r)) = Packet::parse(&reply) else {
             panic!()
         };

@@ -1,0 +1,757 @@
+//! Many sessions over one socket, keyed by remote address.
+//!
+//! [`SoeMultiplexer`] owns the sessions of one socket (or one shard). It is sans-IO:
+//! the caller feeds datagrams with their source address and the time, and drains
+//! datagrams to send and events to handle.
+//!
+//! # Driving it
+//! 1. For each received datagram: [`SoeMultiplexer::process_incoming`].
+//! 2. Application commands: [`SoeMultiplexer::connect`],
+//!    [`SoeMultiplexer::enqueue_data_on`], [`SoeMultiplexer::terminate`].
+//! 3. Once per loop turn: [`SoeMultiplexer::run_tick`] runs the timers that are due
+//!    and flushes every session touched since the last call. This is where datagrams
+//!    are produced, so messages enqueued in one turn share datagrams.
+//! 4. Send [`SoeMultiplexer::outgoing`] and [`SoeMultiplexer::consume_outgoing`]
+//!    what went out; handle [`SoeMultiplexer::poll_event`].
+//! 5. Sleep until [`SoeMultiplexer::next_deadline`] or the next datagram.
+//!
+//! Timers live in a heap keyed by each session's next deadline, so a tick costs
+//! O(sessions due · log n), not O(sessions). Outgoing datagrams accumulate in one
+//! reusable buffer and delivered messages are slices of a shared arena: the steady
+//! state does not allocate per datagram.
+//!
+//! # Limits
+//! * `max_sessions` sessions; further SessionRequests are dropped and counted.
+//! * `max_half_open_sessions` server sessions that answered a request but have not
+//!   heard from the client since. When full, the oldest half-open session makes room
+//!   for the new request (counted as `evicted_half_open`): a flood of forged
+//!   SessionRequests churns this pool instead of locking clients out. Half-open
+//!   sessions otherwise expire with the inactivity timeout, as in `soe-protocol`.
+//! * Per-session caps: see [`SessionParameters`].
+//!
+//! # Events
+//! Per session, `SessionOpened` comes before any `DataReceived` and `SessionClosed`
+//! after all of them. A server session the application never saw opened (a
+//! rejected handshake, an expired half-open session) closes silently; a client
+//! session always reports its `SessionClosed` (e.g. `ConnectFail`).
+
+mod ids;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::protocol::{DisconnectReason, OpCode, Packet};
+use crate::session::{
+    ApplicationParameters, Channel, EnqueueError, SessionEvent, SessionIo, SessionMode,
+    SessionParameters, SessionState, SessionStats, SoeSession,
+};
+
+use self::ids::IdSource;
+
+/// An address that keys a session.
+///
+/// `same_host` guards port remapping: a session may move to another port of the
+/// same host, never to another host.
+pub trait RemoteAddr: Clone + Eq + Hash {
+    /// Whether both addresses belong to the same host (ignoring ports).
+    fn same_host(&self, other: &Self) -> bool;
+}
+
+impl RemoteAddr for SocketAddr {
+    fn same_host(&self, other: &Self) -> bool {
+        self.ip() == other.ip()
+    }
+}
+
+/// Multiplexer configuration. The first four fields follow `soe-protocol` 2.3.0.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// Parameters every new session starts from.
+    pub default_session_params: SessionParameters,
+    /// Parameters shared by all sessions (RC4 key).
+    pub app_params: ApplicationParameters,
+    /// Let a session move to a new port of the same host when it proves ownership
+    /// with its session id and CRC seed (RemapConnection). Off by default.
+    pub allow_port_remaps: bool,
+    /// Seed for session ids and CRC seeds. `None` (the default) draws them from the
+    /// OS CSPRNG; `Some` makes them deterministic, for tests and simulations only.
+    pub rng_seed: Option<u64>,
+    /// Most sessions at once (default 65 536).
+    pub max_sessions: usize,
+    /// Most half-open server sessions at once (default 4 096); the oldest is evicted
+    /// to admit a new one.
+    pub max_half_open_sessions: usize,
+    /// Answer datagrams from unknown addresses with UnknownSender (`00 1D`), as
+    /// UdpLibrary does. Off by default, as in `soe-protocol`.
+    pub reply_unknown_sender: bool,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            default_session_params: SessionParameters::default(),
+            app_params: ApplicationParameters::default(),
+            allow_port_remaps: false,
+            rng_seed: None,
+            max_sessions: 65_536,
+            max_half_open_sessions: 4_096,
+            reply_unknown_sender: false,
+        }
+    }
+}
+
+/// What happened to a session, tagged with its remote address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketEvent<A> {
+    /// A session is established.
+    SessionOpened {
+        /// The peer.
+        remote: A,
+    },
+    /// A message arrived.
+    DataReceived {
+        /// The peer.
+        remote: A,
+        /// The message.
+        data: Bytes,
+        /// The channel it arrived on.
+        channel: Channel,
+    },
+    /// A session ended.
+    SessionClosed {
+        /// The peer.
+        remote: A,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why [`SoeMultiplexer::connect`] did not start a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// A session with that address exists already.
+    #[error("a session with this address exists")]
+    AlreadyConnected,
+    /// `max_sessions` reached.
+    #[error("session limit reached")]
+    TooManySessions,
+}
+
+/// Multiplexer counters. Session counters include sessions that have ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MuxStats {
+    /// Sum of every session's counters.
+    pub sessions: SessionStats,
+    /// Sessions live now.
+    pub sessions_live: u64,
+    /// Sessions that reached `SessionOpened`.
+    pub sessions_opened: u64,
+    /// Sessions ended, indexed by [`DisconnectReason`] wire value.
+    pub sessions_closed: [u64; 17],
+    /// SessionRequests dropped because `max_sessions` was reached.
+    pub refused_session_limit: u64,
+    /// Half-open sessions evicted to admit newer SessionRequests.
+    pub evicted_half_open: u64,
+    /// SessionRequests refused for a protocol name or version mismatch.
+    pub refused_protocol_mismatch: u64,
+    /// Datagrams from addresses without a session (other than SessionRequest).
+    pub unknown_sender_datagrams: u64,
+    /// Sessions moved to a new port.
+    pub remaps: u64,
+    /// RemapConnection requests refused.
+    pub remaps_refused: u64,
+}
+
+impl MuxStats {
+    /// Adds every counter of `other` into `self`.
+    pub fn add(&mut self, other: &Self) {
+        self.sessions.add(&other.sessions);
+        self.sessions_live += other.sessions_live;
+        self.sessions_opened += other.sessions_opened;
+        for (a, b) in self.sessions_closed.iter_mut().zip(other.sessions_closed) {
+            *a += b;
+        }
+        self.refused_session_limit += other.refused_session_limit;
+        self.evicted_half_open += other.evicted_half_open;
+        self.refused_protocol_mismatch += other.refused_protocol_mismatch;
+        self.unknown_sender_datagrams += other.unknown_sender_datagrams;
+        self.remaps += other.remaps;
+        self.remaps_refused += other.remaps_refused;
+    }
+
+    /// Sessions closed for `reason`.
+    pub fn closed_by(&self, reason: DisconnectReason) -> u64 {
+        self.sessions_closed[usize::from(reason.as_u16())]
+    }
+}
+
+#[derive(Debug)]
+struct Entry<A> {
+    addr: A,
+    session: SoeSession,
+    scheduled: Option<Instant>,
+    dirty: bool,
+    opened: bool,
+    half_open: bool,
+}
+
+/// Sessions over one socket, keyed by remote address. See the [module docs](self).
+#[derive(Debug)]
+pub struct SoeMultiplexer<A: RemoteAddr> {
+    config: SocketConfig,
+    index: HashMap<A, u32>,
+    by_credentials: HashMap<(u32, u32), A>,
+    slots: Vec<Option<Entry<A>>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    dirty: Vec<u32>,
+    io: SessionIo,
+    out_addrs: Vec<A>,
+    events: VecDeque<SocketEvent<A>>,
+    ids: IdSource,
+    half_open: usize,
+    /// Half-open sessions in admission order (entries may be stale).
+    half_open_order: VecDeque<(u32, u32)>,
+    stats: MuxStats,
+    retired: SessionStats,
+}
+
+impl<A: RemoteAddr> SoeMultiplexer<A> {
+    /// An empty multiplexer.
+    pub fn new(config: SocketConfig) -> Self {
+        let ids = IdSource::new(config.rng_seed);
+        Self {
+            config,
+            index: HashMap::new(),
+            by_credentials: HashMap::new(),
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            io: SessionIo::new(),
+            out_addrs: Vec::new(),
+            events: VecDeque::new(),
+            ids,
+            half_open: 0,
+            half_open_order: VecDeque::new(),
+            stats: MuxStats::default(),
+            retired: SessionStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SocketConfig {
+        &self.config
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Half-open server sessions.
+    pub fn half_open_count(&self) -> usize {
+        self.half_open
+    }
+
+    /// The session with `remote`, if any.
+    pub fn session(&self, remote: &A) -> Option<&SoeSession> {
+        let slot = *self.index.get(remote)?;
+        self.slots[slot as usize].as_ref().map(|e| &e.session)
+    }
+
+    /// Remote addresses of every live session.
+    pub fn remotes(&self) -> impl Iterator<Item = &A> {
+        self.index.keys()
+    }
+
+    /// Counters, summed over live and ended sessions.
+    pub fn stats(&self) -> MuxStats {
+        let mut stats = self.stats.clone();
+        stats.sessions = self.retired;
+        for entry in self.slots.iter().flatten() {
+            stats.sessions.add(&entry.session.stats());
+        }
+        stats.sessions_live = self.index.len() as u64;
+        stats
+    }
+
+    /// Opens a client session to `remote`; its SessionRequest goes out with the next
+    /// [`SoeMultiplexer::run_tick`] and is repeated until answered or
+    /// `connect_timeout` passes (then `SessionClosed(ConnectFail)`).
+    pub fn connect(&mut self, remote: A, now: Instant) -> Result<(), ConnectError> {
+        if self.index.contains_key(&remote) {
+            return Err(ConnectError::AlreadyConnected);
+        }
+        if self.index.len() >= self.config.max_sessions {
+            return Err(ConnectError::TooManySessions);
+        }
+        let session = SoeSession::new(
+            SessionMode::Client,
+            self.config.default_session_params.clone(),
+            self.config.app_params.clone(),
+            self.ids.next_u64(),
+            now,
+        );
+        let slot = self.insert(remote, session);
+        self.after_call(slot, now);
+        Ok(())
+    }
+
+    /// Queues `data` for `remote` on reliable channel 0.
+    pub fn enqueue_data(&mut self, remote: &A, data: &[u8]) -> Result<(), EnqueueError> {
+        self.enqueue_data_on(remote, data, Channel::Reliable(0))
+    }
+
+    /// Queues `data` for `remote` on `channel`. It is sent at the next
+    /// [`SoeMultiplexer::run_tick`] (or [`SoeMultiplexer::flush`]), together with
+    /// whatever else is due for that peer. On error nothing was queued.
+    pub fn enqueue_data_on(
+        &mut self,
+        remote: &A,
+        data: &[u8],
+        channel: Channel,
+    ) -> Result<(), EnqueueError> {
+        let slot = *self.index.get(remote).ok_or(EnqueueError::NoSession)?;
+        let entry = self.slots[slot as usize]
+            .as_mut()
+            .ok_or(EnqueueError::NoSession)?;
+        entry.session.enqueue(data, channel)?;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Ends the session with `remote`, sending it a Disconnect with `reason`.
+    pub fn terminate(&mut self, remote: &A, reason: DisconnectReason, now: Instant) {
+        if let Some(&slot) = self.index.get(remote) {
+            if let Some(entry) = self.slots[slot as usize].as_mut() {
+                entry.session.terminate(reason, true, now, &mut self.io);
+            }
+            self.after_call(slot, now);
+        }
+    }
+
+    /// Ends every session (Disconnect with `reason` to each peer) and returns every
+    /// datagram still waiting, as `soe-protocol` does. For graceful shutdown.
+    pub fn terminate_all(&mut self, reason: DisconnectReason, now: Instant) -> Vec<(A, Bytes)> {
+        let slots: Vec<u32> = self.index.values().copied().collect();
+        for slot in slots {
+            if let Some(entry) = self.slots[slot as usize].as_mut() {
+                entry.session.terminate(reason, true, now, &mut self.io);
+            }
+            self.after_call(slot, now);
+        }
+        self.take_outgoing()
+    }
+
+    /// Processes one datagram from `remote`.
+    pub fn process_incoming(&mut self, remote: A, datagram: impl AsRef<[u8]>, now: Instant) {
+        let datagram = datagram.as_ref();
+        if let Some(&slot) = self.index.get(&remote) {
+            if self.is_new_incarnation(slot, datagram) {
+                // The peer restarted with a new session id: the old session is gone
+                // for it, so end ours quietly and treat the request as new.
+                if let Some(entry) = self.slots[slot as usize].as_mut() {
+                    entry.session.terminate(
+                        DisconnectReason::NewConnectionAttempt,
+                        false,
+                        now,
+                        &mut self.io,
+                    );
+                }
+                self.after_call(slot, now);
+            } else {
+                if let Some(entry) = self.slots[slot as usize].as_mut() {
+                    entry.session.handle_datagram(datagram, now, &mut self.io);
+                }
+                self.after_call(slot, now);
+                return;
+            }
+        }
+        self.handle_unknown_sender(remote, datagram, now);
+    }
+
+    fn is_new_incarnation(&self, slot: u32, datagram: &[u8]) -> bool {
+        let Some(entry) = self.slots[slot as usize].as_ref() else {
+            return false;
+        };
+        if entry.session.mode() != SessionMode::Server || datagram.get(..2) != Some(&[0, 1]) {
+            return false;
+        }
+        matches!(Packet::parse(datagram), Ok(Packet::SessionRequest(r)) if r.session_id != entry.session.session_id())
+    }
+
+    fn handle_unknown_sender(&mut self, remote: A, datagram: &[u8], now: Instant) {
+        match datagram {
+            [0, ty, ..] if *ty == OpCode::SessionRequest.type_byte() => {
+                self.admit(remote, datagram, now)
+            }
+            [0, ty, ..] if *ty == OpCode::RemapConnection.type_byte() => {
+                self.remap(remote, datagram, now)
+            }
+            [0, ty, ..]
+                if *ty == OpCode::UnknownSender.type_byte()
+                    || *ty == OpCode::Disconnect.type_byte() =>
+            {
+                self.stats.unknown_sender_datagrams += 1;
+            }
+            _ => {
+                self.stats.unknown_sender_datagrams += 1;
+                if self.config.reply_unknown_sender {
+                    let start = self.io.tx_bytes.len();
+                    self.io
+                        .tx_bytes
+                        .extend_from_slice(&OpCode::UnknownSender.to_bytes());
+                    self.io.end_datagram(start);
+                    self.out_addrs.push(remote);
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, remote: A, request: &[u8], now: Instant) {
+        if self.index.len() >= self.config.max_sessions {
+            self.stats.refused_session_limit += 1;
+            return;
+        }
+        while self.half_open >= self.config.max_half_open_sessions.max(1) {
+            self.evict_oldest_half_open(now);
+        }
+        let session = SoeSession::new(
+            SessionMode::Server,
+            self.config.default_session_params.clone(),
+            self.config.app_params.clone(),
+            self.ids.next_u64(),
+            now,
+        );
+        let slot = self.insert(remote, session);
+        if let Some(entry) = self.slots[slot as usize].as_mut() {
+            entry.session.handle_datagram(request, now, &mut self.io);
+            if entry.session.termination_reason() == DisconnectReason::ProtocolMismatch {
+                self.stats.refused_protocol_mismatch += 1;
+            }
+        }
+        self.after_call(slot, now);
+    }
+
+    fn evict_oldest_half_open(&mut self, now: Instant) {
+        while let Some((slot, generation)) = self.half_open_order.pop_front() {
+            let live = self.generations[slot as usize] == generation
+                && self.slots[slot as usize]
+                    .as_ref()
+                    .is_some_and(|e| e.half_open);
+            if live {
+                if let Some(entry) = self.slots[slot as usize].as_mut() {
+                    entry.session.terminate(
+                        DisconnectReason::ConnectionRefused,
+                        false,
+                        now,
+                        &mut self.io,
+                    );
+                }
+                self.stats.evicted_half_open += 1;
+                self.after_call(slot, now);
+                return;
+            }
+        }
+        // The order queue and the counter disagree; cannot happen, but never spin.
+        self.half_open = 0;
+    }
+
+    fn remap(&mut self, remote: A, datagram: &[u8], now: Instant) {
+        let Ok(Packet::RemapConnection(remap)) = Packet::parse(datagram) else {
+            self.stats.unknown_sender_datagrams += 1;
+            return;
+        };
+        if !self.config.allow_port_remaps {
+            self.stats.remaps_refused += 1;
+            return;
+        }
+        let Some(old) = self
+            .by_credentials
+            .get(&(remap.session_id, remap.crc_seed))
+            .cloned()
+        else {
+            self.stats.remaps_refused += 1;
+            return;
+        };
+        if old == remote || !old.same_host(&remote) {
+            self.stats.remaps_refused += 1;
+            return;
+        }
+        let Some(slot) = self.index.remove(&old) else {
+            self.stats.remaps_refused += 1;
+            return;
+        };
+        self.index.insert(remote.clone(), slot);
+        self.by_credentials
+            .insert((remap.session_id, remap.crc_seed), remote.clone());
+        if let Some(entry) = self.slots[slot as usize].as_mut() {
+            entry.addr = remote;
+        }
+        self.stats.remaps += 1;
+        self.after_call(slot, now);
+    }
+
+    fn insert(&mut self, remote: A, session: SoeSession) -> u32 {
+        let entry = Entry {
+            addr: remote.clone(),
+            session,
+            scheduled: None,
+            dirty: false,
+            opened: false,
+            half_open: false,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(remote, slot);
+        slot
+    }
+
+    /// Bookkeeping after any call into a session: events get their address, new
+    /// datagrams their destination, the session is marked for flushing and its timer
+    /// rescheduled; an ended session is removed.
+    fn after_call(&mut self, slot: u32, _now: Instant) {
+        if self.mark(slot) {
+            self.reschedule(slot);
+        }
+    }
+
+    /// Collects a session's output and queues it for the next flush; removes it if
+    /// it ended. Returns whether it is still live.
+    fn mark(&mut self, slot: u32) -> bool {
+        self.collect(slot);
+        let Some(entry) = self.slots[slot as usize].as_mut() else {
+            return false;
+        };
+        if entry.session.state() == SessionState::Terminated {
+            self.remove(slot);
+            return false;
+        }
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(slot);
+        }
+        true
+    }
+
+    /// Moves session events and datagrams out of the shared io, tagged with `slot`'s
+    /// address.
+    fn collect(&mut self, slot: u32) {
+        let Some(entry) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        while self.out_addrs.len() < self.io.raw_datagram_len() {
+            self.out_addrs.push(entry.addr.clone());
+        }
+        let half_open = entry.session.is_half_open();
+        if half_open != entry.half_open {
+            entry.half_open = half_open;
+            if half_open {
+                self.half_open += 1;
+                self.half_open_order
+                    .push_back((slot, self.generations[slot as usize]));
+            } else {
+                self.half_open -= 1;
+            }
+        }
+        for event in self.io.events.drain(..) {
+            let remote = entry.addr.clone();
+            let event = match event {
+                SessionEvent::Opened => {
+                    entry.opened = true;
+                    self.stats.sessions_opened += 1;
+                    if entry.session.mode() == SessionMode::Server && self.config.allow_port_remaps
+                    {
+                        self.by_credentials.insert(
+                            (entry.session.session_id(), entry.session.crc_seed()),
+                            remote.clone(),
+                        );
+                    }
+                    SocketEvent::SessionOpened { remote }
+                }
+                SessionEvent::DataReceived { data, channel } => SocketEvent::DataReceived {
+                    remote,
+                    data,
+                    channel,
+                },
+                SessionEvent::Closed(reason) => {
+                    self.stats.sessions_closed[usize::from(reason.as_u16())] += 1;
+                    if !entry.opened && entry.session.mode() == SessionMode::Server {
+                        continue;
+                    }
+                    SocketEvent::SessionClosed { remote, reason }
+                }
+            };
+            self.events.push_back(event);
+        }
+    }
+
+    fn reschedule(&mut self, slot: u32) {
+        let Some(entry) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        if let Some(deadline) = entry.session.next_deadline()
+            && entry.scheduled.is_none_or(|s| deadline < s)
+        {
+            entry.scheduled = Some(deadline);
+            self.timers
+                .push(Reverse((deadline, slot, self.generations[slot as usize])));
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let Some(entry) = self.slots[slot as usize].take() else {
+            return;
+        };
+        if entry.half_open {
+            self.half_open -= 1;
+        }
+        if self.index.get(&entry.addr) == Some(&slot) {
+            self.index.remove(&entry.addr);
+        }
+        let credentials = (entry.session.session_id(), entry.session.crc_seed());
+        if self.by_credentials.get(&credentials) == Some(&entry.addr) {
+            self.by_credentials.remove(&credentials);
+        }
+        self.retired.add(&entry.session.stats());
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        self.free.push(slot);
+    }
+
+    /// Runs due timers, then flushes every session touched since the last flush.
+    pub fn run_tick(&mut self, now: Instant) {
+        while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            if self.generations[slot as usize] != generation {
+                continue;
+            }
+            let Some(entry) = self.slots[slot as usize].as_mut() else {
+                continue;
+            };
+            if entry.scheduled != Some(deadline) {
+                continue;
+            }
+            entry.scheduled = None;
+            entry.session.handle_timeout(now, &mut self.io);
+            // Rescheduled by the flush below: what is due now (acks, resends) only
+            // clears once flushed.
+            self.mark(slot);
+        }
+        self.flush(now);
+    }
+
+    /// Flushes every session touched since the last flush (no timers).
+    pub fn flush(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            let Some(entry) = self.slots[slot as usize].as_mut() else {
+                continue;
+            };
+            entry.dirty = false;
+            entry.session.flush(now, &mut self.io);
+            self.collect(slot);
+            if self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|e| e.session.state() == SessionState::Terminated)
+            {
+                self.remove(slot);
+            } else {
+                self.reschedule(slot);
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// The earliest time a timer may be due. May be early (a spurious wake-up is
+    /// harmless); never late. `None` with no sessions.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Whether sessions were touched since the last flush.
+    pub fn needs_flush(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Datagrams waiting to be sent.
+    pub fn outgoing_len(&self) -> usize {
+        self.io.datagram_count()
+    }
+
+    /// The `i`-th waiting datagram and its destination.
+    pub fn outgoing(&self, i: usize) -> (&A, &[u8]) {
+        let head = self.io.raw_datagram_len() - self.io.datagram_count();
+        (&self.out_addrs[head + i], self.io.datagram(i))
+    }
+
+    /// Every waiting datagram and its destination, oldest first.
+    pub fn outgoing_iter(&self) -> impl Iterator<Item = (&A, &[u8])> {
+        let head = self.io.raw_datagram_len() - self.io.datagram_count();
+        self.out_addrs[head..].iter().zip(self.io.datagrams())
+    }
+
+    /// Marks the oldest `n` waiting datagrams as sent (or dropped).
+    pub fn consume_outgoing(&mut self, n: usize) {
+        self.io.consume_datagrams(n);
+        if self.io.datagram_count() == 0 {
+            self.out_addrs.clear();
+        }
+    }
+
+    /// Takes every waiting datagram as owned buffers (allocates; the
+    /// `outgoing`/`consume_outgoing` pair does not).
+    pub fn take_outgoing(&mut self) -> Vec<(A, Bytes)> {
+        let out = self
+            .outgoing_iter()
+            .map(|(a, d)| (a.clone(), Bytes::copy_from_slice(d)))
+            .collect();
+        self.consume_outgoing(usize::MAX);
+        out
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<SocketEvent<A>> {
+        self.events.pop_front()
+    }
+
+    /// Events waiting.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Takes every waiting event (allocates; [`SoeMultiplexer::poll_event`] does not).
+    pub fn take_events(&mut self) -> Vec<SocketEvent<A>> {
+        self.events.drain(..).collect()
+    }
+
+    /// Iterates and removes the waiting events.
+    pub fn drain_events(&mut self) -> std::collections::vec_deque::Drain<'_, SocketEvent<A>> {
+        self.events.drain(..)
+    }
+}

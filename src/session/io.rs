@@ -1,0 +1,141 @@
+//! The buffers a session reads from and writes into, owned once per multiplexer.
+//!
+//! Sessions keep no output queues of their own: every call that can produce
+//! datagrams or events takes a `&mut SessionIo`, appends to it, and the caller drains
+//! it. Its buffers keep their capacity across calls, so steady-state traffic does
+//! not allocate per datagram:
+//!
+//! * outgoing datagrams are appended to one byte buffer with a list of ranges;
+//! * delivered application data is copied into a shared receive arena and handed
+//!   out as [`Bytes`] slices of it (one allocation per arena chunk, not per
+//!   message);
+//! * zlib state and scratch buffers are reused.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use super::SessionEvent;
+use crate::protocol::{Compressor, Decompressor};
+
+/// Size of one receive-arena chunk.
+const ARENA_CHUNK: usize = 64 << 10;
+/// Payloads at least this large are handed over without copying into the arena.
+const ARENA_MAX_COPY: usize = 16 << 10;
+
+/// Scratch buffers and output queues shared by the sessions of one multiplexer.
+#[derive(Debug)]
+pub struct SessionIo {
+    pub(crate) tx_bytes: Vec<u8>,
+    tx_ranges: Vec<Range<usize>>,
+    /// Index of the first datagram not yet drained by the caller.
+    tx_head: usize,
+    pub(crate) events: Vec<SessionEvent>,
+    arena: BytesMut,
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) inflated: Vec<u8>,
+    pub(crate) compressor: Option<(u32, Compressor)>,
+    pub(crate) decompressor: Decompressor,
+}
+
+impl Default for SessionIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionIo {
+    /// Empty buffers.
+    pub fn new() -> Self {
+        Self {
+            tx_bytes: Vec::new(),
+            tx_ranges: Vec::new(),
+            tx_head: 0,
+            events: Vec::new(),
+            arena: BytesMut::new(),
+            scratch: Vec::new(),
+            inflated: Vec::new(),
+            compressor: None,
+            decompressor: Decompressor::new(),
+        }
+    }
+
+    /// Datagrams produced and not yet consumed, oldest first.
+    pub fn datagrams(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.tx_ranges[self.tx_head..]
+            .iter()
+            .map(|r| &self.tx_bytes[r.clone()])
+    }
+
+    /// Number of datagrams waiting.
+    pub fn datagram_count(&self) -> usize {
+        self.tx_ranges.len() - self.tx_head
+    }
+
+    /// The `i`-th waiting datagram.
+    pub fn datagram(&self, i: usize) -> &[u8] {
+        &self.tx_bytes[self.tx_ranges[self.tx_head + i].clone()]
+    }
+
+    /// Marks the oldest `n` waiting datagrams as sent.
+    pub fn consume_datagrams(&mut self, n: usize) {
+        self.tx_head = (self.tx_head + n).min(self.tx_ranges.len());
+        if self.tx_head == self.tx_ranges.len() {
+            self.tx_ranges.clear();
+            self.tx_bytes.clear();
+            self.tx_head = 0;
+        }
+    }
+
+    /// Drops every waiting datagram.
+    pub fn clear_datagrams(&mut self) {
+        self.consume_datagrams(usize::MAX);
+    }
+
+    /// Session events produced and not yet taken.
+    pub fn events(&self) -> &[SessionEvent] {
+        &self.events
+    }
+
+    /// Takes the waiting events, keeping the buffer's capacity.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, SessionEvent> {
+        self.events.drain(..)
+    }
+
+    /// Total datagrams ever appended and still in the buffer (including consumed).
+    pub(crate) fn raw_datagram_len(&self) -> usize {
+        self.tx_ranges.len()
+    }
+
+    /// Records `tx_bytes[start..]` as one datagram.
+    pub(crate) fn end_datagram(&mut self, start: usize) {
+        let end = self.tx_bytes.len();
+        debug_assert!(end > start);
+        self.tx_ranges.push(start..end);
+    }
+
+    /// Copies `bytes` (transformed in place by `transform`) into the receive arena
+    /// and returns them as a shared slice.
+    pub(crate) fn deliver(&mut self, bytes: &[u8], transform: impl FnOnce(&mut [u8])) -> Bytes {
+        if bytes.len() >= ARENA_MAX_COPY {
+            let mut own = bytes.to_vec();
+            transform(&mut own);
+            return Bytes::from(own);
+        }
+        if self.arena.capacity() - self.arena.len() < bytes.len() {
+            // Reclaims the chunk in place when every earlier slice has been dropped.
+            self.arena.reserve(ARENA_CHUNK.max(bytes.len()));
+        }
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        transform(&mut self.arena[start..]);
+        self.arena.split().freeze()
+    }
+
+    pub(crate) fn compressor(&mut self, level: u32) -> &mut Compressor {
+        if self.compressor.as_ref().is_none_or(|(l, _)| *l != level) {
+            self.compressor = Some((level, Compressor::new(level)));
+        }
+        &mut self.compressor.as_mut().expect("just set").1
+    }
+}

@@ -1,0 +1,1075 @@
+//! One SOE session: handshake, reliable and unreliable channels, heartbeats, timers.
+//!
+//! [`SoeSession`] is a deterministic state machine. It never reads a clock or touches
+//! a socket: every input carries `now`, and every output is appended to a
+//! [`SessionIo`] the caller owns (usually a [`crate::mux::SoeMultiplexer`]).
+//!
+//! # Calls
+//! * **Inputs**: [`SoeSession::handle_datagram`] for each datagram from the peer;
+//!   [`SoeSession::handle_timeout`] when [`SoeSession::next_deadline`] has passed.
+//! * **Commands**: [`SoeSession::enqueue`], [`SoeSession::terminate`].
+//! * **Output**: [`SoeSession::flush`] writes every datagram due now (handshake,
+//!   acks, heartbeats, retransmissions, new data) into the `SessionIo`, coalesced.
+//!   Call it after a batch of inputs and commands; it is cheap when there is
+//!   nothing to send.
+//! * **Queries**: [`SoeSession::next_deadline`], state, ids, [`SoeSession::stats`].
+//!
+//! Time passed in must never go backwards.
+
+mod assembler;
+mod io;
+mod params;
+mod reliable_rx;
+mod reliable_tx;
+mod rtt;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use self::assembler::{Assembler, Compression};
+use self::reliable_rx::{AckPolicy, ReliableReceiver, RxCounters, RxError};
+use self::reliable_tx::{AckOutcome, PacketRules, RELIABLE_HEADER_LEN, ReliableSender};
+use self::rtt::RttEstimator;
+use crate::protocol::packet::{MultiPacket, SessionRequest, SessionResponse};
+use crate::protocol::{
+    Disconnect, DisconnectReason, FrameError, Framing, NetStatusRequest, NetStatusResponse,
+    OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet, RELIABLE_CHANNEL_COUNT,
+    Rc4KeyState, Unframed,
+};
+
+pub use self::io::SessionIo;
+pub use self::params::{ApplicationParameters, MultiLength, SessionParameters, ZeroEscape};
+
+/// Nesting limit for multi-packets and bundles inside multi-packets.
+const MAX_NESTING: u8 = 4;
+
+/// Which side of the handshake a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionMode {
+    /// Sends the SessionRequest.
+    Client,
+    /// Answers a SessionRequest.
+    Server,
+}
+
+/// Lifecycle of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// A client waiting for the SessionResponse.
+    Negotiating,
+    /// Established.
+    Running,
+    /// Ended; see [`SoeSession::termination_reason`].
+    Terminated,
+}
+
+/// The channel a message is sent or was received on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Reliable, ordered channel 0..=3, each with its own sequence space and cipher.
+    Reliable(usize),
+    /// Best effort, unordered; RC4 never applies. Payloads larger than a datagram
+    /// are promoted to `Reliable(0)`.
+    Unreliable,
+    /// Best effort, but stale packets are dropped (UdpLibrary "ordered", `00 1B`).
+    /// Only UdpLibrary peers understand it: `soe-protocol` ends the session on it.
+    Ordered,
+}
+
+/// What a session reports to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The session is established. A server reports it when the first packet after
+    /// its SessionResponse arrives (proof the client got the response).
+    Opened,
+    /// A message arrived.
+    DataReceived {
+        /// The message.
+        data: Bytes,
+        /// Where it arrived.
+        channel: Channel,
+    },
+    /// The session ended; always the last event.
+    Closed(DisconnectReason),
+}
+
+/// Why a message was not queued. The caller keeps the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// There is no session for that address.
+    #[error("no session for this address")]
+    NoSession,
+    /// The session is not established (negotiating) or has ended.
+    #[error("session is not running")]
+    NotRunning,
+    /// `Channel::Reliable(n)` with `n > 3`.
+    #[error("reliable channel index out of range (0..=3)")]
+    InvalidChannel,
+    /// Empty payloads cannot be represented on every channel and are refused.
+    #[error("empty payload")]
+    Empty,
+    /// `max_pending_bytes` would be exceeded: back off until the peer catches up.
+    #[error("outgoing queue full")]
+    QueueFull,
+}
+
+/// Per-session counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Datagrams handed to the socket.
+    pub datagrams_sent: u64,
+    /// Bytes of those datagrams.
+    pub bytes_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Bytes of those datagrams.
+    pub bytes_received: u64,
+    /// Messages accepted by `enqueue`.
+    pub messages_enqueued: u64,
+    /// Messages delivered to the application.
+    pub messages_delivered: u64,
+    /// Bytes of those messages.
+    pub bytes_delivered: u64,
+    /// Reliable packets sent for the first time.
+    pub reliable_packets_sent: u64,
+    /// Reliable packets retransmitted.
+    pub reliable_packets_resent: u64,
+    /// Ack and AckAll packets sent.
+    pub acks_sent: u64,
+    /// Ack and AckAll packets received.
+    pub acks_received: u64,
+    /// Datagrams dropped for a bad CRC.
+    pub crc_failures: u64,
+    /// Datagrams dropped as malformed (too short, unknown op code, bad framing).
+    pub malformed_datagrams: u64,
+    /// Reliable packets received again.
+    pub duplicate_packets: u64,
+    /// Reliable packets received ahead of a gap.
+    pub out_of_order_packets: u64,
+    /// Reliable packets dropped for being a whole window ahead.
+    pub out_of_window_packets: u64,
+    /// Ordered (`00 1A`/`00 1B`) packets dropped as stale.
+    pub stale_ordered_packets: u64,
+    /// Contextual packets ignored: acks for unsent data, foreign session ids,
+    /// handshake packets in the wrong state.
+    pub ignored_packets: u64,
+}
+
+impl SessionStats {
+    /// Adds every counter of `other` into `self`.
+    pub fn add(&mut self, other: &Self) {
+        self.datagrams_sent += other.datagrams_sent;
+        self.bytes_sent += other.bytes_sent;
+        self.datagrams_received += other.datagrams_received;
+        self.bytes_received += other.bytes_received;
+        self.messages_enqueued += other.messages_enqueued;
+        self.messages_delivered += other.messages_delivered;
+        self.bytes_delivered += other.bytes_delivered;
+        self.reliable_packets_sent += other.reliable_packets_sent;
+        self.reliable_packets_resent += other.reliable_packets_resent;
+        self.acks_sent += other.acks_sent;
+        self.acks_received += other.acks_received;
+        self.crc_failures += other.crc_failures;
+        self.malformed_datagrams += other.malformed_datagrams;
+        self.duplicate_packets += other.duplicate_packets;
+        self.out_of_order_packets += other.out_of_order_packets;
+        self.out_of_window_packets += other.out_of_window_packets;
+        self.stale_ordered_packets += other.stale_ordered_packets;
+        self.ignored_packets += other.ignored_packets;
+    }
+}
+
+/// Contextless and control packets owed to the peer at the next flush.
+#[derive(Debug, Default, Clone, Copy)]
+struct Owed {
+    request: bool,
+    response: bool,
+    heartbeat: bool,
+    net_status: Option<NetStatusRequest>,
+}
+
+/// Unreliable payloads waiting for the next flush.
+#[derive(Debug, Default)]
+struct UnreliableQueue {
+    buf: Vec<u8>,
+    /// `(length, ordered)`: ordered entries are cooked `00 1B stamp data` packets.
+    items: Vec<(u32, bool)>,
+}
+
+/// One SOE session. See the [module docs](self) for the calling contract.
+#[derive(Debug)]
+pub struct SoeSession {
+    mode: SessionMode,
+    state: SessionState,
+    params: SessionParameters,
+    cipher: Option<Rc4KeyState>,
+    session_id: u32,
+    secret_seed: u32,
+    framing: Framing,
+    response: Option<SessionResponse>,
+    unnamed_handshake: bool,
+    senders: [Option<Box<ReliableSender>>; RELIABLE_CHANNEL_COUNT],
+    receivers: [Option<Box<ReliableReceiver>>; RELIABLE_CHANNEL_COUNT],
+    unreliable: UnreliableQueue,
+    ordered_out: u16,
+    ordered_in: [Option<u16>; 2],
+    rtt: RttEstimator,
+    created_at: Instant,
+    last_received: Instant,
+    last_heartbeat: Option<Instant>,
+    last_request: Option<Instant>,
+    owed: Owed,
+    open_on_next_packet: bool,
+    /// Set while the final flush before a Disconnect runs.
+    closing: bool,
+    termination_reason: DisconnectReason,
+    terminated_by_remote: bool,
+    stats: SessionStats,
+}
+
+impl SoeSession {
+    /// A new session.
+    ///
+    /// `secret` supplies the random values the handshake needs: its low 32 bits are a
+    /// client's session id, its high 32 bits a server's CRC seed. Use a CSPRNG (the
+    /// multiplexer does); remapping trusts these values.
+    ///
+    /// A client queues its SessionRequest at once (sent by the next
+    /// [`SoeSession::flush`]); a server waits for one in [`SoeSession::handle_datagram`].
+    pub fn new(
+        mode: SessionMode,
+        params: SessionParameters,
+        app: ApplicationParameters,
+        secret: u64,
+        now: Instant,
+    ) -> Self {
+        let rtt = RttEstimator::new(params.initial_rto, params.min_rto, params.max_rto);
+        let framing = Framing::new(0, 0, false);
+        let mut session = Self {
+            mode,
+            state: SessionState::Negotiating,
+            unnamed_handshake: false,
+            closing: false,
+            params,
+            cipher: app.encryption_key_state,
+            session_id: 0,
+            secret_seed: (secret >> 32) as u32,
+            framing,
+            response: None,
+            senders: Default::default(),
+            receivers: Default::default(),
+            unreliable: UnreliableQueue::default(),
+            ordered_out: 0,
+            ordered_in: [None; 2],
+            rtt,
+            created_at: now,
+            last_received: now,
+            last_heartbeat: None,
+            last_request: None,
+            owed: Owed::default(),
+            open_on_next_packet: false,
+            termination_reason: DisconnectReason::None,
+            terminated_by_remote: false,
+            stats: SessionStats::default(),
+        };
+        if mode == SessionMode::Client {
+            session.session_id = secret as u32;
+            session.owed.request = true;
+        }
+        session
+    }
+
+    /// Client or server.
+    pub fn mode(&self) -> SessionMode {
+        self.mode
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// The session id (the client's choice, echoed by the server).
+    pub fn session_id(&self) -> u32 {
+        self.session_id
+    }
+
+    /// The negotiated CRC seed (0 until negotiated).
+    pub fn crc_seed(&self) -> u32 {
+        self.framing.crc_seed()
+    }
+
+    /// The parameters, as negotiated so far.
+    pub fn params(&self) -> &SessionParameters {
+        &self.params
+    }
+
+    /// Why the session ended ([`DisconnectReason::None`] while it runs).
+    pub fn termination_reason(&self) -> DisconnectReason {
+        self.termination_reason
+    }
+
+    /// Whether the peer ended the session (with a Disconnect).
+    pub fn terminated_by_remote(&self) -> bool {
+        self.terminated_by_remote
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        let mut stats = self.stats;
+        for r in self.receivers.iter().flatten() {
+            let c: &RxCounters = &r.counters;
+            stats.duplicate_packets += c.duplicates;
+            stats.out_of_order_packets += c.out_of_order;
+            stats.out_of_window_packets += c.out_of_window;
+            stats.messages_delivered += c.delivered;
+            stats.bytes_delivered += c.delivered_bytes;
+            stats.acks_sent += c.acks_sent;
+        }
+        stats
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+
+    /// Whether a server session still waits for the client's first packet after its
+    /// SessionResponse (a half-open session).
+    pub fn is_half_open(&self) -> bool {
+        self.open_on_next_packet
+    }
+
+    /// Application bytes queued and not yet sent, over all channels.
+    pub fn pending_bytes(&self) -> usize {
+        self.senders
+            .iter()
+            .flatten()
+            .map(|s| s.queued_bytes())
+            .sum::<usize>()
+            + self.unreliable.buf.len()
+    }
+
+    /// Whether every reliable message has been sent and acknowledged.
+    pub fn is_flushed(&self) -> bool {
+        self.senders.iter().flatten().all(|s| s.is_idle()) && self.unreliable.items.is_empty()
+    }
+
+    /// When [`SoeSession::handle_timeout`] should next run; `None` when ended.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let p = &self.params;
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        match self.state {
+            SessionState::Terminated => return None,
+            SessionState::Negotiating => {
+                consider(Some(self.created_at + p.connect_timeout));
+                consider(self.last_request.map(|t| t + p.connect_retry_interval));
+            }
+            SessionState::Running => {
+                if !p.inactivity_timeout.is_zero() {
+                    consider(Some(self.last_received + p.inactivity_timeout));
+                }
+                if self.mode == SessionMode::Client && !p.heartbeat_after.is_zero() {
+                    let since = self
+                        .last_heartbeat
+                        .map_or(self.last_received, |h| h.max(self.last_received));
+                    consider(Some(since + p.heartbeat_after));
+                }
+                for s in self.senders.iter().flatten() {
+                    consider(s.deadline());
+                }
+                for r in self.receivers.iter().flatten() {
+                    consider(r.ack_deadline());
+                }
+            }
+        }
+        next
+    }
+
+    /// Queues `data` on `channel`. Returns an error (and queues nothing) when the
+    /// session is not running, the channel is invalid, the payload is empty, or the
+    /// `max_pending_bytes` cap would be exceeded.
+    pub fn enqueue(&mut self, data: &[u8], channel: Channel) -> Result<(), EnqueueError> {
+        if self.state != SessionState::Running {
+            return Err(EnqueueError::NotRunning);
+        }
+        if data.is_empty() {
+            return Err(EnqueueError::Empty);
+        }
+        if let Channel::Reliable(ch) = channel
+            && ch >= RELIABLE_CHANNEL_COUNT
+        {
+            return Err(EnqueueError::InvalidChannel);
+        }
+        if self.pending_bytes() + data.len() > self.params.max_pending_bytes {
+            return Err(EnqueueError::QueueFull);
+        }
+        let send_len = self.send_datagram_len();
+        let channel = match channel {
+            Channel::Unreliable => {
+                let escape = usize::from(data[0] == 0);
+                let fits = escape + data.len() + usize::from(self.framing.crc_length()) <= send_len;
+                if fits {
+                    self.unreliable.buf.extend_from_slice(data);
+                    self.unreliable.items.push((data.len() as u32, false));
+                    self.stats.messages_enqueued += 1;
+                    return Ok(());
+                }
+                0
+            }
+            Channel::Ordered => {
+                let cooked_len = OP_CODE_LEN + 2 + data.len();
+                if cooked_len + self.framing.overhead() <= send_len {
+                    let stamp = self.ordered_out;
+                    self.ordered_out = stamp.wrapping_add(1);
+                    let buf = &mut self.unreliable.buf;
+                    buf.extend_from_slice(&OpCode::Ordered2.to_bytes());
+                    buf.extend_from_slice(&stamp.to_be_bytes());
+                    buf.extend_from_slice(data);
+                    self.unreliable.items.push((cooked_len as u32, true));
+                    self.stats.messages_enqueued += 1;
+                    return Ok(());
+                }
+                0
+            }
+            Channel::Reliable(ch) => ch,
+        };
+        self.sender(channel).enqueue(data);
+        self.stats.messages_enqueued += 1;
+        Ok(())
+    }
+
+    fn sender(&mut self, channel: usize) -> &mut ReliableSender {
+        let cipher = &self.cipher;
+        let params = &self.params;
+        self.senders[channel].get_or_insert_with(|| {
+            Box::new(ReliableSender::new(
+                channel as u8,
+                cipher.clone(),
+                params.zero_escape == ZeroEscape::Always,
+                params.max_queued_outgoing_reliable,
+            ))
+        })
+    }
+
+    fn receiver(&mut self, channel: usize) -> &mut ReliableReceiver {
+        let cipher = &self.cipher;
+        let params = &self.params;
+        self.receivers[channel].get_or_insert_with(|| {
+            Box::new(ReliableReceiver::new(
+                channel as u8,
+                cipher.clone(),
+                params.zero_escape == ZeroEscape::Always,
+                params.max_queued_incoming_reliable,
+                params.max_reassembly_len,
+            ))
+        })
+    }
+
+    fn send_datagram_len(&self) -> usize {
+        self.params.send_datagram_len()
+    }
+
+    fn ack_policy(&self) -> AckPolicy {
+        AckPolicy {
+            every_packet: self.params.acknowledge_all_data,
+            max_delay: self.params.max_ack_delay,
+            half_window: u64::from(self.params.data_ack_window / 2).max(1),
+        }
+    }
+
+    /// Ends the session. With `notify_remote` (and an established session) pending
+    /// data within the send window goes out first, then a Disconnect carrying
+    /// `reason`. Emits [`SessionEvent::Closed`].
+    pub fn terminate(
+        &mut self,
+        reason: DisconnectReason,
+        notify_remote: bool,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        self.end(reason, notify_remote, false, now, io);
+    }
+
+    fn end(
+        &mut self,
+        reason: DisconnectReason,
+        notify_remote: bool,
+        by_remote: bool,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        if self.state == SessionState::Terminated {
+            return;
+        }
+        if notify_remote && self.state == SessionState::Running {
+            self.closing = true;
+            self.flush(now, io);
+            let packet = Disconnect {
+                session_id: self.session_id,
+                reason,
+            };
+            let mut bytes = [0u8; Disconnect::LEN];
+            Packet::Disconnect(packet).emit(&mut bytes);
+            let mut asm = self.assembler(io, false);
+            asm.push(&bytes);
+            drop(asm);
+        }
+        self.state = SessionState::Terminated;
+        self.termination_reason = reason;
+        self.terminated_by_remote = by_remote;
+        self.open_on_next_packet = false;
+        io.events.push(SessionEvent::Closed(reason));
+    }
+
+    fn assembler<'a>(&'a self, io: &'a mut SessionIo, coalesce: bool) -> Assembler<'a> {
+        let p = &self.params;
+        let multi = (coalesce && p.coalesce).then_some(p.multi_length);
+        let compression =
+            (p.compress_outgoing && self.framing.compression()).then_some(Compression {
+                level: p.compression_level,
+                min_len: p.compress_min_len,
+            });
+        Assembler::new(io, &self.framing, p.send_datagram_len(), multi, compression)
+    }
+
+    /// Processes one datagram from the peer.
+    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant, io: &mut SessionIo) {
+        if self.state == SessionState::Terminated {
+            return;
+        }
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        let unframed = match self.framing.unframe(datagram) {
+            Ok(u) => u,
+            Err(FrameError::CrcMismatch) => {
+                self.stats.crc_failures += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed_datagrams += 1;
+                return;
+            }
+        };
+        match unframed {
+            Unframed::Contextless(_, bytes) => match Packet::parse(bytes) {
+                Ok(packet) => self.handle_contextless(packet, now, io),
+                Err(_) => self.stats.malformed_datagrams += 1,
+            },
+            // A client cannot check a contextual packet before it knows the CRC seed.
+            _ if self.state == SessionState::Negotiating => self.stats.ignored_packets += 1,
+            Unframed::Application(data) => {
+                self.touch(now, io);
+                self.deliver_unreliable(data, Channel::Unreliable, io);
+            }
+            Unframed::Contextual {
+                op,
+                compressed,
+                body,
+            } => {
+                self.touch(now, io);
+                if compressed {
+                    let mut inflated = std::mem::take(&mut io.inflated);
+                    inflated.clear();
+                    let outcome =
+                        io.decompressor
+                            .inflate(body, &mut inflated, self.params.max_inflated_len);
+                    match outcome {
+                        Ok(()) => self.handle_contextual(op, &inflated, now, io),
+                        Err(_) => self.end(DisconnectReason::CorruptPacket, true, false, now, io),
+                    }
+                    io.inflated = inflated;
+                } else {
+                    self.handle_contextual(op, body, now, io);
+                }
+            }
+        }
+    }
+
+    /// A valid contextual datagram arrived: the peer is alive, and a server that was
+    /// waiting for proof of a completed handshake has it.
+    fn touch(&mut self, now: Instant, io: &mut SessionIo) {
+        self.last_received = now;
+        if self.open_on_next_packet {
+            self.open_on_next_packet = false;
+            io.events.push(SessionEvent::Opened);
+        }
+    }
+
+    fn handle_contextual(&mut self, op: OpCode, body: &[u8], now: Instant, io: &mut SessionIo) {
+        match Packet::parse_contextual(op, body) {
+            Ok(packet) => self.handle_packet(packet, 0, now, io),
+            Err(_) => self.end(DisconnectReason::CorruptPacket, true, false, now, io),
+        }
+    }
+
+    fn handle_packet(&mut self, packet: Packet<'_>, depth: u8, now: Instant, io: &mut SessionIo) {
+        match packet {
+            Packet::MultiPacket(multi) => self.handle_container(multi, depth, now, io),
+            Packet::DataBundle(bundle) => {
+                // Outside a reliable payload a bundle's items are cooked packets.
+                if depth >= MAX_NESTING {
+                    return self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+                }
+                for item in bundle.iter() {
+                    match item.and_then(Packet::parse) {
+                        Ok(p) => self.handle_packet(p, depth + 1, now, io),
+                        Err(_) => {
+                            return self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+                        }
+                    }
+                    if self.state == SessionState::Terminated {
+                        return;
+                    }
+                }
+            }
+            Packet::Disconnect(d) => {
+                if d.session_id == self.session_id {
+                    self.end(d.reason, false, true, now, io);
+                } else {
+                    self.stats.ignored_packets += 1;
+                }
+            }
+            Packet::Heartbeat => {
+                if self.mode == SessionMode::Server {
+                    self.owed.heartbeat = true;
+                }
+            }
+            Packet::NetStatusRequest(request) => self.owed.net_status = Some(request),
+            Packet::ReliableData {
+                channel,
+                sequence,
+                payload,
+            } => self.handle_reliable(channel, sequence, payload, false, now, io),
+            Packet::ReliableDataFragment {
+                channel,
+                sequence,
+                payload,
+            } => self.handle_reliable(channel, sequence, payload, true, now, io),
+            Packet::Acknowledge { channel, sequence } => {
+                self.handle_ack(channel, sequence, false, now)
+            }
+            Packet::AcknowledgeAll { channel, sequence } => {
+                self.handle_ack(channel, sequence, true, now)
+            }
+            Packet::Ordered {
+                second,
+                stamp,
+                payload,
+            } => {
+                let last = &mut self.ordered_in[usize::from(second)];
+                let fresh = last.is_none_or(|l| {
+                    let d = stamp.wrapping_sub(l);
+                    d != 0 && d < 30_000
+                });
+                if fresh {
+                    *last = Some(stamp);
+                    self.deliver_unreliable(payload, Channel::Ordered, io);
+                } else {
+                    self.stats.stale_ordered_packets += 1;
+                }
+            }
+            Packet::ZeroEscaped(data) | Packet::Application(data) => {
+                self.deliver_unreliable(data, Channel::Unreliable, io)
+            }
+            Packet::NetStatusResponse(_)
+            | Packet::PortAlive(_)
+            | Packet::SessionRequest(_)
+            | Packet::SessionResponse(_)
+            | Packet::UnknownSender
+            | Packet::RemapConnection(_) => self.stats.ignored_packets += 1,
+        }
+    }
+
+    fn handle_container(
+        &mut self,
+        multi: MultiPacket<'_>,
+        depth: u8,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        if depth >= MAX_NESTING {
+            return self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+        }
+        for sub in multi.iter() {
+            match sub.and_then(Packet::parse) {
+                Ok(p) => self.handle_packet(p, depth + 1, now, io),
+                Err(_) => return self.end(DisconnectReason::CorruptPacket, true, false, now, io),
+            }
+            // A sub-packet may have ended the session: the rest is not processed.
+            if self.state == SessionState::Terminated {
+                return;
+            }
+        }
+    }
+
+    fn handle_reliable(
+        &mut self,
+        channel: u8,
+        sequence: u16,
+        payload: &[u8],
+        fragment: bool,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        let policy = self.ack_policy();
+        let outcome = self
+            .receiver(usize::from(channel))
+            .on_packet(sequence, payload, fragment, now, policy, io);
+        match outcome {
+            Ok(()) => {}
+            Err(RxError::Corrupt) => {
+                self.end(DisconnectReason::CorruptPacket, true, false, now, io)
+            }
+            Err(RxError::Overflow) => {
+                self.end(DisconnectReason::ReliableOverflow, true, false, now, io)
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, channel: u8, sequence: u16, all: bool, now: Instant) {
+        self.stats.acks_received += 1;
+        let Some(sender) = self.senders[usize::from(channel)].as_deref_mut() else {
+            self.stats.ignored_packets += 1;
+            return;
+        };
+        let outcome = if all {
+            sender.on_ack_all(sequence, now, &mut self.rtt)
+        } else {
+            sender.on_ack(sequence, now, &mut self.rtt)
+        };
+        if outcome == AckOutcome::Invalid {
+            self.stats.ignored_packets += 1;
+        }
+    }
+
+    fn deliver_unreliable(&mut self, data: &[u8], channel: Channel, io: &mut SessionIo) {
+        let data = io.deliver(data, |_| {});
+        self.stats.messages_delivered += 1;
+        self.stats.bytes_delivered += data.len() as u64;
+        io.events.push(SessionEvent::DataReceived { data, channel });
+    }
+
+    fn handle_contextless(&mut self, packet: Packet<'_>, now: Instant, io: &mut SessionIo) {
+        match (packet, self.mode) {
+            (Packet::SessionRequest(request), SessionMode::Server) => {
+                self.handle_request(request, now, io)
+            }
+            (Packet::SessionRequest(request), SessionMode::Client) => {
+                if self.state == SessionState::Negotiating {
+                    let reason = if request.session_id == self.session_id {
+                        DisconnectReason::ConnectingToSelf
+                    } else {
+                        DisconnectReason::ConnectError
+                    };
+                    self.end(reason, false, false, now, io);
+                } else {
+                    self.stats.ignored_packets += 1;
+                }
+            }
+            (Packet::SessionResponse(response), SessionMode::Client) => {
+                self.handle_response(response, now, io)
+            }
+            (Packet::UnknownSender, _) if self.state == SessionState::Running => self.end(
+                DisconnectReason::UnreachableConnection,
+                false,
+                false,
+                now,
+                io,
+            ),
+            _ => self.stats.ignored_packets += 1,
+        }
+    }
+
+    fn handle_request(&mut self, request: SessionRequest<'_>, now: Instant, io: &mut SessionIo) {
+        if self.state == SessionState::Running {
+            // A retransmitted request: answer again with the same parameters.
+            if request.session_id == self.session_id {
+                self.owed.response = true;
+            } else {
+                self.stats.ignored_packets += 1;
+            }
+            return;
+        }
+        let name_ok = match request.application_protocol {
+            Some(name) => name == self.params.application_protocol.as_bytes(),
+            None => self.params.application_protocol.is_empty(),
+        };
+        let version_ok = matches!(
+            request.protocol_version,
+            PROTOCOL_VERSION_2 | PROTOCOL_VERSION_3
+        );
+        if !(name_ok && version_ok) {
+            self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+            return;
+        }
+        self.session_id = request.session_id;
+        self.params.remote_udp_length = request.udp_length;
+        self.unnamed_handshake = request.application_protocol.is_none();
+        let crc_length = self.params.crc_length.min(4);
+        self.params.crc_seed = self.secret_seed;
+        self.framing = Framing::new(
+            self.secret_seed,
+            crc_length,
+            self.params.is_compression_enabled,
+        );
+        self.response = Some(SessionResponse {
+            session_id: self.session_id,
+            crc_seed: self.secret_seed,
+            crc_length,
+            compression: u8::from(self.params.is_compression_enabled),
+            encryption_pass_1: 0,
+            udp_length: self.params.udp_length,
+            protocol_version: (!self.unnamed_handshake).then_some(PROTOCOL_VERSION_3),
+        });
+        self.owed.response = true;
+        self.state = SessionState::Running;
+        self.open_on_next_packet = true;
+        self.last_received = now;
+    }
+
+    fn handle_response(&mut self, response: SessionResponse, now: Instant, io: &mut SessionIo) {
+        if self.state != SessionState::Negotiating || response.session_id != self.session_id {
+            self.stats.ignored_packets += 1;
+            return;
+        }
+        if response
+            .protocol_version
+            .is_some_and(|v| v != PROTOCOL_VERSION_3)
+            || response.crc_length > 4
+        {
+            self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+            return;
+        }
+        self.params.remote_udp_length = response.udp_length;
+        self.params.crc_length = response.crc_length;
+        self.params.crc_seed = response.crc_seed;
+        self.params.is_compression_enabled = response.compression != 0;
+        self.framing = Framing::new(
+            response.crc_seed,
+            response.crc_length,
+            response.compression != 0,
+        );
+        self.state = SessionState::Running;
+        self.owed.request = false;
+        self.last_received = now;
+        io.events.push(SessionEvent::Opened);
+    }
+
+    /// Runs the timers due at `now`: connect retries and timeouts, inactivity,
+    /// heartbeats. Retransmissions and delayed acks go out in the next
+    /// [`SoeSession::flush`].
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut SessionIo) {
+        let p = &self.params;
+        match self.state {
+            SessionState::Terminated => {}
+            SessionState::Negotiating => {
+                if now >= self.created_at + p.connect_timeout {
+                    self.end(DisconnectReason::ConnectFail, false, false, now, io);
+                } else if self
+                    .last_request
+                    .is_some_and(|t| now >= t + p.connect_retry_interval)
+                {
+                    self.owed.request = true;
+                }
+            }
+            SessionState::Running => {
+                if !p.inactivity_timeout.is_zero()
+                    && now >= self.last_received + p.inactivity_timeout
+                {
+                    self.end(DisconnectReason::Timeout, false, false, now, io);
+                } else if self.mode == SessionMode::Client && !p.heartbeat_after.is_zero() {
+                    let since = self
+                        .last_heartbeat
+                        .map_or(self.last_received, |h| h.max(self.last_received));
+                    if now >= since + p.heartbeat_after {
+                        self.owed.heartbeat = true;
+                        self.last_heartbeat = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every datagram due at `now` into `io`: handshake packets, acks,
+    /// heartbeats, retransmissions, new reliable packets and unreliable payloads,
+    /// coalesced as configured.
+    pub fn flush(&mut self, now: Instant, io: &mut SessionIo) {
+        if self.state == SessionState::Terminated {
+            return;
+        }
+        if self.owed.request || self.owed.response {
+            self.write_handshake(now, io);
+        }
+        if self.state != SessionState::Running {
+            return;
+        }
+        let rto = self.rtt.rto();
+        let data_ready = self.owed.heartbeat
+            || self.owed.net_status.is_some()
+            || !self.unreliable.items.is_empty()
+            || self.senders.iter().flatten().any(|s| {
+                s.can_send() || s.fast_resend_pending() || s.deadline().is_some_and(|t| now >= t)
+            });
+        let policy = self.ack_policy();
+        let room = self.reliable_room();
+        let rules = PacketRules {
+            room,
+            coalesce: self.params.coalesce,
+        };
+        let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())
+            .then_some(self.params.unacknowledged_timeout);
+        let coalesce_unreliable = self.params.coalesce_unreliable;
+        let mut budget = self.params.max_resends_per_flush;
+        let mut resent = 0;
+        let mut sent = 0;
+        let mut timed_out = false;
+        let mut gave_up = false;
+        let net_status = self
+            .owed
+            .net_status
+            .take()
+            .map(|r| self.net_status_reply(r, now));
+        let heartbeat = std::mem::take(&mut self.owed.heartbeat);
+
+        let mut receivers = std::mem::take(&mut self.receivers);
+        let mut senders = std::mem::take(&mut self.senders);
+        let unreliable = std::mem::take(&mut self.unreliable);
+        let (datagrams, bytes) = {
+            let mut asm = self.assembler(io, true);
+            for r in receivers.iter_mut().flatten() {
+                r.write_acks(now, data_ready, policy, &mut asm);
+            }
+            if heartbeat {
+                asm.push(&OpCode::Heartbeat.to_bytes());
+            }
+            if let Some(reply) = net_status {
+                let mut bytes = [0u8; NetStatusResponse::LEN];
+                Packet::NetStatusResponse(reply).emit(&mut bytes);
+                asm.push(&bytes);
+            }
+            for s in senders.iter_mut().flatten() {
+                match s.resend_due(now, rto, give_up, &mut budget, &mut asm, &mut resent) {
+                    Ok(fired) => timed_out |= fired,
+                    Err(_) => {
+                        gave_up = true;
+                        break;
+                    }
+                }
+            }
+            if !gave_up {
+                for s in senders.iter_mut().flatten() {
+                    while let Some(seq) = s.build_next(rules, now) {
+                        asm.push(s.packet(seq));
+                        sent += 1;
+                    }
+                    if s.in_flight() > 0 {
+                        s.arm_timer(now, rto);
+                    }
+                }
+                let mut at = 0;
+                for &(len, ordered) in &unreliable.items {
+                    let item = &unreliable.buf[at..at + len as usize];
+                    at += len as usize;
+                    if ordered {
+                        asm.push(item);
+                    } else {
+                        asm.push_unreliable(item, coalesce_unreliable);
+                    }
+                }
+            }
+            asm.finish();
+            (asm.datagrams, asm.bytes)
+        };
+        self.receivers = receivers;
+        self.senders = senders;
+        let mut unreliable = unreliable;
+        unreliable.buf.clear();
+        unreliable.items.clear();
+        self.unreliable = unreliable;
+        self.stats.datagrams_sent += datagrams;
+        self.stats.bytes_sent += bytes;
+        self.stats.reliable_packets_sent += sent;
+        self.stats.reliable_packets_resent += resent;
+        if timed_out {
+            self.rtt.backoff();
+        }
+        if gave_up {
+            self.end(
+                DisconnectReason::UnacknowledgedTimeout,
+                true,
+                false,
+                now,
+                io,
+            );
+        }
+    }
+
+    /// Payload bytes a reliable packet may carry after its sequence. With varint
+    /// multi-packets, room is left for one cumulative ack to ride along.
+    fn reliable_room(&self) -> usize {
+        let max_packet = self.send_datagram_len() - self.framing.overhead();
+        let piggyback = match (self.params.coalesce, self.params.multi_length) {
+            // Multi header, a 3-byte length for the data packet, a 1+4-byte ack.
+            (true, MultiLength::Varint) => OP_CODE_LEN + 3 + 5,
+            _ => 0,
+        };
+        max_packet
+            .saturating_sub(piggyback + RELIABLE_HEADER_LEN)
+            .max(8)
+    }
+
+    fn net_status_reply(&self, request: NetStatusRequest, now: Instant) -> NetStatusResponse {
+        NetStatusResponse {
+            timestamp: request.timestamp,
+            server_stamp: now.saturating_duration_since(self.created_at).as_millis() as u32,
+            your_sent: request.our_sent,
+            your_received: request.our_received,
+            our_sent: self.stats.datagrams_sent,
+            our_received: self.stats.datagrams_received,
+        }
+    }
+
+    fn write_handshake(&mut self, now: Instant, io: &mut SessionIo) {
+        let mut bytes = [0u8; 512];
+        let len = if std::mem::take(&mut self.owed.request) {
+            if self.state != SessionState::Negotiating {
+                return;
+            }
+            self.last_request = Some(now);
+            let named = self.params.protocol_version >= PROTOCOL_VERSION_3;
+            let request = SessionRequest {
+                protocol_version: if named {
+                    PROTOCOL_VERSION_3
+                } else {
+                    PROTOCOL_VERSION_2
+                },
+                session_id: self.session_id,
+                udp_length: self.params.udp_length,
+                application_protocol: named.then_some(self.params.application_protocol.as_bytes()),
+            };
+            if request.encoded_len() > bytes.len() {
+                return self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+            }
+            Packet::SessionRequest(request).emit(&mut bytes)
+        } else {
+            self.owed.response = false;
+            match self.response {
+                Some(response) => Packet::SessionResponse(response).emit(&mut bytes),
+                None => return,
+            }
+        };
+        let mut asm = self.assembler(io, false);
+        asm.push_contextless(&bytes[..len]);
+        let (d, b) = (asm.datagrams, asm.bytes);
+        drop(asm);
+        self.stats.datagrams_sent += d;
+        self.stats.bytes_sent += b;
+    }
+}

@@ -1,0 +1,181 @@
+//! Session configuration: what a session negotiates and how it behaves.
+
+use std::time::Duration;
+
+use crate::protocol::{DEFAULT_CRC_LENGTH, DEFAULT_UDP_LENGTH, Rc4KeyState};
+
+/// How reliable application payloads that begin with `0x00` are escaped.
+///
+/// UdpLibrary peers (SWG, Free Realms) prefix every such payload with one `0x00` so it
+/// cannot be mistaken for an internal packet; `soe-protocol` and the PlanetSide 2
+/// references only do it for RC4 ciphertext and deliver unencrypted data verbatim.
+/// Both sides of a session must agree. Unreliable payloads are always escaped (on the
+/// wire a leading `0x00` would otherwise read as an op code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZeroEscape {
+    /// Escape only encrypted reliable data (`soe-protocol`, PlanetSide 2). Default.
+    #[default]
+    EncryptedOnly,
+    /// Escape every reliable payload that starts with `0x00` (UdpLibrary).
+    Always,
+}
+
+/// How multi-packet (`00 03`) sub-packet lengths are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MultiLength {
+    /// The v3 variable-length form (1, 3 or 7 bytes), read by `soe-protocol`, the
+    /// PlanetSide 2 references and H1Z1. Lets full-size reliable packets share a
+    /// datagram with acks. Default.
+    #[default]
+    Varint,
+    /// One byte only: sub-packets over 255 bytes travel alone. Needed by peers that
+    /// read a single length byte (SWG/Free Realms UdpLibrary, EQEmu).
+    OneByte,
+}
+
+/// Per-session parameters. Field names and defaults of the first block follow
+/// `soe-protocol` 2.3.0's `SessionParameters`; the rest are additions.
+///
+/// Every buffer a peer can grow is capped here:
+/// * out-of-order stash: `max_queued_incoming_reliable` packets per channel, each at
+///   most one datagram (256 × 512 B by default);
+/// * reassembly: `max_reassembly_len` bytes per channel;
+/// * inflated packets: `max_inflated_len` bytes (one shared buffer per multiplexer);
+/// * selective acks owed to the peer: one per stashed packet.
+///
+/// What the local application can grow is capped by `max_pending_bytes`.
+#[derive(Debug, Clone)]
+pub struct SessionParameters {
+    /// Application protocol name; both sides must agree (v3 handshake).
+    pub application_protocol: String,
+    /// Largest datagram this side accepts (advertised in the handshake).
+    pub udp_length: u32,
+    /// Largest datagram the remote accepts (learnt in the handshake).
+    pub remote_udp_length: u32,
+    /// CRC seed (chosen by the server; learnt by the client).
+    pub crc_seed: u32,
+    /// CRC bytes per contextual datagram (0..=4). A server asks for this many.
+    pub crc_length: u8,
+    /// Whether contextual packets carry a compression flag. A server offers it; a
+    /// client adopts the server's choice.
+    pub is_compression_enabled: bool,
+    /// Receive window per reliable channel, in packets; packets further ahead are
+    /// dropped unacknowledged. Cap of the out-of-order stash.
+    pub max_queued_incoming_reliable: u16,
+    /// Packets in flight per reliable channel (send window). Keep it below the peer's
+    /// receive window (256 for `soe-protocol`, 400 for UdpLibrary).
+    pub max_queued_outgoing_reliable: u16,
+    /// Cumulative acks are sent at the latest after half this many packets.
+    pub data_ack_window: u16,
+    /// A client sends a heartbeat after this long without receiving; `ZERO` disables.
+    /// Rate-limited to one per interval.
+    pub heartbeat_after: Duration,
+    /// Terminate (`Timeout`) after this long without a valid datagram; `ZERO` disables.
+    pub inactivity_timeout: Duration,
+    /// Acknowledge every reliable packet individually instead of cumulatively.
+    pub acknowledge_all_data: bool,
+    /// Longest a cumulative ack waits to be batched or piggybacked.
+    pub max_ack_delay: Duration,
+
+    /// The handshake a client uses: 3 (the default) sends the named v3 request and
+    /// expects the 21-byte response; 2 sends the 14-byte UdpLibrary request and
+    /// expects the 17-byte response. A server answers both forms in kind.
+    pub protocol_version: u32,
+    /// A client repeats its SessionRequest this often until answered.
+    pub connect_retry_interval: Duration,
+    /// A client gives up (`ConnectFail`) after this long without a SessionResponse.
+    pub connect_timeout: Duration,
+    /// Initial retransmission timeout, before any round-trip sample.
+    pub initial_rto: Duration,
+    /// Lower bound of the adaptive retransmission timeout.
+    pub min_rto: Duration,
+    /// Upper bound of the retransmission timeout (also after backoff).
+    pub max_rto: Duration,
+    /// Terminate (`UnacknowledgedTimeout`) when a reliable packet stays unacknowledged
+    /// this long; `ZERO` disables.
+    pub unacknowledged_timeout: Duration,
+    /// At most this many packets are retransmitted per flush (over all channels), so a
+    /// timeout never turns into a burst of a whole window.
+    pub max_resends_per_flush: u16,
+    /// Cap on application bytes queued but not yet sent (all channels). Beyond it
+    /// `enqueue` fails with `QueueFull` and hands the payload back.
+    pub max_pending_bytes: usize,
+    /// Largest reassembled reliable message accepted; a larger declared length ends
+    /// the session with `ReliableOverflow`.
+    pub max_reassembly_len: usize,
+    /// Largest inflated contextual packet; a larger one ends the session with
+    /// `CorruptPacket`.
+    pub max_inflated_len: usize,
+    /// Coalesce on send: bundle small reliable messages (`00 19`) and pack acks,
+    /// heartbeats and reliable packets for the same peer into multi-packets (`00 03`).
+    pub coalesce: bool,
+    /// Length form of multi-packet sub-packets (see [`MultiLength`]).
+    pub multi_length: MultiLength,
+    /// Put unreliable datagrams into multi-packets too. UdpLibrary peers accept it;
+    /// `soe-protocol` terminates on it, so it is off by default.
+    pub coalesce_unreliable: bool,
+    /// Compress outgoing contextual packets when compression is negotiated.
+    pub compress_outgoing: bool,
+    /// Bodies shorter than this are never compressed.
+    pub compress_min_len: usize,
+    /// zlib level for outgoing compression (0–9).
+    pub compression_level: u32,
+    /// Zero-escape policy for reliable data (see [`ZeroEscape`]).
+    pub zero_escape: ZeroEscape,
+}
+
+impl Default for SessionParameters {
+    fn default() -> Self {
+        Self {
+            application_protocol: String::new(),
+            udp_length: DEFAULT_UDP_LENGTH,
+            remote_udp_length: DEFAULT_UDP_LENGTH,
+            crc_seed: 0,
+            crc_length: DEFAULT_CRC_LENGTH,
+            is_compression_enabled: false,
+            max_queued_incoming_reliable: 256,
+            max_queued_outgoing_reliable: 196,
+            data_ack_window: 32,
+            heartbeat_after: Duration::from_secs(25),
+            inactivity_timeout: Duration::from_secs(30),
+            acknowledge_all_data: false,
+            max_ack_delay: Duration::from_millis(2),
+            protocol_version: 3,
+            connect_retry_interval: Duration::from_millis(1000),
+            connect_timeout: Duration::from_secs(10),
+            initial_rto: Duration::from_millis(500),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(8),
+            unacknowledged_timeout: Duration::from_secs(60),
+            max_resends_per_flush: 64,
+            max_pending_bytes: 4 << 20,
+            max_reassembly_len: 4 << 20,
+            max_inflated_len: 16 << 10,
+            coalesce: true,
+            multi_length: MultiLength::Varint,
+            coalesce_unreliable: false,
+            compress_outgoing: true,
+            compress_min_len: 24,
+            compression_level: 6,
+            zero_escape: ZeroEscape::EncryptedOnly,
+        }
+    }
+}
+
+impl SessionParameters {
+    /// The datagram length used for sending: the smaller of both sides' limits, and
+    /// never below 64 bytes (the UdpLibrary minimum).
+    pub(crate) fn send_datagram_len(&self) -> usize {
+        self.udp_length
+            .min(self.remote_udp_length)
+            .clamp(64, 1 << 16) as usize
+    }
+}
+
+/// Application parameters shared by every session of a multiplexer.
+#[derive(Debug, Clone, Default)]
+pub struct ApplicationParameters {
+    /// RC4 key state for reliable application data; `None` disables encryption.
+    /// Each reliable channel and direction runs its own clone of it.
+    pub encryption_key_state: Option<Rc4KeyState>,
+}

@@ -1,0 +1,335 @@
+//! The receiving half of one reliable channel.
+//!
+//! Packets are delivered in sequence order. A packet ahead of the next expected one
+//! is stashed (once) in a ring sized to the receive window and acknowledged
+//! selectively at once; a packet a whole window ahead is dropped without an ack; a
+//! packet already delivered is counted as a duplicate and triggers a fresh
+//! cumulative ack so the sender stops retransmitting it.
+//!
+//! Cumulative acks (AckAll) are batched: one goes out when half the ack window is
+//! pending, when `max_ack_delay` has passed since the last one, or for free with any
+//! other datagram to the peer. Sequences are 64-bit internally, so the throttle keeps
+//! working across 16-bit wraps.
+
+use std::time::{Duration, Instant};
+
+use super::assembler::Assembler;
+use super::io::SessionIo;
+use super::{Channel, SessionEvent};
+use crate::protocol::packet::DataBundle;
+use crate::protocol::{DATA_BUNDLE_HEADER, OpCode, Rc4KeyState};
+
+/// Why the channel gave up on the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RxError {
+    /// Malformed fragments or bundle.
+    Corrupt,
+    /// A message larger than the reassembly cap.
+    Overflow,
+}
+
+/// Counters of one receiving channel, added into the session's stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RxCounters {
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) out_of_window: u64,
+    pub(crate) delivered: u64,
+    pub(crate) delivered_bytes: u64,
+    pub(crate) acks_sent: u64,
+}
+
+#[derive(Debug, Default)]
+struct StashSlot {
+    occupied: bool,
+    fragment: bool,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Reassembly {
+    open: bool,
+    total: usize,
+    buf: Vec<u8>,
+}
+
+/// Ack behaviour, from the session parameters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckPolicy {
+    pub(crate) every_packet: bool,
+    pub(crate) max_delay: Duration,
+    pub(crate) half_window: u64,
+}
+
+/// The receiving half of a reliable channel.
+#[derive(Debug)]
+pub(crate) struct ReliableReceiver {
+    channel: u8,
+    cipher: Option<Rc4KeyState>,
+    unescape_plain: bool,
+    next: u64,
+    window: u64,
+    stash: Vec<StashSlot>,
+    reassembly: Reassembly,
+    max_reassembly: usize,
+    acked_through: Option<u64>,
+    last_ack_all: Option<Instant>,
+    force_ack_all: bool,
+    selective: Vec<u16>,
+    ack_due: Option<Instant>,
+    pub(crate) counters: RxCounters,
+}
+
+impl ReliableReceiver {
+    pub(crate) fn new(
+        channel: u8,
+        cipher: Option<Rc4KeyState>,
+        unescape_plain: bool,
+        window: u16,
+        max_reassembly: usize,
+    ) -> Self {
+        Self {
+            channel,
+            cipher,
+            unescape_plain,
+            next: 0,
+            window: u64::from(window.clamp(1, 0x7FFF)),
+            stash: Vec::new(),
+            reassembly: Reassembly::default(),
+            max_reassembly,
+            acked_through: None,
+            last_ack_all: None,
+            force_ack_all: false,
+            selective: Vec::new(),
+            ack_due: None,
+            counters: RxCounters::default(),
+        }
+    }
+
+    /// The next sequence expected in order.
+    pub(crate) fn next_expected(&self) -> u64 {
+        self.next
+    }
+
+    /// When owed acks must go out at the latest.
+    pub(crate) fn ack_deadline(&self) -> Option<Instant> {
+        self.ack_due
+    }
+
+    /// Maps a wire sequence to the 64-bit sequence nearest the next expected one.
+    fn extend(&self, wire: u16) -> Option<u64> {
+        let delta = wire.wrapping_sub(self.next as u16) as i16;
+        self.next.checked_add_signed(i64::from(delta))
+    }
+
+    fn stash_index(&self, seq: u64) -> usize {
+        (seq as usize) & (self.stash.len() - 1)
+    }
+
+    fn schedule_ack(&mut self, now: Instant, policy: AckPolicy, immediate: bool) {
+        let behind = self.acked_through.map_or(self.next, |a| self.next - 1 - a);
+        let due = if immediate || behind >= policy.half_window {
+            now
+        } else {
+            self.last_ack_all
+                .map_or(now, |t| (t + policy.max_delay).max(now))
+        };
+        self.ack_due = Some(self.ack_due.map_or(due, |d| d.min(due)));
+    }
+
+    /// Processes a ReliableData (`fragment == false`) or ReliableDataFragment packet.
+    pub(crate) fn on_packet(
+        &mut self,
+        wire: u16,
+        payload: &[u8],
+        fragment: bool,
+        now: Instant,
+        policy: AckPolicy,
+        io: &mut SessionIo,
+    ) -> Result<(), RxError> {
+        let Some(seq) = self.extend(wire) else {
+            // Before sequence 0: can only be garbage or a very old duplicate.
+            self.counters.duplicates += 1;
+            return Ok(());
+        };
+        if seq >= self.next + self.window {
+            self.counters.out_of_window += 1;
+            return Ok(());
+        }
+        if seq < self.next {
+            self.counters.duplicates += 1;
+            if policy.every_packet {
+                self.selective.push(wire);
+            } else {
+                self.force_ack_all = true;
+            }
+            self.schedule_ack(now, policy, true);
+            return Ok(());
+        }
+        if policy.every_packet {
+            self.selective.push(wire);
+        }
+        if seq > self.next {
+            if self.stash.is_empty() {
+                let n = (self.window as usize).next_power_of_two();
+                self.stash = (0..n).map(|_| StashSlot::default()).collect();
+            }
+            let idx = self.stash_index(seq);
+            let slot = &mut self.stash[idx];
+            if slot.occupied {
+                self.counters.duplicates += 1;
+            } else {
+                slot.occupied = true;
+                slot.fragment = fragment;
+                slot.data.clear();
+                slot.data.extend_from_slice(payload);
+                self.counters.out_of_order += 1;
+            }
+            if !policy.every_packet {
+                // Re-acked even when a duplicate: our earlier ack may have been lost.
+                self.selective.push(wire);
+            }
+            self.schedule_ack(now, policy, true);
+            return Ok(());
+        }
+
+        self.process(payload, fragment, io)?;
+        self.next += 1;
+        while !self.stash.is_empty() {
+            let idx = self.stash_index(self.next);
+            if !self.stash[idx].occupied {
+                break;
+            }
+            let slot = &mut self.stash[idx];
+            slot.occupied = false;
+            let is_fragment = slot.fragment;
+            let data = std::mem::take(&mut slot.data);
+            let outcome = self.process(&data, is_fragment, io);
+            self.stash[idx].data = data;
+            outcome?;
+            self.next += 1;
+        }
+        self.schedule_ack(now, policy, policy.every_packet);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        payload: &[u8],
+        fragment: bool,
+        io: &mut SessionIo,
+    ) -> Result<(), RxError> {
+        if !fragment {
+            if self.reassembly.open {
+                // A correct sender finishes a fragmented message before the next one.
+                return Err(RxError::Corrupt);
+            }
+            return self.deliver_payload(payload, io);
+        }
+        let r = &mut self.reassembly;
+        if !r.open {
+            let [a, b, c, d, chunk @ ..] = payload else {
+                return Err(RxError::Corrupt);
+            };
+            let total = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            if total == 0 || chunk.len() > total {
+                return Err(RxError::Corrupt);
+            }
+            if total > self.max_reassembly {
+                return Err(RxError::Overflow);
+            }
+            r.open = true;
+            r.total = total;
+            r.buf.clear();
+            r.buf.extend_from_slice(chunk);
+        } else {
+            if r.buf.len() + payload.len() > r.total {
+                return Err(RxError::Corrupt);
+            }
+            r.buf.extend_from_slice(payload);
+        }
+        if r.buf.len() == r.total {
+            r.open = false;
+            let buf = std::mem::take(&mut r.buf);
+            let outcome = self.deliver_payload(&buf, io);
+            self.reassembly.buf = buf;
+            // Keep a large reassembly buffer only while it is typical.
+            if self.reassembly.buf.capacity() > (256 << 10) {
+                self.reassembly.buf = Vec::new();
+            }
+            return outcome;
+        }
+        Ok(())
+    }
+
+    fn deliver_payload(&mut self, payload: &[u8], io: &mut SessionIo) -> Result<(), RxError> {
+        if payload.len() > 2 && payload.starts_with(&DATA_BUNDLE_HEADER) {
+            for item in DataBundle::new(&payload[2..]).iter() {
+                let item = item.map_err(|_| RxError::Corrupt)?;
+                self.deliver_message(item, io);
+            }
+            Ok(())
+        } else {
+            self.deliver_message(payload, io);
+            Ok(())
+        }
+    }
+
+    fn deliver_message(&mut self, item: &[u8], io: &mut SessionIo) {
+        let escaped = item.len() > 1 && item[0] == 0;
+        let body = if escaped && (self.cipher.is_some() || self.unescape_plain) {
+            &item[1..]
+        } else {
+            item
+        };
+        let data = match self.cipher.as_mut() {
+            Some(cipher) => io.deliver(body, |b| cipher.apply(b)),
+            None => io.deliver(body, |_| {}),
+        };
+        self.counters.delivered += 1;
+        self.counters.delivered_bytes += data.len() as u64;
+        io.events.push(SessionEvent::DataReceived {
+            data,
+            channel: Channel::Reliable(usize::from(self.channel)),
+        });
+    }
+
+    /// Writes owed acks. `piggyback` says other packets are going to the peer anyway,
+    /// so a pending cumulative ack costs nothing extra.
+    pub(crate) fn write_acks(
+        &mut self,
+        now: Instant,
+        piggyback: bool,
+        policy: AckPolicy,
+        asm: &mut Assembler<'_>,
+    ) {
+        if self.ack_due.is_none() {
+            return;
+        }
+        let mut packet = [0u8; 4];
+        for seq in self.selective.drain(..) {
+            packet[..2].copy_from_slice(&OpCode::Acknowledge(self.channel).to_bytes());
+            packet[2..].copy_from_slice(&seq.to_be_bytes());
+            asm.push(&packet);
+            self.counters.acks_sent += 1;
+        }
+        let owed = self.next > 0
+            && !policy.every_packet
+            && (self.force_ack_all || self.acked_through != Some(self.next - 1));
+        if owed {
+            let due = self.ack_due.is_some_and(|t| now >= t);
+            if !(due || piggyback || self.force_ack_all) {
+                return;
+            }
+            let through = self.next - 1;
+            packet[..2].copy_from_slice(&OpCode::AcknowledgeAll(self.channel).to_bytes());
+            packet[2..].copy_from_slice(&(through as u16).to_be_bytes());
+            asm.push(&packet);
+            self.counters.acks_sent += 1;
+            self.acked_through = Some(through);
+            self.last_ack_all = Some(now);
+            self.force_ack_all = false;
+        }
+        self.ack_due = None;
+    }
+}

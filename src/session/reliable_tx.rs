@@ -1,0 +1,496 @@
+//! The sending half of one reliable channel.
+//!
+//! Application messages wait in a queue (already encrypted and escaped, in the form
+//! they take on the wire). When the send window has room, the next packet is cut
+//! from the front of the queue: several small messages become one data bundle
+//! (`00 19`), a message that fits becomes one ReliableData packet, a larger one is
+//! split into fragments. Built packets stay in a ring of reusable slots until
+//! acknowledged, so retransmission re-sends the exact bytes.
+//!
+//! Sequences are tracked as 64-bit counters; only the low 16 bits go on the wire.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::assembler::Assembler;
+use super::rtt::RttEstimator;
+use crate::protocol::varint::bundle_len;
+use crate::protocol::{DATA_BUNDLE_HEADER, OpCode, Rc4KeyState};
+
+/// Bytes of a reliable packet before its payload: op code and sequence.
+pub(crate) const RELIABLE_HEADER_LEN: usize = 4;
+/// The total-length field of a first fragment.
+const FRAGMENT_TOTAL_LEN: usize = 4;
+
+/// Messages waiting for a sequence number, stored back to back.
+#[derive(Debug, Default)]
+struct MessageQueue {
+    buf: Vec<u8>,
+    head: usize,
+    lens: VecDeque<u32>,
+}
+
+impl MessageQueue {
+    fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    /// Appends a message written by `write` into the buffer's tail.
+    fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        write(&mut self.buf);
+        let len = self.buf.len() - start;
+        self.lens.push_back(len as u32);
+    }
+
+    /// The messages from the front, in order.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = self.head;
+        self.lens.iter().map(move |&len| {
+            let msg = &self.buf[at..at + len as usize];
+            at += len as usize;
+            msg
+        })
+    }
+
+    fn front(&self) -> Option<&[u8]> {
+        self.iter().next()
+    }
+
+    fn pop(&mut self) {
+        if let Some(len) = self.lens.pop_front() {
+            self.head += len as usize;
+        }
+        if self.lens.is_empty() {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head >= (64 << 10) && self.head * 2 >= self.buf.len() {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+    }
+}
+
+/// Progress through a message being sent as fragments.
+#[derive(Debug, Clone, Copy)]
+struct FragmentCursor {
+    /// Bytes sent before the message itself (a one-item bundle header, if wrapped).
+    prefix: [u8; 2 + bundle_len::MAX_LEN],
+    prefix_len: usize,
+    total: usize,
+    offset: usize,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The cooked packet: op code, sequence, payload.
+    packet: Vec<u8>,
+    first_sent: Instant,
+    last_sent: Instant,
+    sends: u32,
+    acked: bool,
+}
+
+/// Outcome of processing an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckOutcome {
+    /// Released this many packets.
+    Released(u32),
+    /// Acknowledged nothing new (duplicate or stale).
+    Stale,
+    /// Acknowledged a sequence never sent.
+    Invalid,
+}
+
+/// How a packet may be built.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PacketRules {
+    /// Payload bytes after the sequence.
+    pub(crate) room: usize,
+    /// Bundle several small messages per packet.
+    pub(crate) coalesce: bool,
+}
+
+/// The sending half of a reliable channel.
+#[derive(Debug)]
+pub(crate) struct ReliableSender {
+    channel: u8,
+    cipher: Option<Rc4KeyState>,
+    /// UdpLibrary escaping of unencrypted messages that start with `00`.
+    escape_plain: bool,
+    queue: MessageQueue,
+    fragment: Option<FragmentCursor>,
+    next_seq: u64,
+    unacked_from: u64,
+    window: u64,
+    slots: Vec<Slot>,
+    resend_at: Option<Instant>,
+    fast_resend_before: Option<Instant>,
+}
+
+impl ReliableSender {
+    pub(crate) fn new(
+        channel: u8,
+        cipher: Option<Rc4KeyState>,
+        escape_plain: bool,
+        window: u16,
+    ) -> Self {
+        Self {
+            channel,
+            cipher,
+            escape_plain,
+            queue: MessageQueue::default(),
+            fragment: None,
+            next_seq: 0,
+            unacked_from: 0,
+            window: u64::from(window.clamp(1, 0x7FFF)),
+            slots: Vec::new(),
+            resend_at: None,
+            fast_resend_before: None,
+        }
+    }
+
+    /// Bytes queued and not yet cut into packets.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// Whether anything is queued or unacknowledged.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.unacked_from == self.next_seq
+    }
+
+    /// Packets sent and not yet acknowledged (counting out-of-order acked ones).
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.next_seq - self.unacked_from
+    }
+
+    /// Whether a new packet could be sent now.
+    pub(crate) fn can_send(&self) -> bool {
+        !self.queue.is_empty() && self.in_flight() < self.window
+    }
+
+    /// When the next retransmission check is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.resend_at
+    }
+
+    /// Whether acks asked for retransmissions that have not gone out yet.
+    pub(crate) fn fast_resend_pending(&self) -> bool {
+        self.fast_resend_before.is_some()
+    }
+
+    /// Queues one application message: encrypts it and escapes a leading `00`.
+    pub(crate) fn enqueue(&mut self, data: &[u8]) {
+        let escape_plain = self.escape_plain;
+        let cipher = self.cipher.as_mut();
+        self.queue.push_with(|buf| {
+            let start = buf.len();
+            match cipher {
+                Some(cipher) => {
+                    buf.extend_from_slice(data);
+                    cipher.apply(&mut buf[start..]);
+                    if buf[start] == 0 {
+                        buf.insert(start, 0);
+                    }
+                }
+                None => {
+                    if escape_plain && data[0] == 0 {
+                        buf.push(0);
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+        });
+    }
+
+    /// Whether a queued message must travel inside a one-item bundle: unescaped
+    /// plain data that starts like a bundle would otherwise be split by the receiver.
+    fn needs_wrap(&self, msg: &[u8]) -> bool {
+        self.cipher.is_none() && !self.escape_plain && msg.starts_with(&DATA_BUNDLE_HEADER)
+    }
+
+    fn slot_index(&self, seq: u64) -> usize {
+        (seq as usize) & (self.slots.len() - 1)
+    }
+
+    /// Cuts the next packet into a slot and returns its sequence, if the window and
+    /// the queue allow.
+    pub(crate) fn build_next(&mut self, rules: PacketRules, now: Instant) -> Option<u64> {
+        if !self.can_send() {
+            return None;
+        }
+        if self.slots.is_empty() {
+            let n = (self.window as usize).next_power_of_two();
+            self.slots = (0..n)
+                .map(|_| Slot {
+                    packet: Vec::new(),
+                    first_sent: now,
+                    last_sent: now,
+                    sends: 0,
+                    acked: true,
+                })
+                .collect();
+        }
+        let seq = self.next_seq;
+        let idx = self.slot_index(seq);
+        let mut packet = std::mem::take(&mut self.slots[idx].packet);
+        packet.clear();
+        self.write_packet(&mut packet, seq as u16, rules);
+        self.slots[idx] = Slot {
+            packet,
+            first_sent: now,
+            last_sent: now,
+            sends: 1,
+            acked: false,
+        };
+        self.next_seq += 1;
+        Some(seq)
+    }
+
+    /// The bytes of a built packet.
+    pub(crate) fn packet(&self, seq: u64) -> &[u8] {
+        &self.slots[self.slot_index(seq)].packet
+    }
+
+    fn write_packet(&mut self, out: &mut Vec<u8>, wire_seq: u16, rules: PacketRules) {
+        let data_op = OpCode::ReliableData(self.channel).to_bytes();
+        let fragment_op = OpCode::ReliableDataFragment(self.channel).to_bytes();
+        if let Some(cursor) = self.fragment.as_mut() {
+            out.extend_from_slice(&fragment_op);
+            out.extend_from_slice(&wire_seq.to_be_bytes());
+            let take = rules.room.min(cursor.total - cursor.offset);
+            copy_virtual(out, cursor, self.queue.front().unwrap_or_default(), take);
+            if cursor.offset == cursor.total {
+                self.fragment = None;
+                self.queue.pop();
+            }
+            return;
+        }
+        let Some(front) = self.queue.front() else {
+            return;
+        };
+        let wrap = self.needs_wrap(front);
+        let front_len = front.len();
+
+        if rules.coalesce || wrap {
+            let mut size = DATA_BUNDLE_HEADER.len();
+            let mut count = 0;
+            for msg in self.queue.iter() {
+                let item = bundle_len::encoded_len(msg.len() as u32) + msg.len();
+                if size + item > rules.room {
+                    break;
+                }
+                size += item;
+                count += 1;
+                if !rules.coalesce {
+                    break;
+                }
+            }
+            if count >= 2 || (count == 1 && wrap) {
+                out.extend_from_slice(&data_op);
+                out.extend_from_slice(&wire_seq.to_be_bytes());
+                out.extend_from_slice(&DATA_BUNDLE_HEADER);
+                let mut len_bytes = [0u8; bundle_len::MAX_LEN];
+                for msg in self.queue.iter().take(count) {
+                    let n = bundle_len::write(msg.len() as u32, &mut len_bytes);
+                    out.extend_from_slice(&len_bytes[..n]);
+                    out.extend_from_slice(msg);
+                }
+                for _ in 0..count {
+                    self.queue.pop();
+                }
+                return;
+            }
+        }
+        if front_len <= rules.room && !wrap {
+            out.extend_from_slice(&data_op);
+            out.extend_from_slice(&wire_seq.to_be_bytes());
+            out.extend_from_slice(front);
+            self.queue.pop();
+            return;
+        }
+        // Too large for one packet: fragments, the first carrying the total length.
+        let mut cursor = FragmentCursor {
+            prefix: [0; 2 + bundle_len::MAX_LEN],
+            prefix_len: 0,
+            total: 0,
+            offset: 0,
+        };
+        if wrap {
+            cursor.prefix[..2].copy_from_slice(&DATA_BUNDLE_HEADER);
+            cursor.prefix_len = 2 + bundle_len::write(front_len as u32, &mut cursor.prefix[2..]);
+        }
+        cursor.total = cursor.prefix_len + front_len;
+        out.extend_from_slice(&fragment_op);
+        out.extend_from_slice(&wire_seq.to_be_bytes());
+        out.extend_from_slice(&(cursor.total as u32).to_be_bytes());
+        let take = rules
+            .room
+            .saturating_sub(FRAGMENT_TOTAL_LEN)
+            .max(1)
+            .min(cursor.total);
+        copy_virtual(out, &mut cursor, front, take);
+        self.fragment = Some(cursor);
+    }
+
+    /// Maps a wire sequence from an ack to a full sequence. Acks can only name
+    /// sequences already assigned, i.e. at most 0x7FFF below `next_seq`.
+    fn extend_ack(&self, wire: u16) -> Option<u64> {
+        let mut seq = (self.next_seq & !0xFFFF) | u64::from(wire);
+        if seq >= self.next_seq {
+            seq = seq.checked_sub(0x1_0000)?;
+        }
+        Some(seq)
+    }
+
+    fn release(slot: &mut Slot, now: Instant, rtt: &mut RttEstimator) {
+        if slot.sends == 1 {
+            rtt.sample(now.saturating_duration_since(slot.first_sent));
+        }
+        slot.acked = true;
+    }
+
+    fn advance_unacked(&mut self) {
+        while self.unacked_from < self.next_seq
+            && self.slots[self.slot_index(self.unacked_from)].acked
+        {
+            self.unacked_from += 1;
+        }
+        if self.unacked_from == self.next_seq {
+            self.resend_at = None;
+            self.fast_resend_before = None;
+        }
+    }
+
+    /// Cumulative acknowledgement of every sequence up to `wire`.
+    pub(crate) fn on_ack_all(
+        &mut self,
+        wire: u16,
+        now: Instant,
+        rtt: &mut RttEstimator,
+    ) -> AckOutcome {
+        let Some(upto) = self.extend_ack(wire) else {
+            return AckOutcome::Invalid;
+        };
+        if upto < self.unacked_from {
+            return AckOutcome::Stale;
+        }
+        let mut released = 0;
+        for seq in self.unacked_from..=upto {
+            let idx = self.slot_index(seq);
+            let slot = &mut self.slots[idx];
+            if !slot.acked {
+                Self::release(slot, now, rtt);
+                released += 1;
+            }
+        }
+        self.unacked_from = self.unacked_from.max(upto + 1);
+        self.advance_unacked();
+        if released == 0 {
+            AckOutcome::Stale
+        } else {
+            AckOutcome::Released(released)
+        }
+    }
+
+    /// Selective acknowledgement of one sequence. Unacknowledged packets first sent
+    /// before it are presumed lost and retransmitted at the next flush.
+    pub(crate) fn on_ack(&mut self, wire: u16, now: Instant, rtt: &mut RttEstimator) -> AckOutcome {
+        let Some(seq) = self.extend_ack(wire) else {
+            return AckOutcome::Invalid;
+        };
+        if seq >= self.unacked_from + self.window {
+            return AckOutcome::Invalid;
+        }
+        if seq < self.unacked_from {
+            return AckOutcome::Stale;
+        }
+        let idx = self.slot_index(seq);
+        let slot = &mut self.slots[idx];
+        if slot.acked {
+            return AckOutcome::Stale;
+        }
+        let sent = slot.first_sent;
+        Self::release(slot, now, rtt);
+        if seq > self.unacked_from {
+            self.fast_resend_before = Some(self.fast_resend_before.map_or(sent, |t| t.max(sent)));
+        }
+        self.advance_unacked();
+        AckOutcome::Released(1)
+    }
+
+    /// Records that a fresh packet was handed to the assembler.
+    pub(crate) fn arm_timer(&mut self, now: Instant, rto: Duration) {
+        if self.resend_at.is_none() {
+            self.resend_at = Some(now + rto);
+        }
+    }
+
+    /// Retransmits what is due: packets unacknowledged for a whole RTO, and packets a
+    /// selective ack showed lost. Spends at most `budget` packets. Returns whether a
+    /// timeout fired (the caller backs the RTO off), or `Err` with the age of the
+    /// oldest packet when it exceeds `give_up_after`.
+    pub(crate) fn resend_due(
+        &mut self,
+        now: Instant,
+        rto: Duration,
+        give_up_after: Option<Duration>,
+        budget: &mut u16,
+        asm: &mut Assembler<'_>,
+        resent: &mut u64,
+    ) -> Result<bool, Duration> {
+        let timer_due = self.resend_at.is_some_and(|t| now >= t);
+        if !timer_due && self.fast_resend_before.is_none() {
+            return Ok(false);
+        }
+        let fast_before = self.fast_resend_before.take();
+        let mut timed_out = false;
+        let mut next: Option<Instant> = None;
+        for seq in self.unacked_from..self.next_seq {
+            let idx = self.slot_index(seq);
+            let slot = &mut self.slots[idx];
+            if slot.acked {
+                continue;
+            }
+            let age = now.saturating_duration_since(slot.first_sent);
+            if give_up_after.is_some_and(|limit| age >= limit) {
+                return Err(age);
+            }
+            let by_timer = slot.last_sent + rto <= now;
+            let by_ack = fast_before.is_some_and(|t| slot.last_sent < t);
+            if (by_timer || by_ack) && *budget > 0 {
+                asm.push(&slot.packet);
+                slot.last_sent = now;
+                slot.sends += 1;
+                *budget -= 1;
+                *resent += 1;
+                timed_out |= by_timer;
+            }
+            let due = slot.last_sent + rto;
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        self.resend_at = next;
+        Ok(timed_out)
+    }
+}
+
+/// Copies `take` bytes of `prefix ++ msg` starting at `cursor.offset`.
+fn copy_virtual(out: &mut Vec<u8>, cursor: &mut FragmentCursor, msg: &[u8], take: usize) {
+    let mut remaining = take;
+    if cursor.offset < cursor.prefix_len {
+        let n = remaining.min(cursor.prefix_len - cursor.offset);
+        out.extend_from_slice(&cursor.prefix[cursor.offset..cursor.offset + n]);
+        cursor.offset += n;
+        remaining -= n;
+    }
+    if remaining > 0 {
+        let at = cursor.offset - cursor.prefix_len;
+        out.extend_from_slice(&msg[at..at + remaining]);
+        cursor.offset += remaining;
+    }
+}
