@@ -45,7 +45,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::protocol::{DisconnectReason, OpCode, Packet};
+use crate::protocol::{DisconnectReason, OpCode, Packet, SessionRequest};
 use crate::session::{
     ApplicationParameters, Channel, EnqueueError, SessionEvent, SessionIo, SessionMode,
     SessionParameters, SessionState, SessionStats, SoeSession,
@@ -381,6 +381,10 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         self.handle_unknown_sender(remote, datagram, now);
     }
 
+    /// Whether `datagram` is a well-formed SessionRequest for our protocol with a new
+    /// session id, on a server session. Contextless packets carry no CRC, so the
+    /// request must match exactly before it may replace a live session: a corrupted
+    /// or forged fragment of one never does.
     fn is_new_incarnation(&self, slot: u32, datagram: &[u8]) -> bool {
         let Some(entry) = self.slots[slot as usize].as_ref() else {
             return false;
@@ -388,7 +392,17 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         if entry.session.mode() != SessionMode::Server || datagram.get(..2) != Some(&[0, 1]) {
             return false;
         }
-        matches!(Packet::parse(datagram), Ok(Packet::SessionRequest(r)) if r.session_id != entry.session.session_id())
+        let Ok(Packet::SessionRequest(request)) = Packet::parse(datagram) else {
+            return false;
+        };
+        let name = self.config.default_session_params.application_protocol.as_bytes();
+        let well_formed = match request.application_protocol {
+            Some(n) => n == name && datagram.len() == SessionRequest::FIXED_LEN + n.len() + 1,
+            None => name.is_empty() && datagram.len() == SessionRequest::FIXED_LEN,
+        };
+        well_formed
+            && matches!(request.protocol_version, 2 | 3)
+            && request.session_id != entry.session.session_id()
     }
 
     fn handle_unknown_sender(&mut self, remote: A, datagram: &[u8], now: Instant) {

@@ -376,10 +376,7 @@ impl SoeSession {
                     consider(Some(self.last_received + p.inactivity_timeout));
                 }
                 if self.mode == SessionMode::Client && !p.heartbeat_after.is_zero() {
-                    let since = self
-                        .last_heartbeat
-                        .map_or(self.last_received, |h| h.max(self.last_received));
-                    consider(Some(since + p.heartbeat_after));
+                    consider(Some(self.next_heartbeat()));
                 }
                 for s in self.senders.iter().flatten() {
                     consider(s.deadline());
@@ -390,6 +387,20 @@ impl SoeSession {
             }
         }
         next
+    }
+
+    /// When a client's next heartbeat is due: `heartbeat_after` after the last
+    /// datagram received, then again every RTO (at least 500 ms) while the server
+    /// stays silent, so one lost heartbeat does not cost the session.
+    fn next_heartbeat(&self) -> Instant {
+        let first = self.last_received + self.params.heartbeat_after;
+        match self.last_heartbeat {
+            Some(sent) if sent >= self.last_received => {
+                let retry = self.rtt.rto().max(Duration::from_millis(500));
+                first.max(sent + retry)
+            }
+            _ => first,
+        }
     }
 
     /// Queues `data` on `channel`. Returns an error (and queues nothing) when the
@@ -559,7 +570,7 @@ impl SoeSession {
         };
         match unframed {
             Unframed::Contextless(_, bytes) => match Packet::parse(bytes) {
-                Ok(packet) => self.handle_contextless(packet, now, io),
+                Ok(packet) => self.handle_contextless(packet, bytes.len(), now, io),
                 Err(_) => self.stats.malformed_datagrams += 1,
             },
             // A client cannot check a contextual packet before it knows the CRC seed.
@@ -756,7 +767,13 @@ impl SoeSession {
         io.events.push(SessionEvent::DataReceived { data, channel });
     }
 
-    fn handle_contextless(&mut self, packet: Packet<'_>, now: Instant, io: &mut SessionIo) {
+    fn handle_contextless(
+        &mut self,
+        packet: Packet<'_>,
+        len: usize,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
         match (packet, self.mode) {
             (Packet::SessionRequest(request), SessionMode::Server) => {
                 self.handle_request(request, now, io)
@@ -776,13 +793,11 @@ impl SoeSession {
             (Packet::SessionResponse(response), SessionMode::Client) => {
                 self.handle_response(response, now, io)
             }
-            (Packet::UnknownSender, _) if self.state == SessionState::Running => self.end(
-                DisconnectReason::UnreachableConnection,
-                false,
-                false,
-                now,
-                io,
-            ),
+            // Exactly `00 1D`: it carries no CRC, so a longer datagram that merely
+            // starts like one (a corrupted ack, say) must not end the session.
+            (Packet::UnknownSender, _) if self.state == SessionState::Running && len == 2 => {
+                self.end(DisconnectReason::UnreachableConnection, false, false, now, io)
+            }
             _ => self.stats.ignored_packets += 1,
         }
     }
@@ -884,14 +899,12 @@ impl SoeSession {
                     && now >= self.last_received + p.inactivity_timeout
                 {
                     self.end(DisconnectReason::Timeout, false, false, now, io);
-                } else if self.mode == SessionMode::Client && !p.heartbeat_after.is_zero() {
-                    let since = self
-                        .last_heartbeat
-                        .map_or(self.last_received, |h| h.max(self.last_received));
-                    if now >= since + p.heartbeat_after {
-                        self.owed.heartbeat = true;
-                        self.last_heartbeat = Some(now);
-                    }
+                } else if self.mode == SessionMode::Client
+                    && !p.heartbeat_after.is_zero()
+                    && now >= self.next_heartbeat()
+                {
+                    self.owed.heartbeat = true;
+                    self.last_heartbeat = Some(now);
                 }
             }
         }

@@ -68,7 +68,8 @@ pub struct SessionParameters {
     /// Cumulative acks are sent at the latest after half this many packets.
     pub data_ack_window: u16,
     /// A client sends a heartbeat after this long without receiving; `ZERO` disables.
-    /// Rate-limited to one per interval.
+    /// While the server stays silent it repeats once per RTO (at least 500 ms),
+    /// never more often.
     pub heartbeat_after: Duration,
     /// Terminate (`Timeout`) after this long without a valid datagram; `ZERO` disables.
     pub inactivity_timeout: Duration,
@@ -118,7 +119,8 @@ pub struct SessionParameters {
     pub compress_outgoing: bool,
     /// Bodies shorter than this are never compressed.
     pub compress_min_len: usize,
-    /// zlib level for outgoing compression (0–9).
+    /// zlib level for outgoing compression (0–9). The default, 1, costs about a third
+    /// of level 6's CPU per datagram for slightly larger output.
     pub compression_level: u32,
     /// Zero-escape policy for reliable data (see [`ZeroEscape`]).
     pub zero_escape: ZeroEscape,
@@ -156,7 +158,7 @@ impl Default for SessionParameters {
             coalesce_unreliable: false,
             compress_outgoing: true,
             compress_min_len: 24,
-            compression_level: 6,
+            compression_level: 1,
             zero_escape: ZeroEscape::EncryptedOnly,
         }
     }

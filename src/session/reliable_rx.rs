@@ -106,11 +106,6 @@ impl ReliableReceiver {
         }
     }
 
-    /// The next sequence expected in order.
-    pub(crate) fn next_expected(&self) -> u64 {
-        self.next
-    }
-
     /// When owed acks must go out at the latest.
     pub(crate) fn ack_deadline(&self) -> Option<Instant> {
         self.ack_due
