@@ -395,7 +395,11 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         let Ok(Packet::SessionRequest(request)) = Packet::parse(datagram) else {
             return false;
         };
-        let name = self.config.default_session_params.application_protocol.as_bytes();
+        let name = self
+            .config
+            .default_session_params
+            .application_protocol
+            .as_bytes();
         let well_formed = match request.application_protocol {
             Some(n) => n == name && datagram.len() == SessionRequest::FIXED_LEN + n.len() + 1,
             None => name.is_empty() && datagram.len() == SessionRequest::FIXED_LEN,

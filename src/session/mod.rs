@@ -795,9 +795,14 @@ impl SoeSession {
             }
             // Exactly `00 1D`: it carries no CRC, so a longer datagram that merely
             // starts like one (a corrupted ack, say) must not end the session.
-            (Packet::UnknownSender, _) if self.state == SessionState::Running && len == 2 => {
-                self.end(DisconnectReason::UnreachableConnection, false, false, now, io)
-            }
+            (Packet::UnknownSender, _) if self.state == SessionState::Running && len == 2 => self
+                .end(
+                    DisconnectReason::UnreachableConnection,
+                    false,
+                    false,
+                    now,
+                    io,
+                ),
             _ => self.stats.ignored_packets += 1,
         }
     }
