@@ -5,8 +5,10 @@ use soe_uring::sim::{LinkConfig, Sim};
 use soe_uring::*;
 
 fn config(seed: u64) -> SocketConfig {
-    let mut c = SocketConfig::default();
-    c.rng_seed = Some(seed);
+    let mut c = SocketConfig {
+        rng_seed: Some(seed),
+        ..SocketConfig::default()
+    };
     c.default_session_params.application_protocol = "Test".into();
     c
 }

@@ -1,6 +1,8 @@
 #![cfg(feature = "sim")]
 //! Reliability under a seeded lossy link: every message delivered exactly once and in
 //! order per channel, in both directions, whatever the link does.
+// Only to report wall time; the simulation itself runs on virtual time.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
