@@ -1,6 +1,13 @@
 #![cfg(feature = "sim")]
-//! Small simulated conversations.
+//! Session scenarios on the simulated network: handshake variants, timeouts,
+//! heartbeats, channels, termination, remapping, limits and coalescing.
+#![allow(clippy::disallowed_methods)] // wall-clock checks of "takes milliseconds"
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use soe_uring::protocol::Packet;
+use soe_uring::protocol::packet::RemapConnection;
 use soe_uring::sim::{LinkConfig, Sim};
 use soe_uring::*;
 
@@ -20,30 +27,616 @@ fn opened(sim: &Sim, node: usize) -> bool {
         .any(|e| matches!(e, SocketEvent::SessionOpened { .. }))
 }
 
+fn closed(sim: &Sim, node: usize) -> Option<DisconnectReason> {
+    sim.node(node).events.iter().find_map(|e| match e {
+        SocketEvent::SessionClosed { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+fn received(sim: &Sim, node: usize) -> Vec<(Vec<u8>, Channel)> {
+    sim.node(node)
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SocketEvent::DataReceived { data, channel, .. } => Some((data.to_vec(), *channel)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A client and a server with an open session (the server has seen a packet).
+fn pair(
+    link: LinkConfig,
+    client_cfg: SocketConfig,
+    server_cfg: SocketConfig,
+) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(1, link);
+    let server = sim.add_node(server_cfg);
+    let client = sim.add_node(client_cfg);
+    sim.connect(client, server);
+    assert!(sim.run_until(|s| opened(s, client)), "client never opened");
+    let to = sim.addr(server);
+    sim.node_mut(client).mux.enqueue_data(&to, b"hi").unwrap();
+    sim.pump(client);
+    assert!(sim.run_until(|s| opened(s, server)), "server never opened");
+    (sim, client, server)
+}
+
+fn send(sim: &mut Sim, from: usize, to: usize, data: &[u8], channel: Channel) {
+    let to = sim.addr(to);
+    sim.node_mut(from)
+        .mux
+        .enqueue_data_on(&to, data, channel)
+        .unwrap();
+    sim.pump(from);
+}
+
 #[test]
 fn handshake_and_echo() {
-    let mut sim = Sim::new(1, LinkConfig::default());
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    assert!(sim.run_until(|s| received(s, server).len() == 1));
+    send(&mut sim, server, client, b"world", Channel::Reliable(0));
+    assert!(sim.run_until(|s| !received(s, client).is_empty()));
+    assert_eq!(
+        received(&sim, client),
+        [(b"world".to_vec(), Channel::Reliable(0))]
+    );
+}
+
+#[test]
+fn idle_timeout_of_30_seconds_takes_milliseconds() {
+    let mut c = config(2);
+    c.default_session_params.heartbeat_after = Duration::ZERO;
+    let wall = Instant::now();
+    let (mut sim, client, server) = pair(LinkConfig::default(), c, config(1));
+    let start = sim.elapsed();
+    assert!(sim.run_until(|s| closed(s, client).is_some() && closed(s, server).is_some()));
+    assert_eq!(closed(&sim, client), Some(DisconnectReason::Timeout));
+    assert_eq!(closed(&sim, server), Some(DisconnectReason::Timeout));
+    let idle = sim.elapsed() - start;
+    assert!(
+        idle >= Duration::from_secs(30) && idle < Duration::from_secs(31),
+        "{idle:?}"
+    );
+    assert!(wall.elapsed() < Duration::from_secs(2));
+    assert_eq!(sim.node(client).mux.session_count(), 0);
+    assert_eq!(sim.node(server).mux.session_count(), 0);
+}
+
+#[test]
+fn heartbeats_keep_an_idle_session_alive_on_a_lossy_link() {
+    let (mut sim, client, server) = pair(LinkConfig::lossy(0.3), config(2), config(1));
+    sim.run_for(Duration::from_secs(600));
+    assert_eq!(closed(&sim, client), None);
+    assert_eq!(closed(&sim, server), None);
+    let beats = sim.node(server).mux.stats().sessions.datagrams_received;
+    // About one heartbeat per 25 s plus retries: a handful, not one per tick.
+    assert!((20..200).contains(&beats), "{beats} datagrams");
+}
+
+#[test]
+fn client_retries_a_lost_session_request() {
+    let mut sim = Sim::new(
+        3,
+        LinkConfig {
+            loss: 1.0,
+            ..LinkConfig::default()
+        },
+    );
     let server = sim.add_node(config(1));
     let client = sim.add_node(config(2));
     sim.connect(client, server);
+    sim.run_for(Duration::from_millis(2500));
+    assert!(!opened(&sim, client));
+    sim.set_link(LinkConfig::default());
     assert!(sim.run_until(|s| opened(s, client)));
-    let saddr = sim.addr(server);
-    let caddr = sim.addr(client);
+    let requests = sim.node(client).mux.stats().sessions.datagrams_sent;
+    assert!(requests >= 3, "{requests}");
+}
+
+#[test]
+fn connect_fails_after_the_connect_timeout() {
+    let mut sim = Sim::new(3, LinkConfig::default());
+    let server = sim.add_node(config(1));
+    let mut other = config(2);
+    other.default_session_params.application_protocol = "Other".into();
+    let client = sim.add_node(other);
+    sim.connect(client, server);
+    assert!(sim.run_until(|s| closed(s, client).is_some()));
+    assert_eq!(closed(&sim, client), Some(DisconnectReason::ConnectFail));
+    assert_eq!(sim.elapsed(), Duration::from_secs(10));
+    assert!(sim.node(server).mux.stats().refused_protocol_mismatch >= 10);
+    assert!(sim.node(server).events.is_empty());
+}
+
+#[test]
+fn repeated_requests_get_the_same_response() {
+    let mut c = SocketConfig {
+        rng_seed: Some(5),
+        ..SocketConfig::default()
+    };
+    c.default_session_params.application_protocol = "Test".into();
+    let mut server = SoeMultiplexer::<SocketAddr>::new(c);
+    let from: SocketAddr = "10.0.0.9:9".parse().unwrap();
+    let request = {
+        let p = Packet::SessionRequest(soe_uring::protocol::SessionRequest {
+            protocol_version: 3,
+            session_id: 77,
+            udp_length: 512,
+            application_protocol: Some(b"Test"),
+        });
+        let mut b = vec![0; p.encoded_len()];
+        p.emit(&mut b);
+        b
+    };
+    let now = Instant::now();
+    let mut responses = Vec::new();
+    for i in 0..3 {
+        server.process_incoming(from, &request, now + Duration::from_millis(i));
+        server.run_tick(now + Duration::from_millis(i));
+        responses.extend(server.take_outgoing());
+    }
+    assert_eq!(responses.len(), 3);
+    assert!(responses.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(responses[0].1.len(), 21);
+    assert_eq!(server.session_count(), 1);
+}
+
+#[test]
+fn client_ignores_a_response_for_another_session_id() {
+    let now = Instant::now();
+    let mut client = SoeMultiplexer::<SocketAddr>::new(config(4));
+    let server: SocketAddr = "10.0.0.1:1".parse().unwrap();
+    client.connect(server, now).unwrap();
+    let id = client.session(&server).unwrap().session_id();
+    let response = |session_id| {
+        let p = Packet::SessionResponse(soe_uring::protocol::SessionResponse {
+            session_id,
+            crc_seed: 1,
+            crc_length: 2,
+            compression: 0,
+            encryption_pass_1: 0,
+            udp_length: 512,
+            protocol_version: Some(3),
+        });
+        let mut b = vec![0; p.encoded_len()];
+        p.emit(&mut b);
+        b
+    };
+    client.process_incoming(server, response(id.wrapping_add(1)), now);
+    assert_eq!(
+        client.session(&server).unwrap().state(),
+        SessionState::Negotiating
+    );
+    client.process_incoming(server, response(id), now);
+    assert_eq!(
+        client.session(&server).unwrap().state(),
+        SessionState::Running
+    );
+    assert_eq!(
+        client.poll_event(),
+        Some(SocketEvent::SessionOpened { remote: server })
+    );
+}
+
+#[test]
+fn v2_handshake_with_unnamed_protocol() {
+    let mut c = config(2);
+    c.default_session_params.application_protocol.clear();
+    c.default_session_params.protocol_version = 2;
+    let mut s = config(1);
+    s.default_session_params.application_protocol.clear();
+    let (mut sim, client, server) = pair(LinkConfig::default(), c, s);
+    send(&mut sim, server, client, b"v2 works", Channel::Reliable(1));
+    assert!(sim.run_until(|s| !received(s, client).is_empty()));
+    // A named server refuses unnamed requests.
+    let mut sim = Sim::new(2, LinkConfig::default());
+    let named = sim.add_node(config(1));
+    let mut c = config(2);
+    c.default_session_params.application_protocol.clear();
+    c.default_session_params.protocol_version = 2;
+    let client = sim.add_node(c);
+    sim.connect(client, named);
+    sim.run_for(Duration::from_secs(2));
+    assert!(!opened(&sim, client));
+}
+
+#[test]
+fn terminate_notifies_the_peer_with_the_reason() {
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    let to = sim.addr(server);
+    let now = sim.now();
     sim.node_mut(client)
         .mux
-        .enqueue_data(&saddr, b"hello")
-        .unwrap();
+        .terminate(&to, DisconnectReason::Application, now);
     sim.pump(client);
-    assert!(sim.run_until(|s| s.node(server).events.iter().any(
-        |e| matches!(e, SocketEvent::DataReceived { data, .. } if data.as_ref() == b"hello")
-    )));
-    assert!(opened(&sim, server));
-    sim.node_mut(server)
+    assert_eq!(closed(&sim, client), Some(DisconnectReason::Application));
+    assert!(sim.run_until(|s| closed(s, server).is_some()));
+    assert_eq!(closed(&sim, server), Some(DisconnectReason::Application));
+    assert_eq!(sim.node(server).mux.session_count(), 0);
+    assert_eq!(
+        sim.node(server)
+            .mux
+            .stats()
+            .closed_by(DisconnectReason::Application),
+        1
+    );
+}
+
+#[test]
+fn pending_data_is_flushed_before_the_disconnect() {
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    let to = sim.addr(server);
+    for i in 0..50u8 {
+        sim.node_mut(client)
+            .mux
+            .enqueue_data(&to, &[i; 30])
+            .unwrap();
+    }
+    let now = sim.now();
+    sim.node_mut(client)
         .mux
-        .enqueue_data(&caddr, b"world")
-        .unwrap();
-    sim.pump(server);
-    assert!(sim.run_until(|s| s.node(client).events.iter().any(
-        |e| matches!(e, SocketEvent::DataReceived { data, .. } if data.as_ref() == b"world")
-    )));
+        .terminate(&to, DisconnectReason::Application, now);
+    sim.pump(client);
+    assert!(sim.run_until(|s| closed(s, server).is_some()));
+    assert_eq!(received(&sim, server).len(), 51);
+}
+
+#[test]
+fn unreliable_ordered_and_promoted_messages() {
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    send(
+        &mut sim,
+        client,
+        server,
+        b"\x00starts with zero",
+        Channel::Unreliable,
+    );
+    send(&mut sim, client, server, &[0x42; 2000], Channel::Unreliable);
+    send(&mut sim, client, server, b"ordered", Channel::Ordered);
+    assert!(sim.run_until(|s| received(s, server).len() == 4));
+    let got = received(&sim, server);
+    assert!(got.contains(&(b"\x00starts with zero".to_vec(), Channel::Unreliable)));
+    // Too large for a datagram: promoted to reliable channel 0.
+    assert!(got.contains(&(vec![0x42; 2000], Channel::Reliable(0))));
+    assert!(got.contains(&(b"ordered".to_vec(), Channel::Ordered)));
+}
+
+#[test]
+fn stale_ordered_packets_are_dropped() {
+    let (mut sim, client, server) = pair(
+        LinkConfig {
+            reorder: 0.5,
+            reorder_delay: Duration::from_millis(40),
+            ..LinkConfig::default()
+        },
+        config(2),
+        config(1),
+    );
+    for i in 0..200u16 {
+        send(&mut sim, client, server, &i.to_be_bytes(), Channel::Ordered);
+        sim.run_for(Duration::from_millis(1));
+    }
+    sim.run_for(Duration::from_secs(1));
+    let stamps: Vec<u16> = received(&sim, server)
+        .into_iter()
+        .filter(|(_, c)| *c == Channel::Ordered)
+        .map(|(d, _)| u16::from_be_bytes([d[0], d[1]]))
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "ordered delivery");
+    let dropped = sim.node(server).mux.stats().sessions.stale_ordered_packets;
+    assert!(dropped > 0);
+    assert_eq!(stamps.len() as u64 + dropped, 200);
+}
+
+#[test]
+fn every_reliable_channel_is_independent() {
+    let (mut sim, client, server) = pair(LinkConfig::lossy(0.1), config(2), config(1));
+    for i in 0..400u32 {
+        let ch = (i % 4) as usize;
+        send(
+            &mut sim,
+            client,
+            server,
+            &i.to_be_bytes(),
+            Channel::Reliable(ch),
+        );
+    }
+    assert!(sim.run_until(|s| received(s, server).len() == 401));
+    for ch in 0..4 {
+        let seq: Vec<u32> = received(&sim, server)
+            .into_iter()
+            .filter(|(d, c)| *c == Channel::Reliable(ch) && d.len() == 4)
+            .map(|(d, _)| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+            .collect();
+        let expected: Vec<u32> = (0..400).filter(|i| i % 4 == ch as u32).collect();
+        assert_eq!(seq, expected);
+    }
+}
+
+/// Sends `total` 4-byte counters on channel 0 without coalescing (one packet per
+/// message) and checks they arrive in order. Returns the receiver's ack count.
+fn stream_counters(link: LinkConfig, total: u32) -> u64 {
+    let mut c = config(2);
+    c.default_session_params.coalesce = false;
+    let (mut sim, client, server) = pair(link, c, config(1));
+    let to = sim.addr(server);
+    let mut sent = 0u32;
+    let mut next = 0u32;
+    while next < total {
+        while sent < total
+            && sim
+                .node(client)
+                .mux
+                .session(&to)
+                .is_some_and(|s| s.pending_bytes() < 4096)
+        {
+            sim.node_mut(client)
+                .mux
+                .enqueue_data(&to, &sent.to_be_bytes())
+                .unwrap();
+            sent += 1;
+        }
+        sim.pump(client);
+        assert!(sim.step());
+        for e in std::mem::take(&mut sim.node_mut(server).events) {
+            match e {
+                SocketEvent::DataReceived { data, .. } if data.len() == 4 => {
+                    assert_eq!(
+                        u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
+                        next
+                    );
+                    next += 1;
+                }
+                SocketEvent::SessionClosed { reason, .. } => panic!("{reason:?}"),
+                _ => {}
+            }
+        }
+    }
+    let client_stats = sim.node(client).mux.stats().sessions;
+    assert!(client_stats.reliable_packets_sent >= u64::from(total));
+    sim.node(server).mux.stats().sessions.acks_sent
+}
+
+#[test]
+fn sequence_numbers_wrap_several_times() {
+    let total = 4 * 65_536 + 1_000;
+    // Cumulative acks stay batched across the wraps (the references' truncated
+    // comparison sent one per tick after the first wrap).
+    let acks = stream_counters(LinkConfig::default(), total);
+    assert!(
+        acks < u64::from(total) / 8,
+        "{acks} acks for {total} packets"
+    );
+    // With loss, every packet behind a hole is acknowledged selectively.
+    stream_counters(LinkConfig::lossy(0.02), total);
+}
+
+#[test]
+fn remap_moves_a_session_to_a_new_port_of_the_same_host() {
+    let mut s = config(1);
+    s.allow_port_remaps = true;
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s);
+    let old = sim.addr(client);
+    let session = sim.node(server).mux.session(&old).unwrap();
+    let (id, seed) = (session.session_id(), session.crc_seed());
+    let remap = |sid, seed| {
+        let p = Packet::RemapConnection(RemapConnection {
+            session_id: sid,
+            crc_seed: seed,
+        });
+        let mut b = vec![0; p.encoded_len()];
+        p.emit(&mut b);
+        b
+    };
+    let now = sim.now();
+    let mux = &mut sim.node_mut(server).mux;
+    let other_host: SocketAddr = "10.9.9.9:20001".parse().unwrap();
+    mux.process_incoming(other_host, remap(id, seed), now);
+    let wrong_seed: SocketAddr = SocketAddr::new(old.ip(), 40_000);
+    mux.process_incoming(wrong_seed, remap(id, seed ^ 1), now);
+    assert!(mux.session(&old).is_some());
+    assert_eq!(mux.stats().remaps_refused, 2);
+    let new = SocketAddr::new(old.ip(), 40_001);
+    mux.process_incoming(new, remap(id, seed), now);
+    assert!(mux.session(&old).is_none());
+    assert!(mux.session(&new).is_some());
+    assert_eq!(mux.stats().remaps, 1);
+    // Off by default.
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    let old = sim.addr(client);
+    let session = sim.node(server).mux.session(&old).unwrap();
+    let (id, seed) = (session.session_id(), session.crc_seed());
+    let now = sim.now();
+    let mux = &mut sim.node_mut(server).mux;
+    mux.process_incoming(SocketAddr::new(old.ip(), 40_001), remap(id, seed), now);
+    assert!(mux.session(&old).is_some());
+}
+
+#[test]
+fn unknown_sender_reply_ends_the_peers_session() {
+    let mut s = config(1);
+    s.reply_unknown_sender = true;
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s.clone());
+    // The server forgets everything (a restart).
+    sim.node_mut(server).mux = SoeMultiplexer::new(s);
+    send(
+        &mut sim,
+        client,
+        server,
+        b"anyone there?",
+        Channel::Reliable(0),
+    );
+    assert!(sim.run_until(|s| closed(s, client).is_some()));
+    assert_eq!(
+        closed(&sim, client),
+        Some(DisconnectReason::UnreachableConnection)
+    );
+}
+
+#[test]
+fn session_limit_refuses_extra_requests() {
+    let mut sim = Sim::new(1, LinkConfig::default());
+    let mut s = config(1);
+    s.max_sessions = 2;
+    let server = sim.add_node(s);
+    let clients: Vec<usize> = (0..3).map(|i| sim.add_node(config(10 + i))).collect();
+    for &c in &clients {
+        sim.connect(c, server);
+    }
+    sim.run_for(Duration::from_millis(500));
+    let open = clients.iter().filter(|&&c| opened(&sim, c)).count();
+    assert_eq!(open, 2);
+    assert!(sim.node(server).mux.stats().refused_session_limit >= 1);
+}
+
+#[test]
+fn full_queue_hands_the_payload_back() {
+    let mut c = config(2);
+    c.default_session_params.max_pending_bytes = 10_000;
+    let (mut sim, client, server) = pair(LinkConfig::default(), c, config(1));
+    // A dead link from now on: nothing drains the queue.
+    sim.set_link(LinkConfig {
+        loss: 1.0,
+        ..LinkConfig::default()
+    });
+    sim.run_for(Duration::from_millis(100));
+    let to = sim.addr(server);
+    let mux = &mut sim.node_mut(client).mux;
+    let mut accepted = 0;
+    let result = loop {
+        match mux.enqueue_data(&to, &[7; 1000]) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(result, EnqueueError::QueueFull);
+    assert_eq!(accepted, 10);
+    assert_eq!(mux.enqueue_data(&to, &[]), Err(EnqueueError::Empty));
+    assert_eq!(
+        mux.enqueue_data_on(&to, b"x", Channel::Reliable(4)),
+        Err(EnqueueError::InvalidChannel)
+    );
+    let nobody: SocketAddr = "1.2.3.4:5".parse().unwrap();
+    assert_eq!(
+        mux.enqueue_data(&nobody, b"x"),
+        Err(EnqueueError::NoSession)
+    );
+}
+
+#[test]
+fn echo_with_coalescing_sends_few_datagrams_per_message() {
+    let run = |coalesce: bool| -> f64 {
+        let mut c = config(2);
+        c.default_session_params.coalesce = coalesce;
+        let mut s = config(1);
+        s.default_session_params.coalesce = coalesce;
+        let (mut sim, client, server) = pair(LinkConfig::default(), c, s);
+        let to = sim.addr(server);
+        let start = sim.node(client).mux.stats().sessions.datagrams_sent
+            + sim.node(server).mux.stats().sessions.datagrams_sent;
+        let mut echoed = 0usize;
+        for _ in 0..50 {
+            for i in 0..32u8 {
+                sim.node_mut(client)
+                    .mux
+                    .enqueue_data(&to, &[i; 64])
+                    .unwrap();
+            }
+            sim.pump(client);
+            let target = echoed + 32;
+            while echoed < target {
+                assert!(sim.step());
+                for e in std::mem::take(&mut sim.node_mut(server).events) {
+                    if let SocketEvent::DataReceived {
+                        remote,
+                        data,
+                        channel,
+                    } = e
+                    {
+                        sim.node_mut(server)
+                            .mux
+                            .enqueue_data_on(&remote, &data, channel)
+                            .unwrap();
+                    }
+                }
+                sim.pump(server);
+                echoed += std::mem::take(&mut sim.node_mut(client).events)
+                    .iter()
+                    .filter(|e| matches!(e, SocketEvent::DataReceived { .. }))
+                    .count();
+            }
+        }
+        let end = sim.node(client).mux.stats().sessions.datagrams_sent
+            + sim.node(server).mux.stats().sessions.datagrams_sent;
+        (end - start) as f64 / echoed as f64
+    };
+    let with = run(true);
+    let without = run(false);
+    assert!(
+        with < 0.5, // ~7 messages of 64 bytes per 512-byte datagram each way: 2/7 is the floor
+        "{with} datagrams per echoed message with coalescing"
+    );
+    assert!(
+        without > 1.5,
+        "{without} datagrams per echoed message without"
+    );
+}
+
+#[test]
+fn compression_shrinks_compressible_traffic() {
+    let bytes = |compression: bool| {
+        let mut s = config(1);
+        s.default_session_params.is_compression_enabled = compression;
+        let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s);
+        let text = b"all work and no play makes jack a dull boy. ".repeat(10);
+        for _ in 0..100 {
+            send(&mut sim, client, server, &text, Channel::Reliable(0));
+        }
+        assert!(sim.run_until(|s| received(s, server).len() == 101));
+        assert!(received(&sim, server)[1..].iter().all(|(d, _)| *d == text));
+        sim.node(client).mux.stats().sessions.bytes_sent
+    };
+    let plain = bytes(false);
+    let packed = bytes(true);
+    assert!(packed * 3 < plain, "{packed} vs {plain}");
+}
+
+#[test]
+fn connecting_to_self_is_detected() {
+    let mut sim = Sim::new(1, LinkConfig::default());
+    let node = sim.add_node(config(1));
+    sim.connect(node, node);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(closed(&sim, node), Some(DisconnectReason::ConnectingToSelf));
+}
+
+#[test]
+fn net_status_requests_are_answered() {
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    let _ = client;
+    let session = sim.node(server).mux.session(&sim.addr(client)).unwrap();
+    let crc = soe_uring::protocol::Crc32::new(session.crc_seed());
+    let request = Packet::NetStatusRequest(soe_uring::protocol::NetStatusRequest {
+        timestamp: 0xFB5C,
+        our_sent: 2,
+        our_received: 1,
+        ..Default::default()
+    });
+    let mut datagram = vec![0; request.encoded_len() + 2];
+    request.emit(&mut datagram);
+    crc.append(&mut datagram, request.encoded_len(), 2);
+    let now = sim.now();
+    let from = sim.addr(client);
+    let mux = &mut sim.node_mut(server).mux;
+    mux.consume_outgoing(usize::MAX);
+    mux.process_incoming(from, &datagram, now);
+    mux.run_tick(now);
+    let (_, reply) = mux.outgoing(0);
+    let body = crc.verify(reply, 2).expect("valid CRC");
+    let Ok(Packet::NetStatusResponse(r)) = Packet::parse(body) else {
+        panic!("{reply:02x?}")
+    };
+    assert_eq!((r.timestamp, r.your_sent, r.your_received), (0xFB5C, 2, 1));
 }
