@@ -3,12 +3,19 @@
 
 pub mod mux;
 pub mod protocol;
+#[cfg(target_os = "linux")]
+pub mod runtime;
 pub mod session;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 pub use mux::{ConnectError, MuxStats, RemoteAddr, SocketConfig, SocketEvent, SoeMultiplexer};
 pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
+#[cfg(target_os = "linux")]
+pub use runtime::{
+    SendError, SendErrorKind, ServerError, ServerStats, ShardContext, ShardHandler, ShardInfo,
+    ShardStats, SoeHandle, SoeServer, SoeServerBuilder, shard_of,
+};
 pub use session::{
     ApplicationParameters, Channel, EnqueueError, MultiLength, SessionEvent, SessionIo,
     SessionMode, SessionParameters, SessionState, SessionStats, SoeSession, ZeroEscape,

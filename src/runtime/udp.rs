@@ -1,0 +1,390 @@
+//! UDP sockets of a shard group, and batched `recvmmsg`/`sendmmsg` with reused
+//! buffers.
+//!
+//! This is the only module of the crate with `unsafe` code: the three syscalls the
+//! standard library does not wrap (`recvmmsg`, `sendmmsg`, and `setsockopt` with
+//! `SO_ATTACH_REUSEPORT_CBPF`). Each call documents why its pointers are valid.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::steer::{BpfInsn, steering_program};
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h).
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 0x0035;
+
+/// Binds `count` sockets to `addr` with `SO_REUSEPORT`, in order (socket `i` is
+/// index `i` of the reuseport group), non-blocking, with `buffer` bytes of kernel
+/// receive and send buffer. Port 0 picks one port for the whole group.
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+) -> io::Result<Vec<UdpSocket>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            // Dual-stack where the address allows it; v4-mapped peers steer like IPv4.
+            let _ = socket.set_only_v6(false);
+        }
+        // Best effort: the kernel caps these at net.core.[rw]mem_max.
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        if addr.port() == 0 {
+            let bound = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
+            addr.set_port(bound.port());
+        }
+        sockets.push(UdpSocket::from(socket));
+    }
+    Ok(sockets)
+}
+
+/// Attaches the steering program for `shards` sockets to the group of `socket`.
+pub(crate) fn attach_steering(socket: &UdpSocket, shards: usize) -> io::Result<()> {
+    let mut program: Vec<BpfInsn> = steering_program(shards);
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr().cast::<libc::sock_filter>(),
+    };
+    // SAFETY: `fprog` points at `program`, a live Vec of `#[repr(C)]` instructions
+    // laid out exactly as `struct sock_filter` (u16, u8, u8, u32), for `len`
+    // entries; the kernel copies the program during the call and keeps no pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Converts a kernel socket address to a `SocketAddr`.
+fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`, which is
+            // smaller than and alignment-compatible with `sockaddr_storage`.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into `storage`; returns the address length.
+fn to_storage(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    let sock: socket2::SockAddr = (*addr).into();
+    let len = sock.len();
+    // SAFETY: `SockAddr` wraps a `sockaddr_storage`; copying `len` bytes (at most
+    // its size) into another `sockaddr_storage` stays in bounds of both.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sock.as_ptr().cast::<u8>(),
+            (storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        );
+    }
+    len
+}
+
+/// Why a received datagram was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvDrop {
+    /// Larger than the receive slot.
+    Truncated,
+    /// A source address that is not IPv4/IPv6.
+    BadAddress,
+}
+
+/// Reusable buffers for one `recvmmsg` batch.
+pub(crate) struct RecvBatch {
+    slot: usize,
+    data: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    received: usize,
+}
+
+impl RecvBatch {
+    /// `batch` datagrams of at most `slot` bytes each.
+    pub(crate) fn new(batch: usize, slot: usize) -> Self {
+        // SAFETY: an all-zero `sockaddr_storage`, `iovec` and `mmsghdr` are valid
+        // values (plain integers and null pointers).
+        let zeroed_storage =
+            unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+        let zeroed_header = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        Self {
+            slot,
+            data: vec![0; batch * slot],
+            addrs: vec![zeroed_storage; batch],
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                batch
+            ],
+            headers: vec![zeroed_header; batch],
+            received: 0,
+        }
+    }
+
+    /// Capacity in datagrams.
+    pub(crate) fn capacity(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Receives up to a batch without blocking. `Ok(0)` when nothing is waiting.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.headers.len();
+        for i in 0..n {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.data[i * self.slot..].as_mut_ptr().cast(),
+                iov_len: self.slot,
+            };
+            let h = &mut self.headers[i];
+            h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &raw mut self.iovecs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: `headers` holds `n` initialised `mmsghdr`s whose name and iovec
+        // pointers were set just above to `addrs[i]`, `iovecs[i]` and `slot` bytes of
+        // `data`, all owned by `self` and not moved or aliased during the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            self.received = 0;
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        self.received = rc as usize;
+        Ok(self.received)
+    }
+
+    /// The `i`-th datagram of the last batch.
+    pub(crate) fn get(&self, i: usize) -> Result<(SocketAddr, &[u8]), RecvDrop> {
+        let h = &self.headers[i];
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return Err(RecvDrop::Truncated);
+        }
+        let from =
+            from_storage(&self.addrs[i], h.msg_hdr.msg_namelen).ok_or(RecvDrop::BadAddress)?;
+        let len = (h.msg_len as usize).min(self.slot);
+        Ok((from, &self.data[i * self.slot..i * self.slot + len]))
+    }
+}
+
+/// Reusable buffers for one `sendmmsg` batch.
+pub(crate) struct SendBatch {
+    addrs: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl SendBatch {
+    /// Room for `batch` datagrams per call.
+    pub(crate) fn new(batch: usize) -> Self {
+        // SAFETY: all-zero values of these C structs are valid.
+        let zeroed_storage =
+            unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+        let zeroed_header = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        Self {
+            addrs: vec![zeroed_storage; batch],
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                batch
+            ],
+            headers: vec![zeroed_header; batch],
+        }
+    }
+
+    /// Sends the datagrams `items` yields, up to one batch; returns how many the
+    /// kernel took (0 when the socket buffer is full).
+    pub(crate) fn send<'a>(
+        &mut self,
+        fd: RawFd,
+        items: impl Iterator<Item = (&'a SocketAddr, &'a [u8])>,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        for (addr, bytes) in items.take(self.headers.len()) {
+            let namelen = to_storage(addr, &mut self.addrs[n]);
+            self.iovecs[n] = libc::iovec {
+                iov_base: bytes.as_ptr().cast_mut().cast(),
+                iov_len: bytes.len(),
+            };
+            let h = &mut self.headers[n];
+            h.msg_hdr.msg_name = (&raw mut self.addrs[n]).cast();
+            h.msg_hdr.msg_namelen = namelen;
+            h.msg_hdr.msg_iov = &raw mut self.iovecs[n];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: the first `n` headers point at `addrs[i]`, `iovecs[i]` (owned by
+        // `self`) and at datagram bytes borrowed for `'a`, which outlives the call;
+        // the kernel only reads through the iovecs during `sendmmsg`.
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(rc as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_over_loopback() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 1 << 20).unwrap();
+        let server = &group[0];
+        let to = server.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = client.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| vec![i; usize::from(i) * 10 + 1])
+            .collect();
+        let mut send = SendBatch::new(16);
+        let mut sent = 0;
+        while sent < payloads.len() {
+            sent += send
+                .send(
+                    client.as_raw_fd(),
+                    payloads[sent..].iter().map(|p| (&to, p.as_slice())),
+                )
+                .unwrap();
+        }
+        let mut recv = RecvBatch::new(8, 2048);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            let n = recv.recv(server.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let (src, data) = recv.get(i).unwrap();
+                assert_eq!(src, from);
+                got.push(data.to_vec());
+            }
+            if got.len() == payloads.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(got, payloads);
+        // Truncation is reported.
+        let big = vec![1u8; 4000];
+        client.send_to(&big, to).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(recv.recv(server.as_raw_fd()).unwrap(), 1);
+        assert_eq!(recv.get(0), Err(RecvDrop::Truncated));
+    }
+
+    #[test]
+    fn group_shares_one_port() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 1 << 16).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert!(group.iter().all(|s| s.local_addr().unwrap().port() == port));
+        attach_steering(&group[0], 3).unwrap();
+    }
+}
+
+/// Hands a configured socket to glommio (used to await readability; the batched
+/// syscalls use the same descriptor).
+pub(crate) fn into_glommio(socket: UdpSocket) -> glommio::net::UdpSocket {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is an open UDP socket whose ownership `into_raw_fd` just gave up;
+    // glommio's socket becomes its only owner and closes it on drop.
+    unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
+}
+
+/// CPU time used by the calling thread.
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
