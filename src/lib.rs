@@ -1,6 +1,8 @@
 //! soe-uring: the SOE reliable-UDP protocol.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod mux;
 pub mod protocol;
 #[cfg(target_os = "linux")]

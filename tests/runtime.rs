@@ -155,6 +155,40 @@ impl Clients {
     }
 }
 
+impl Clients {
+    /// Like `echo`, but one message in flight per session at a time, so replies
+    /// sent by several worker threads cannot overtake each other.
+    fn echo_serial(&mut self, per_session: u32) {
+        let sessions = self.sockets.len();
+        let mut next = vec![0u32; sessions];
+        let start = Instant::now();
+        for i in 0..sessions {
+            self.mux.enqueue_data(&Key(i), &message(i, 0)).unwrap();
+        }
+        while next.iter().any(|&n| n < per_session) {
+            assert!(start.elapsed() < LIMIT, "serial echo stalled at {next:?}");
+            self.drive();
+            while let Some(e) = self.mux.poll_event() {
+                if let SocketEvent::DataReceived {
+                    remote: Key(i),
+                    data,
+                    ..
+                } = e
+                {
+                    assert_eq!(data.as_ref(), message(i, next[i]).as_slice());
+                    next[i] += 1;
+                    if next[i] < per_session {
+                        self.mux
+                            .enqueue_data(&Key(i), &message(i, next[i]))
+                            .unwrap();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
+
 fn message(session: usize, index: u32) -> Vec<u8> {
     let len = 1 + (index as usize * 37 + session * 11) % 1500;
     (0..len)
@@ -162,8 +196,11 @@ fn message(session: usize, index: u32) -> Vec<u8> {
         .collect()
 }
 
+/// Which shard saw which remote open a session.
+type Placements = Arc<Mutex<Vec<(SocketAddr, usize)>>>;
+
 /// An echo handler that records which shard saw which remote.
-fn echo_server(shards: usize, steering: bool) -> (SoeServer, Arc<Mutex<Vec<(SocketAddr, usize)>>>) {
+fn echo_server(shards: usize, steering: bool) -> (SoeServer, Placements) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
@@ -235,4 +272,277 @@ fn forwarding_without_kernel_steering() {
     assert!(stats.total.forwarded_in > 0);
     assert!(stats.total.forwarded_in <= stats.total.forwarded_out);
     assert_eq!(stats.total.forward_drops, 0);
+}
+
+/// A server in actor style: events from the merged stream, replies via the handle.
+fn stream_server(shards: usize, command_queue: usize) -> SoeServer {
+    SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+        .shards(shards)
+        .command_queue(command_queue)
+        .start()
+        .expect("server starts")
+}
+
+#[test]
+fn merged_stream_and_handle_replies_from_many_threads() {
+    let server = stream_server(2, 1 << 16);
+    let mut c = Clients::new(24, server.local_addr());
+    let handle = server.handle();
+    // The actor: read events, reply through handles cloned into worker threads.
+    let (work_tx, work_rx) = crossbeam_channel::unbounded::<(SocketAddr, bytes::Bytes, Channel)>();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let rx = work_rx.clone();
+            let h = handle.clone();
+            std::thread::spawn(move || {
+                while let Ok((remote, data, channel)) = rx.recv() {
+                    let mut payload = data;
+                    loop {
+                        match h.enqueue_data_on(remote, payload, channel) {
+                            Ok(()) => break,
+                            Err(e) => {
+                                assert_eq!(e.kind, SendErrorKind::QueueFull);
+                                payload = e.payload;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let server = Arc::new(server);
+    let reader = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let mut opened = HashMap::new();
+            while let Some(event) = server.recv_event_timeout(Duration::from_secs(5)) {
+                match event {
+                    SocketEvent::SessionOpened { remote } => {
+                        opened.insert(remote, true);
+                    }
+                    SocketEvent::DataReceived {
+                        remote,
+                        data,
+                        channel,
+                    } => {
+                        assert!(opened.contains_key(&remote), "data before SessionOpened");
+                        work_tx.send((remote, data, channel)).unwrap();
+                    }
+                    SocketEvent::SessionClosed { .. } => {}
+                }
+            }
+        })
+    };
+    c.open_all();
+    // Workers reply on any channel order; check per channel only through one worker
+    // per message stream: with 4 workers, order across workers is not guaranteed, so
+    // send one message at a time per channel.
+    c.echo_serial(40);
+    drop(c);
+    let server = Arc::try_unwrap(server).ok();
+    drop(server);
+    reader.join().unwrap();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+#[test]
+fn full_command_queue_hands_the_payload_back() {
+    let server = stream_server(1, 4);
+    let handle = server.handle();
+    let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut rejected = None;
+    // The shard drains its queue every turn; flood it faster than that.
+    for i in 0..100_000u32 {
+        if let Err(e) = handle.enqueue_data(remote, i.to_be_bytes().to_vec()) {
+            rejected = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = rejected.expect("a 4-slot queue fills up");
+    assert_eq!(e.kind, SendErrorKind::QueueFull);
+    assert_eq!(e.payload.as_ref(), &i.to_be_bytes());
+    let stats = server.stats();
+    assert!(stats.total.queue_full_rejections >= 1);
+    // Commands for unknown sessions are counted as failures, not lost silently.
+    assert!(stats.total.command_failures > 0);
+    server.shutdown().unwrap();
+    let after = handle.enqueue_data(remote, vec![1]);
+    assert_eq!(after.unwrap_err().kind, SendErrorKind::Stopped);
+}
+
+#[test]
+fn handle_works_from_a_tokio_task() {
+    let (server, _) = echo_server(2, true);
+    let handle = server.handle();
+    let mut c = Clients::new(4, server.local_addr());
+    c.open_all();
+    let targets: Vec<SocketAddr> = (0..4).map(|i| c.addr(Key(i))).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let h = handle.clone();
+        tokio::spawn(async move {
+            for (i, t) in targets.iter().enumerate() {
+                h.enqueue_data(*t, format!("push {i}").into_bytes())
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    });
+    let start = Instant::now();
+    let mut got = 0;
+    while got < 4 {
+        assert!(start.elapsed() < LIMIT);
+        c.drive();
+        while let Some(e) = c.mux.poll_event() {
+            if let SocketEvent::DataReceived {
+                remote: Key(i),
+                data,
+                ..
+            } = e
+            {
+                assert_eq!(data.as_ref(), format!("push {i}").as_bytes());
+                got += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn server_initiated_connect_gets_replies_on_the_owning_shard() {
+    let (target, _) = echo_server(1, true);
+    let server = stream_server(4, 1 << 10);
+    let handle = server.handle();
+    // Connect to the target from each of several distinct ports: the target echoes.
+    handle.connect(target.local_addr()).unwrap();
+    let start = Instant::now();
+    let mut opened = false;
+    while !opened {
+        assert!(
+            start.elapsed() < LIMIT,
+            "server-initiated session never opened"
+        );
+        if let Some(SocketEvent::SessionOpened { remote }) =
+            server.recv_event_timeout(Duration::from_millis(50))
+        {
+            assert_eq!(remote, target.local_addr());
+            opened = true;
+        }
+    }
+    for i in 0..50u32 {
+        handle
+            .enqueue_data(target.local_addr(), i.to_be_bytes().to_vec())
+            .unwrap();
+    }
+    let mut next = 0u32;
+    while next < 50 {
+        assert!(start.elapsed() < LIMIT, "echoes missing after {next}");
+        if let Some(SocketEvent::DataReceived { data, .. }) =
+            server.recv_event_timeout(Duration::from_millis(50))
+        {
+            assert_eq!(data.as_ref(), &next.to_be_bytes());
+            next += 1;
+        }
+    }
+    let stats = server.stats();
+    let owner = shard_of(&target.local_addr(), 4);
+    assert_eq!(stats.shards[owner].mux.sessions_live, 1);
+    assert_eq!(stats.total.forwarded_out, 0);
+}
+
+#[test]
+fn reference_client_against_the_thread_per_core_server() {
+    let (server, _) = echo_server(2, true);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut socket = socket;
+    let mut client = soe_protocol::SoeMultiplexer::<SocketAddr>::new(soe_protocol::SocketConfig {
+        default_session_params: soe_protocol::SessionParameters {
+            application_protocol: PROTOCOL.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let to = server.local_addr();
+    client.connect(to, Instant::now());
+    let start = Instant::now();
+    let mut opened = false;
+    let mut sent = 0u32;
+    let mut next = [0u32; 4];
+    while next.iter().sum::<u32>() < 2_000 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "reference client stalled at {next:?}"
+        );
+        client.drive(&mut socket, Instant::now()).unwrap();
+        for e in client.take_events() {
+            match e {
+                soe_protocol::SocketEvent::SessionOpened { .. } => opened = true,
+                soe_protocol::SocketEvent::DataReceived {
+                    data,
+                    channel: soe_protocol::Channel::Reliable(ch),
+                    ..
+                } => {
+                    assert_eq!(data.as_ref(), message(ch, next[ch]).as_slice());
+                    next[ch] += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        while opened && sent < 2_000 && sent < next.iter().sum::<u32>() + 100 {
+            let ch = (sent % 4) as usize;
+            let index = sent / 4;
+            assert!(client.enqueue_data_on(
+                &to,
+                &message(ch, index),
+                soe_protocol::Channel::Reliable(ch)
+            ));
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn shutdown_disconnects_every_peer_and_joins() {
+    let (server, _) = echo_server(4, true);
+    let mut c = Clients::new(16, server.local_addr());
+    c.open_all();
+    let start = Instant::now();
+    server.shutdown().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let mut closed = 0;
+    while closed < 16 {
+        assert!(start.elapsed() < LIMIT, "{closed} peers saw the Disconnect");
+        c.drive();
+        while let Some(e) = c.mux.poll_event() {
+            if let SocketEvent::SessionClosed { reason, .. } = e {
+                assert_eq!(reason, DisconnectReason::ManagerDeleted);
+                closed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn bad_cpu_list_is_a_clear_error() {
+    let e = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+        .shards(1)
+        .cpus(vec![100_000])
+        .start()
+        .unwrap_err();
+    assert!(matches!(e, ServerError::BadCpu { cpu: 100_000, .. }), "{e}");
+    assert!(e.to_string().contains("CPU list"));
+    let e = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+        .shards(0)
+        .start()
+        .unwrap_err();
+    assert!(matches!(e, ServerError::NoShards));
 }

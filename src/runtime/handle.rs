@@ -248,21 +248,35 @@ impl SoeHandle {
     /// Counters of every shard, gathered on demand (each shard answers on its next
     /// loop turn; a shard that does not answer within `timeout` is left out).
     /// Do not call from a shard's own thread: use [`super::ShardContext::stats`].
+    #[allow(clippy::disallowed_methods)] // the runtime may read the clock: a deadline
     pub fn stats_timeout(&self, timeout: Duration) -> ServerStats {
         let (tx, rx) = crossbeam_channel::bounded(self.shards());
+        let deadline = Instant::now() + timeout;
         let mut asked = 0;
-        for shard in 0..self.shards() {
-            // Stats requests bypass the stopping flag so they work during shutdown.
-            if self.shared.inboxes[shard]
-                .push(Command::Stats(tx.clone()))
-                .is_ok()
-            {
-                asked += 1;
+        for (shard, inbox) in self.shared.inboxes.iter().enumerate() {
+            // Stats requests bypass the stopping flag so they work during shutdown,
+            // and wait for room in a full queue until the deadline.
+            let mut command = Command::Stats(tx.clone());
+            loop {
+                match inbox.push(command) {
+                    Ok(()) => {
+                        asked += 1;
+                        break;
+                    }
+                    Err((SendErrorKind::QueueFull, c)) if Instant::now() < deadline => {
+                        // Not a rejection of user traffic: undo the count.
+                        inbox.rejected.fetch_sub(1, Ordering::Relaxed);
+                        command = c;
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    Err(_) => {
+                        tracing::debug!(shard, "stats request not delivered");
+                        break;
+                    }
+                }
             }
         }
         drop(tx);
-        #[allow(clippy::disallowed_methods)] // runtime adapter: a wall-clock deadline
-        let deadline = Instant::now() + timeout;
         let mut shards: Vec<ShardStats> = Vec::with_capacity(asked);
         while shards.len() < asked {
             match rx.recv_deadline(deadline) {

@@ -61,7 +61,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::Receiver;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement};
 
 use self::handle::{Inbox, Shared};
@@ -481,18 +481,12 @@ impl SoeServer {
 
     /// The next event within `timeout`.
     pub fn recv_event_timeout(&self, timeout: Duration) -> Option<SocketEvent<SocketAddr>> {
-        match self.events.as_ref()?.recv_timeout(timeout) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.events.as_ref()?.recv_timeout(timeout).ok()
     }
 
     /// The next event if one is waiting.
     pub fn try_recv_event(&self) -> Option<SocketEvent<SocketAddr>> {
-        match self.events.as_ref()?.try_recv() {
-            Ok(e) => Some(e),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.events.as_ref()?.try_recv().ok()
     }
 
     /// Stops every shard: each terminates its sessions (Disconnect with

@@ -150,10 +150,10 @@ pub(crate) async fn run(setup: ShardSetup) -> io::Result<()> {
             glommio::yield_if_needed().await;
             continue;
         }
+        // Traffic (or a full event stream) means more soon: wait one tick without
+        // watching the socket, so a busy shard wakes per tick, not per datagram.
         let traffic = received > 0 || shard.mux.outgoing_len() > 0;
-        let (timeout, watch_socket) = if traffic {
-            (Some(setup.tick), false)
-        } else if shard.pending_event.is_some() {
+        let (timeout, watch_socket) = if traffic || shard.pending_event.is_some() {
             (Some(setup.tick), false)
         } else {
             let deadline = shard

@@ -50,10 +50,12 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> BpfInsn {
     BpfInsn { code, jt, jf, k }
 }
 
-// Classic BPF opcodes (linux/filter.h).
-const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
-const LD_H_ABS: u16 = 0x00 | 0x08 | 0x20;
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+// Classic BPF opcodes (linux/filter.h): class | size | mode. BPF_LD (0x00) and
+// BPF_W (0x00) contribute no bits.
+const BPF_ABS: u16 = 0x20;
+const LD_B_ABS: u16 = 0x10 | BPF_ABS;
+const LD_H_ABS: u16 = 0x08 | BPF_ABS;
+const LD_W_ABS: u16 = BPF_ABS;
 const ALU_AND_K: u16 = 0x04 | 0x50;
 const ALU_RSH_K: u16 = 0x04 | 0x70;
 const ALU_MUL_K: u16 = 0x04 | 0x20;

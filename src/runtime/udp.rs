@@ -309,6 +309,30 @@ impl SendBatch {
     }
 }
 
+/// Hands a configured socket to glommio (used to await readability; the batched
+/// syscalls use the same descriptor).
+pub(crate) fn into_glommio(socket: UdpSocket) -> glommio::net::UdpSocket {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is an open UDP socket whose ownership `into_raw_fd` just gave up;
+    // glommio's socket becomes its only owner and closes it on drop.
+    unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
+}
+
+/// CPU time used by the calling thread.
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,28 +387,4 @@ mod tests {
         assert!(group.iter().all(|s| s.local_addr().unwrap().port() == port));
         attach_steering(&group[0], 3).unwrap();
     }
-}
-
-/// Hands a configured socket to glommio (used to await readability; the batched
-/// syscalls use the same descriptor).
-pub(crate) fn into_glommio(socket: UdpSocket) -> glommio::net::UdpSocket {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = socket.into_raw_fd();
-    // SAFETY: `fd` is an open UDP socket whose ownership `into_raw_fd` just gave up;
-    // glommio's socket becomes its only owner and closes it on drop.
-    unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
-}
-
-/// CPU time used by the calling thread.
-pub(crate) fn thread_cpu_time() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    if rc != 0 {
-        return std::time::Duration::ZERO;
-    }
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
