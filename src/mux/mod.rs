@@ -39,6 +39,8 @@ mod ids;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use foldhash::fast::RandomState;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -204,8 +206,9 @@ struct Entry<A> {
 #[derive(Debug)]
 pub struct SoeMultiplexer<A: RemoteAddr> {
     config: SocketConfig,
-    index: HashMap<A, u32>,
-    by_credentials: HashMap<(u32, u32), A>,
+    /// Keyed by peer-chosen addresses: a randomly seeded hasher.
+    index: HashMap<A, u32, RandomState>,
+    by_credentials: HashMap<(u32, u32), A, RandomState>,
     slots: Vec<Option<Entry<A>>>,
     generations: Vec<u32>,
     free: Vec<u32>,
@@ -228,8 +231,8 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         let ids = IdSource::new(config.rng_seed);
         Self {
             config,
-            index: HashMap::new(),
-            by_credentials: HashMap::new(),
+            index: HashMap::default(),
+            by_credentials: HashMap::default(),
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -301,7 +304,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             now,
         );
         let slot = self.insert(remote, session);
-        self.after_call(slot, now);
+        self.mark(slot);
         Ok(())
     }
 
@@ -337,7 +340,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             if let Some(entry) = self.slots[slot as usize].as_mut() {
                 entry.session.terminate(reason, true, now, &mut self.io);
             }
-            self.after_call(slot, now);
+            self.mark(slot);
         }
     }
 
@@ -349,7 +352,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             if let Some(entry) = self.slots[slot as usize].as_mut() {
                 entry.session.terminate(reason, true, now, &mut self.io);
             }
-            self.after_call(slot, now);
+            self.mark(slot);
         }
         self.take_outgoing()
     }
@@ -369,12 +372,12 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                         &mut self.io,
                     );
                 }
-                self.after_call(slot, now);
+                self.mark(slot);
             } else {
                 if let Some(entry) = self.slots[slot as usize].as_mut() {
                     entry.session.handle_datagram(datagram, now, &mut self.io);
                 }
-                self.after_call(slot, now);
+                self.mark(slot);
                 return;
             }
         }
@@ -415,7 +418,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 self.admit(remote, datagram, now)
             }
             [0, ty, ..] if *ty == OpCode::RemapConnection.type_byte() => {
-                self.remap(remote, datagram, now)
+                self.remap(remote, datagram)
             }
             [0, ty, ..]
                 if *ty == OpCode::UnknownSender.type_byte()
@@ -459,7 +462,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 self.stats.refused_protocol_mismatch += 1;
             }
         }
-        self.after_call(slot, now);
+        self.mark(slot);
     }
 
     fn evict_oldest_half_open(&mut self, now: Instant) {
@@ -478,7 +481,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                     );
                 }
                 self.stats.evicted_half_open += 1;
-                self.after_call(slot, now);
+                self.mark(slot);
                 return;
             }
         }
@@ -486,7 +489,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         self.half_open = 0;
     }
 
-    fn remap(&mut self, remote: A, datagram: &[u8], now: Instant) {
+    fn remap(&mut self, remote: A, datagram: &[u8]) {
         let Ok(Packet::RemapConnection(remap)) = Packet::parse(datagram) else {
             self.stats.unknown_sender_datagrams += 1;
             return;
@@ -518,7 +521,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             entry.addr = remote;
         }
         self.stats.remaps += 1;
-        self.after_call(slot, now);
+        self.mark(slot);
     }
 
     fn insert(&mut self, remote: A, session: SoeSession) -> u32 {
@@ -548,14 +551,10 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     /// Bookkeeping after any call into a session: events get their address, new
     /// datagrams their destination, the session is marked for flushing and its timer
     /// rescheduled; an ended session is removed.
-    fn after_call(&mut self, slot: u32, _now: Instant) {
-        if self.mark(slot) {
-            self.reschedule(slot);
-        }
-    }
-
-    /// Collects a session's output and queues it for the next flush; removes it if
-    /// it ended. Returns whether it is still live.
+    /// Bookkeeping after any call into a session: its events get their address, its
+    /// datagrams their destination, and it is queued for the next flush (which also
+    /// reschedules its timer); an ended session is removed. Returns whether it is
+    /// still live.
     fn mark(&mut self, slot: u32) -> bool {
         self.collect(slot);
         let Some(entry) = self.slots[slot as usize].as_mut() else {
