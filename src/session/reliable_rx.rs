@@ -328,3 +328,214 @@ impl ReliableReceiver {
         self.ack_due = None;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests take an arbitrary epoch from the clock
+mod tests {
+    use super::*;
+    use crate::protocol::{Framing, Packet};
+    use crate::session::assembler::Assembler;
+    use proptest::prelude::*;
+
+    const POLICY: AckPolicy = AckPolicy {
+        every_packet: false,
+        max_delay: Duration::from_millis(2),
+        half_window: 16,
+    };
+
+    fn receiver(window: u16) -> ReliableReceiver {
+        ReliableReceiver::new(0, None, false, window, 1 << 20)
+    }
+
+    /// The acks `r` writes now, decoded.
+    fn acks(r: &mut ReliableReceiver, now: Instant, piggyback: bool) -> Vec<Packet<'static>> {
+        let mut io = SessionIo::new();
+        let framing = Framing::new(0, 0, false);
+        {
+            let mut asm = Assembler::new(&mut io, &framing, 512, None, None);
+            r.write_acks(now, piggyback, POLICY, &mut asm);
+        }
+        io.datagrams()
+            .map(|d| match Packet::parse(d).unwrap() {
+                Packet::Acknowledge { channel, sequence } => {
+                    Packet::Acknowledge { channel, sequence }
+                }
+                Packet::AcknowledgeAll { channel, sequence } => {
+                    Packet::AcknowledgeAll { channel, sequence }
+                }
+                other => panic!("not an ack: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn v24_sequence_extension() {
+        let mut r = receiver(10);
+        let at = |r: &mut ReliableReceiver, next: u64, wire: u16| {
+            r.next = next;
+            r.extend(wire)
+        };
+        assert_eq!(at(&mut r, 0, 3), Some(3));
+        assert_eq!(at(&mut r, 65534, 65535), Some(65535));
+        assert_eq!(at(&mut r, 65535, 2), Some(65538));
+        assert_eq!(at(&mut r, 65536, 65535), Some(65535));
+        assert_eq!(at(&mut r, 5, 5), Some(5));
+        assert_eq!(at(&mut r, 256, 300), Some(300));
+        assert_eq!(at(&mut r, 65535, 0), Some(65536));
+        assert_eq!(at(&mut r, 65546, 65535), Some(65535));
+        // Before the first sequence: no extension.
+        assert_eq!(at(&mut r, 3, 65535), None);
+    }
+
+    proptest! {
+        #[test]
+        fn extension_recovers_any_sequence_near_the_reference(next in 0u64..1 << 40, delta in -30_000i64..30_000) {
+            let mut r = receiver(256);
+            r.next = next;
+            let seq = next as i64 + delta;
+            prop_assume!(seq >= 0);
+            prop_assert_eq!(r.extend(seq as u16), Some(seq as u64));
+        }
+    }
+
+    #[test]
+    fn v24_ack_all_throttle_survives_the_wrap() {
+        // 65,540 in-order packets in one batch, then one flush: exactly one AckAll,
+        // for wire sequence (65540 − 1) & 0xFFFF = 3; later flushes send nothing.
+        let mut r = receiver(256);
+        let mut io = SessionIo::new();
+        let t0 = Instant::now();
+        for seq in 0..65_540u32 {
+            r.on_packet(seq as u16, b"x", false, t0, POLICY, &mut io)
+                .unwrap();
+            io.events.clear();
+        }
+        let later = t0 + Duration::from_millis(10);
+        assert_eq!(
+            acks(&mut r, later, false),
+            [Packet::AcknowledgeAll {
+                channel: 0,
+                sequence: 3
+            }]
+        );
+        assert!(acks(&mut r, later + Duration::from_millis(10), false).is_empty());
+        assert_eq!(r.ack_deadline(), None);
+    }
+
+    #[test]
+    fn v18_out_of_order_fragments_ack_like_the_references() {
+        // Arrival 2, 0, 1: Ack 2 at once; AckAll 0; AckAll 2 once 1 releases 2.
+        let mut r = receiver(256);
+        let mut io = SessionIo::new();
+        let t = Instant::now();
+        let mut master = 48u32.to_be_bytes().to_vec();
+        master.extend([1u8; 16]);
+        r.on_packet(2, &[3; 16], true, t, POLICY, &mut io).unwrap();
+        assert_eq!(
+            acks(&mut r, t, false),
+            [Packet::Acknowledge {
+                channel: 0,
+                sequence: 2
+            }]
+        );
+        r.on_packet(0, &master, true, t, POLICY, &mut io).unwrap();
+        assert_eq!(
+            acks(&mut r, t, false),
+            [Packet::AcknowledgeAll {
+                channel: 0,
+                sequence: 0
+            }]
+        );
+        let t2 = t + Duration::from_millis(5);
+        r.on_packet(1, &[2; 16], true, t2, POLICY, &mut io).unwrap();
+        assert_eq!(
+            acks(&mut r, t2, false),
+            [Packet::AcknowledgeAll {
+                channel: 0,
+                sequence: 2
+            }]
+        );
+        let delivered: Vec<_> = io.drain_events().collect();
+        assert_eq!(delivered.len(), 1);
+        let mut expected = vec![1u8; 16];
+        expected.extend([2; 16]);
+        expected.extend([3; 16]);
+        assert_eq!(
+            delivered[0],
+            SessionEvent::DataReceived {
+                data: expected.into(),
+                channel: Channel::Reliable(0)
+            }
+        );
+    }
+
+    #[test]
+    fn cumulative_acks_are_batched_until_due_or_half_a_window() {
+        let mut r = receiver(256);
+        let mut io = SessionIo::new();
+        let t = Instant::now();
+        r.on_packet(0, b"a", false, t, POLICY, &mut io).unwrap();
+        assert_eq!(acks(&mut r, t, false).len(), 1);
+        // Within max_ack_delay: held back, unless something else goes out anyway.
+        let t1 = t + Duration::from_micros(500);
+        r.on_packet(1, b"b", false, t1, POLICY, &mut io).unwrap();
+        assert!(acks(&mut r, t1, false).is_empty());
+        assert_eq!(r.ack_deadline(), Some(t + Duration::from_millis(2)));
+        assert_eq!(
+            acks(&mut r, t1, true),
+            [Packet::AcknowledgeAll {
+                channel: 0,
+                sequence: 1
+            }]
+        );
+        // Half a window pending forces one out.
+        let t2 = t1 + Duration::from_micros(100);
+        for seq in 2..18 {
+            r.on_packet(seq, b"c", false, t2, POLICY, &mut io).unwrap();
+        }
+        assert_eq!(
+            acks(&mut r, t2, false),
+            [Packet::AcknowledgeAll {
+                channel: 0,
+                sequence: 17
+            }]
+        );
+        // A duplicate asks for a fresh AckAll even though nothing new arrived.
+        r.on_packet(5, b"c", false, t2, POLICY, &mut io).unwrap();
+        assert_eq!(
+            acks(&mut r, t2, false),
+            [Packet::AcknowledgeAll {
+                channel: 0,
+                sequence: 17
+            }]
+        );
+    }
+
+    #[test]
+    fn every_packet_policy_acks_each_one() {
+        let every = AckPolicy {
+            every_packet: true,
+            ..POLICY
+        };
+        let mut r = receiver(256);
+        let mut io = SessionIo::new();
+        let t = Instant::now();
+        for seq in [2u16, 0, 1] {
+            r.on_packet(seq, b"x", false, t, every, &mut io).unwrap();
+        }
+        let mut out = SessionIo::new();
+        let framing = Framing::new(0, 0, false);
+        {
+            let mut asm = Assembler::new(&mut out, &framing, 512, None, None);
+            r.write_acks(t, false, every, &mut asm);
+        }
+        let seqs: Vec<_> = out
+            .datagrams()
+            .map(|d| match Packet::parse(d).unwrap() {
+                Packet::Acknowledge { sequence, .. } => sequence,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [2, 0, 1]);
+    }
+}

@@ -494,3 +494,281 @@ fn copy_virtual(out: &mut Vec<u8>, cursor: &mut FragmentCursor, msg: &[u8], take
         cursor.offset += remaining;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests take an arbitrary epoch from the clock
+mod tests {
+    use super::*;
+    use crate::protocol::packet::DataBundle;
+    use crate::protocol::{Framing, Packet};
+    use crate::session::io::SessionIo;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn rules(room: usize) -> PacketRules {
+        PacketRules {
+            room,
+            coalesce: true,
+        }
+    }
+
+    fn rtt() -> RttEstimator {
+        RttEstimator::new(500 * MS, 200 * MS, 8000 * MS)
+    }
+
+    /// Builds every packet the window allows and returns them decoded as
+    /// (fragment, sequence, payload).
+    fn drain(
+        s: &mut ReliableSender,
+        rules: PacketRules,
+        now: Instant,
+    ) -> Vec<(bool, u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(seq) = s.build_next(rules, now) {
+            match Packet::parse(s.packet(seq)).unwrap() {
+                Packet::ReliableData {
+                    sequence, payload, ..
+                } => out.push((false, sequence, payload.to_vec())),
+                Packet::ReliableDataFragment {
+                    sequence, payload, ..
+                } => out.push((true, sequence, payload.to_vec())),
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn small_messages_share_a_bundle() {
+        let mut s = ReliableSender::new(0, None, false, 196);
+        for i in 0..5u8 {
+            s.enqueue(&[i; 10]);
+        }
+        let packets = drain(&mut s, rules(100), Instant::now());
+        assert_eq!(packets.len(), 1);
+        let (fragment, seq, payload) = &packets[0];
+        assert!(!fragment);
+        assert_eq!(*seq, 0);
+        let Ok(Packet::DataBundle(b)) = Packet::parse(payload) else {
+            panic!()
+        };
+        let items: Vec<_> = b.iter().map(Result::unwrap).collect();
+        assert_eq!(
+            items,
+            (0..5u8)
+                .map(|i| [i; 10])
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|a| &a[..])
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn v17_bundle_boundaries() {
+        // Room 15 after the sequence: two 5-byte items fill a bundle (2 + 6 + 6 = 14),
+        // then a 1-byte and a 10-byte item (2 + 2 + 11 = 15), then a lone 12-byte
+        // message goes out plain.
+        let mut s = ReliableSender::new(0, None, false, 196);
+        s.enqueue(&[0, 1, 2, 3, 4]);
+        s.enqueue(&[0, 1, 2, 3, 4]);
+        s.enqueue(&[1]);
+        s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let packets = drain(&mut s, rules(15), Instant::now());
+        assert_eq!(packets.len(), 3);
+        assert_eq!(
+            packets[0].2,
+            [0x00, 0x19, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            packets[1].2,
+            [0x00, 0x19, 1, 1, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        );
+        assert_eq!(packets[2].2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn large_messages_fragment_with_a_total_length() {
+        let mut s = ReliableSender::new(2, None, false, 196);
+        let msg: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
+        s.enqueue(&msg);
+        let packets = drain(&mut s, rules(500), Instant::now());
+        assert_eq!(packets.len(), 3);
+        assert!(packets.iter().all(|p| p.0));
+        assert_eq!(&packets[0].2[..4], &1400u32.to_be_bytes());
+        let joined: Vec<u8> = packets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                if i == 0 {
+                    p.2[4..].to_vec()
+                } else {
+                    p.2.clone()
+                }
+            })
+            .collect();
+        assert_eq!(joined, msg);
+        assert_eq!(packets.iter().map(|p| p.1).collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn bundle_like_plain_messages_are_wrapped() {
+        // Unencrypted, unescaped data starting `00 19` travels in a one-item bundle,
+        // small or fragmented, so receivers never split it.
+        let mut s = ReliableSender::new(0, None, false, 196);
+        s.enqueue(&[0x00, 0x19, 7, 7]);
+        let big: Vec<u8> = [0x00, 0x19]
+            .into_iter()
+            .chain(std::iter::repeat_n(9, 1000))
+            .collect();
+        s.enqueue(&big);
+        let packets = drain(
+            &mut s,
+            PacketRules {
+                room: 500,
+                coalesce: false,
+            },
+            Instant::now(),
+        );
+        assert_eq!(packets[0].2, [0x00, 0x19, 4, 0x00, 0x19, 7, 7]);
+        let mut joined = packets[1].2[4..].to_vec();
+        for p in &packets[2..] {
+            joined.extend_from_slice(&p.2);
+        }
+        let Ok(Packet::DataBundle(b)) = Packet::parse(&joined) else {
+            panic!()
+        };
+        let items: Vec<_> = DataBundle::new(b.body())
+            .iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(items, [big.as_slice()]);
+    }
+
+    #[test]
+    fn rc4_ciphertext_starting_with_zero_is_escaped() {
+        // Key 01..05's first keystream byte is 0xB2 (V23): plaintext 0xB2 encrypts to 0x00.
+        let key = Rc4KeyState::new(&[1, 2, 3, 4, 5]);
+        let mut s = ReliableSender::new(0, Some(key), false, 196);
+        s.enqueue(&[0xB2, 0x01]);
+        let packets = drain(
+            &mut s,
+            PacketRules {
+                room: 500,
+                coalesce: false,
+            },
+            Instant::now(),
+        );
+        assert_eq!(packets[0].2, [0x00, 0x00, 0x01 ^ 0x39]);
+    }
+
+    #[test]
+    fn window_limits_packets_in_flight_and_acks_release_them() {
+        let mut s = ReliableSender::new(0, None, false, 4);
+        for i in 0..10u8 {
+            s.enqueue(&[i; 300]);
+        }
+        let t = Instant::now();
+        let mut r = rtt();
+        assert_eq!(drain(&mut s, rules(400), t).len(), 4);
+        assert_eq!(s.in_flight(), 4);
+        // A selective ack of 2 leaves the window blocked at 0 and marks 0 and 1 lost.
+        assert_eq!(s.on_ack(2, t + 10 * MS, &mut r), AckOutcome::Released(1));
+        assert!(s.fast_resend_pending());
+        assert!(drain(&mut s, rules(400), t).is_empty());
+        assert_eq!(
+            s.on_ack_all(1, t + 20 * MS, &mut r),
+            AckOutcome::Released(2)
+        );
+        assert_eq!(s.in_flight(), 1);
+        assert_eq!(s.on_ack_all(1, t + 20 * MS, &mut r), AckOutcome::Stale);
+        assert_eq!(s.on_ack_all(9, t + 20 * MS, &mut r), AckOutcome::Invalid);
+        assert_eq!(drain(&mut s, rules(400), t).len(), 3);
+        // Samples of 10, 20 and 20 ms (every packet was sent once).
+        assert!(r.srtt().is_some_and(|d| d > 10 * MS && d < 20 * MS));
+    }
+
+    #[test]
+    fn acks_extend_across_the_16_bit_wrap() {
+        let mut s = ReliableSender::new(0, None, false, 196);
+        let mut r = rtt();
+        let t = Instant::now();
+        for round in 0..700u32 {
+            for _ in 0..100 {
+                s.enqueue(&[round as u8]);
+            }
+            let built = drain(
+                &mut s,
+                PacketRules {
+                    room: 10,
+                    coalesce: false,
+                },
+                t,
+            );
+            assert_eq!(built.len(), 100);
+            let last = built.last().unwrap().1;
+            assert_eq!(s.on_ack_all(last, t, &mut r), AckOutcome::Released(100));
+        }
+        assert_eq!(s.in_flight(), 0);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn timeouts_resend_within_budget_and_give_up() {
+        let mut s = ReliableSender::new(0, None, false, 196);
+        for i in 0..10u8 {
+            s.enqueue(&[i; 300]);
+        }
+        let t = Instant::now();
+        let sent = drain(&mut s, rules(400), t).len();
+        assert_eq!(sent, 10);
+        s.arm_timer(t, 500 * MS);
+        let mut io = SessionIo::new();
+        let framing = Framing::new(0, 0, false);
+        let mut resent = 0;
+        let mut budget = 4;
+        {
+            let mut asm = Assembler::new(&mut io, &framing, 512, None, None);
+            // Not yet due.
+            assert_eq!(
+                s.resend_due(
+                    t + 100 * MS,
+                    500 * MS,
+                    None,
+                    &mut budget,
+                    &mut asm,
+                    &mut resent
+                ),
+                Ok(false)
+            );
+            assert_eq!(
+                s.resend_due(
+                    t + 500 * MS,
+                    500 * MS,
+                    None,
+                    &mut budget,
+                    &mut asm,
+                    &mut resent
+                ),
+                Ok(true)
+            );
+        }
+        assert_eq!(resent, 4, "the budget bounds a resend burst");
+        // The six not resent are still due (their RTO ran out at t + 500 ms).
+        assert_eq!(s.deadline(), Some(t + 500 * MS));
+        let mut budget = 100;
+        let mut asm = Assembler::new(&mut io, &framing, 512, None, None);
+        assert_eq!(
+            s.resend_due(
+                t + 61_000 * MS,
+                500 * MS,
+                Some(60_000 * MS),
+                &mut budget,
+                &mut asm,
+                &mut resent
+            ),
+            Err(61_000 * MS)
+        );
+    }
+}
