@@ -20,114 +20,31 @@ use std::sync::Once;
 
 use soe_uring::fuzzing;
 
-/// A library bug a target has found and that is not fixed yet.
-struct KnownBug {
-    /// The target that finds it.
-    target: &'static str,
-    /// Its minimal reproducer, as hex.
-    reproducer: &'static str,
-    /// Inputs that may hit it, which are not run at all: for bugs that abort the
-    /// process (a panic while unwinding), which `catch_unwind` cannot survive.
-    skip: fn(&[u8]) -> bool,
-    /// `(file, message)`: a panic from that source file whose message contains that
-    /// text is tolerated (and counted).
-    panic: Option<(&'static str, &'static str)>,
-}
-
-fn never(_: &[u8]) -> bool {
-    false
-}
-
-/// `compress_min_len = 0` in the session targets' configuration (second flag byte).
-fn compress_min_len_zero(input: &[u8]) -> bool {
-    input.get(1).is_some_and(|b| b & 0x80 != 0)
-}
-
-/// `coalesce_unreliable` on (with `coalesce`) in the session targets' configuration.
-fn coalesce_unreliable(input: &[u8]) -> bool {
-    input.get(1).is_some_and(|b| b & 0x0A == 0x08)
-}
-
-/// Known bugs, excluded until the library is fixed; remove an entry with its fix.
-/// Random inputs hit each one in many variants, hence predicates, not input lists.
-const KNOWN_BUGS: &[KnownBug] = &[
-    // `Framing::unframe` slices `cooked[2..]` (`cooked[1..]` for `00 00`) without
-    // checking the length: a contextual datagram shorter than 2 + crc_length bytes
-    // whose trailing bytes happen to be the CRC of the rest (`00` + its 1-byte CRC,
-    // say) panics. A peer knows the seed, so any client can crash a server.
-    // Reproducers: frame `01000000530006` (seed 0x53, CRC length 1: `00 06`),
-    // server `011400000100`, client `00000100000053000100`.
-    KnownBug {
-        target: "frame",
-        reproducer: "01000000530006",
-        skip: never,
-        panic: Some(("src/protocol/frame.rs", "out of range for slice")),
-    },
-    // The same missing check lets `00 00` + CRC with one byte left after the CRC
-    // unframe as an empty application message (`00` + a CRC starting `00`).
-    KnownBug {
-        target: "frame",
-        reproducer: "040000008b00",
-        skip: never,
-        panic: Some(("src/fuzzing.rs", "empty application body")),
-    },
-    KnownBug {
-        target: "session",
-        reproducer: "011400000100",
-        skip: never,
-        panic: Some(("src/protocol/frame.rs", "out of range for slice")),
-    },
-    KnownBug {
-        target: "client_session",
-        reproducer: "00000100000053000100",
-        skip: never,
-        panic: Some(("src/protocol/frame.rs", "out of range for slice")),
-    },
-    // `Decompressor::inflate` appends `max + 1` bytes (not at most `max`, as its
-    // docs say) when it returns `TooLarge`. Reproducer: zlib of 4097 zero bytes.
-    KnownBug {
-        target: "inflate",
-        reproducer: "78daedc1010d000000c2a0f74f6d0f0714000000706f10010001",
-        skip: never,
-        panic: Some(("src/fuzzing.rs", "inflate cap overrun")),
-    },
-    // With compression negotiated and `compress_min_len: 0`, sending a packet with
-    // an empty body (a heartbeat) panics in `Assembler::write_datagram`
-    // (`tx_bytes[flag_at + 1..]` past the end), and `Assembler`'s `Drop` then
-    // panics again while unwinding, which aborts. Reproducers: server `0880000400`
-    // (client sends a heartbeat, the server answers), client `00800800000000`
-    // (the client's own heartbeat after 25 s).
-    KnownBug {
-        target: "session",
-        reproducer: "0880000400",
-        skip: compress_min_len_zero,
-        panic: None,
-    },
-    KnownBug {
-        target: "client_session",
-        reproducer: "00800800000000",
-        skip: compress_min_len_zero,
-        panic: None,
-    },
-    // With `coalesce_unreliable`, an unreliable message that is the only packet of a
-    // flush goes through `Assembler::write_single` as if it were a cooked internal
-    // packet: its first two bytes are taken for an op code. A 1-byte message panics
-    // (`split_at(2)`, then the `Drop` panic aborts): server `0008000c020441`. With
-    // compression negotiated a longer one is corrupted on the wire: the flag byte
-    // lands after its second byte, and the peer receives `he 00 llo world` for
-    // `hello world`: server `0808000c0c0468656c6c6f20776f726c64`.
-    KnownBug {
-        target: "session",
-        reproducer: "0008000c020441",
-        skip: coalesce_unreliable,
-        panic: None,
-    },
-    KnownBug {
-        target: "client_session",
-        reproducer: "0008000000000000000c020441",
-        skip: coalesce_unreliable,
-        panic: None,
-    },
+/// Inputs that once found bugs, run first on every smoke run (regressions).
+const REGRESSIONS: &[(&str, &str)] = &[
+    // `Framing::unframe` sliced past the end of a contextual datagram shorter than
+    // an op code once its CRC was removed (`00` + its 1-byte CRC), and let `00 00`
+    // + CRC with one byte left through as an empty message. Any client knows the
+    // seed, so any client could crash a server.
+    ("frame", "01000000530006"),
+    ("frame", "040000008b00"),
+    ("session", "011400000100"),
+    ("client_session", "00000100000053000100"),
+    // `Decompressor::inflate` appended `max + 1` bytes when reporting `TooLarge`.
+    (
+        "inflate",
+        "78daedc1010d000000c2a0f74f6d0f0714000000706f10010001",
+    ),
+    // Compression with `compress_min_len: 0` sliced past the end on an empty body
+    // (a heartbeat), and the assembler's `Drop` panicked again while unwinding.
+    ("session", "0880000400"),
+    ("client_session", "00800800000000"),
+    // With `coalesce_unreliable`, an unreliable message alone in a flush was sent as
+    // if it were an internal packet (a 1-byte one panicked; with compression the
+    // flag landed inside the payload).
+    ("session", "0008000c020441"),
+    ("client_session", "0008000000000000000c020441"),
+    ("session", "0808000c0c0468656c6c6f20776f726c64"),
 ];
 
 thread_local! {
@@ -260,34 +177,18 @@ fn mutate(rng: &mut XorShift, input: &mut Vec<u8>, other: &[u8], max_len: usize)
     input.truncate(max_len);
 }
 
-/// Runs `target` on `input`; returns whether it hit a known bug (and panics on any
-/// other failure, after printing the input).
-fn run_one(name: &str, target: fn(&[u8]), input: &[u8]) -> bool {
-    if KNOWN_BUGS
-        .iter()
-        .any(|bug| bug.target == name && (bug.skip)(input))
-    {
-        return true;
-    }
+/// Runs `target` on `input`; on a panic prints the input and passes the panic on.
+fn run_one(name: &str, target: fn(&[u8]), input: &[u8]) {
     if std::env::var_os("FUZZ_SMOKE_VERBOSE").is_some() {
         // A panic while unwinding aborts the process before it can print the input.
         eprintln!("{name}: {}", hex(input));
     }
     let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| target(input))) else {
-        return false;
+        return;
     };
     let (location, message) = LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .unwrap_or_default();
-    let known = KNOWN_BUGS.iter().any(|bug| {
-        bug.target == name
-            && bug
-                .panic
-                .is_some_and(|(file, text)| location.contains(file) && message.contains(text))
-    });
-    if known {
-        return true;
-    }
     eprintln!("{name}: panicked at {location}: {message}");
     eprintln!(
         "{name}: failing input ({} bytes): {}",
@@ -319,20 +220,12 @@ fn smoke(name: &str, target: fn(&[u8]), iters: u64, max_len: usize) {
         return;
     }
     install_panic_hook();
-    for bug in KNOWN_BUGS.iter().filter(|b| b.target == name) {
-        let reproducer = unhex(bug.reproducer);
-        if (bug.skip)(&reproducer) {
-            continue;
-        }
-        assert!(
-            run_one(name, target, &reproducer),
-            "{name}: the reproducer of a known bug passes now: remove it from KNOWN_BUGS"
-        );
+    for (_, reproducer) in REGRESSIONS.iter().filter(|(t, _)| *t == name) {
+        run_one(name, target, &unhex(reproducer));
     }
-    let mut known = 0u64;
     let seeds = seeds(name);
     for seed in &seeds {
-        known += u64::from(run_one(name, target, seed));
+        run_one(name, target, seed);
     }
     let iters = env_or("FUZZ_SMOKE_ITERS", iters);
     let mut rng = XorShift(env_or("FUZZ_SMOKE_SEED", 0x50E_F022) | 1);
@@ -352,10 +245,7 @@ fn smoke(name: &str, target: fn(&[u8]), iters: u64, max_len: usize) {
             }
             input
         };
-        known += u64::from(run_one(name, target, &input));
-    }
-    if known > 0 {
-        eprintln!("{name}: {known} inputs hit known bugs (see KNOWN_BUGS)");
+        run_one(name, target, &input);
     }
 }
 

@@ -89,7 +89,8 @@ impl Decompressor {
     }
 
     /// Inflates the zlib stream `input`, appending at most `max` bytes to `out` (what
-    /// `out` already holds is kept). Bytes after the end of the stream are ignored.
+    /// `out` already holds is kept; on error nothing is appended). Bytes after the
+    /// end of the stream are ignored.
     pub fn inflate(
         &mut self,
         input: &[u8],
@@ -105,13 +106,19 @@ impl Decompressor {
             .decompress(input, &mut out[start..], FlushDecompress::Finish);
         let produced = self.inner.total_out() as usize;
         self.inner.reset(true);
-        out.truncate(start + produced);
-        match status {
+        let outcome = match status {
             Ok(Status::StreamEnd) if produced <= max => Ok(()),
             Ok(Status::StreamEnd) => Err(InflateError::TooLarge),
             Ok(_) if produced > max => Err(InflateError::TooLarge),
             _ => Err(InflateError::Corrupt),
-        }
+        };
+        // On failure nothing is appended, so `out` never exceeds the cap.
+        out.truncate(if outcome.is_ok() {
+            start + produced
+        } else {
+            start
+        });
+        outcome
     }
 }
 
@@ -164,6 +171,7 @@ mod tests {
             Err(InflateError::TooLarge)
         );
         assert!(out.capacity() < 8192);
+        assert!(out.is_empty(), "nothing appended on failure");
         out.clear();
         out.extend_from_slice(&[0, 9]);
         assert_eq!(d.inflate(&packed[..n], &mut out, 100_000), Ok(()));

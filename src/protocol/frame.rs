@@ -130,6 +130,10 @@ impl Framing {
                 Err(FrameError::CrcMismatch)
             };
         };
+        if cooked.len() < 2 {
+            // The CRC took bytes the op code needed.
+            return Err(FrameError::TooShort);
+        }
         if op == OpCode::ZeroEscape {
             return Ok(Unframed::Application(&cooked[1..]));
         }
@@ -220,6 +224,24 @@ mod tests {
             f.unframe(&hex("00 04 00 00 00 00")),
             Err(FrameError::UnknownOpCode(4))
         );
+    }
+
+    #[test]
+    fn datagrams_shorter_than_an_op_code_after_the_crc_are_rejected() {
+        // Found by fuzzing: `00 xx` where `xx` happens to be the 1-byte CRC of `00`
+        // used to slice past the end.
+        for crc_length in 1..=4u8 {
+            let f = Framing::new(7, crc_length, true);
+            for len in 0..8 {
+                let mut buf = vec![0u8; len + usize::from(crc_length)];
+                let n = f.seal(&mut buf, len);
+                // Never panics; anything shorter than an op code is rejected.
+                let r = f.unframe(&buf[..n]);
+                if len < 2 {
+                    assert!(r.is_err(), "{len} {crc_length} {r:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(crate) struct Assembler<'a> {
     compression: Option<Compression>,
     items: usize,
     first_prefix: usize,
+    /// Whether the first collected item is unreliable application data (sent alone
+    /// it is a raw datagram, not an internal packet).
+    first_unreliable: bool,
     pub(crate) datagrams: u64,
     pub(crate) bytes: u64,
 }
@@ -55,6 +58,7 @@ impl<'a> Assembler<'a> {
             compression,
             items: 0,
             first_prefix: 0,
+            first_unreliable: false,
             datagrams: 0,
             bytes: 0,
         }
@@ -69,12 +73,12 @@ impl<'a> Assembler<'a> {
     pub(crate) fn push(&mut self, packet: &[u8]) {
         debug_assert!(packet.len() >= OP_CODE_LEN && packet[0] == 0);
         debug_assert!(packet.len() <= self.max_packet());
-        self.push_item(packet);
+        self.push_item(packet, false);
     }
 
-    fn push_item(&mut self, item: &[u8]) {
+    fn push_item(&mut self, item: &[u8], unreliable: bool) {
         let Some(multi) = self.multi else {
-            self.write_single(item);
+            self.write_alone(item, unreliable);
             return;
         };
         let len = item.len();
@@ -96,8 +100,21 @@ impl<'a> Assembler<'a> {
         self.io.scratch.extend_from_slice(item);
         if self.items == 0 {
             self.first_prefix = n;
+            self.first_unreliable = unreliable;
         }
         self.items += 1;
+    }
+
+    /// Writes one item as its own datagram: an internal packet gets the flag and
+    /// CRC, an unreliable payload (already escaped) only the CRC.
+    fn write_alone(&mut self, item: &[u8], unreliable: bool) {
+        if unreliable {
+            let start = self.io.tx_bytes.len();
+            self.io.tx_bytes.extend_from_slice(item);
+            self.seal(start);
+        } else {
+            self.write_single(item);
+        }
     }
 
     /// Adds an unreliable application payload. It is zero-escaped when it starts with
@@ -110,10 +127,10 @@ impl<'a> Assembler<'a> {
                 item.clear();
                 item.push(0);
                 item.extend_from_slice(payload);
-                self.push_item(&item);
+                self.push_item(&item, true);
                 self.io.inflated = item;
             } else {
-                self.push_item(payload);
+                self.push_item(payload, true);
             }
             return;
         }
@@ -138,7 +155,7 @@ impl<'a> Assembler<'a> {
             0 => return,
             1 => {
                 let scratch = std::mem::take(&mut self.io.scratch);
-                self.write_single(&scratch[self.first_prefix..]);
+                self.write_alone(&scratch[self.first_prefix..], self.first_unreliable);
                 self.io.scratch = scratch;
             }
             _ => {
@@ -163,7 +180,8 @@ impl<'a> Assembler<'a> {
         if self.framing.compression() {
             let flag_at = io.tx_bytes.len();
             let packed = match (self.compression, io.compressor.as_mut()) {
-                (Some(c), Some((_, zlib))) if body.len() >= c.min_len => {
+                // zlib adds at least 6 bytes: tiny bodies never shrink.
+                (Some(c), Some((_, zlib))) if body.len() >= c.min_len.max(8) => {
                     // Flag plus at most `body.len() - 1` bytes: only strictly smaller
                     // results are worth sending.
                     io.tx_bytes.resize(flag_at + body.len(), 0);
@@ -201,11 +219,5 @@ impl<'a> Assembler<'a> {
         self.datagrams += 1;
         self.bytes += (self.io.tx_bytes.len() - start) as u64;
         self.io.end_datagram(start);
-    }
-}
-
-impl Drop for Assembler<'_> {
-    fn drop(&mut self) {
-        self.finish();
     }
 }

@@ -530,7 +530,7 @@ impl SoeSession {
             Packet::Disconnect(packet).emit(&mut bytes);
             let mut asm = self.assembler(io, false);
             asm.push(&bytes);
-            drop(asm);
+            asm.finish();
         }
         self.state = SessionState::Terminated;
         self.termination_reason = reason;
