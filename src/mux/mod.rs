@@ -595,6 +595,11 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             let remote = entry.addr.clone();
             let event = match event {
                 SessionEvent::Opened => {
+                    tracing::debug!(
+                        session_id = entry.session.session_id(),
+                        mode = ?entry.session.mode(),
+                        "session opened"
+                    );
                     entry.opened = true;
                     self.stats.sessions_opened += 1;
                     if entry.session.mode() == SessionMode::Server && self.config.allow_port_remaps
@@ -612,6 +617,12 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                     channel,
                 },
                 SessionEvent::Closed(reason) => {
+                    tracing::debug!(
+                        session_id = entry.session.session_id(),
+                        ?reason,
+                        by_remote = entry.session.terminated_by_remote(),
+                        "session closed"
+                    );
                     self.stats.sessions_closed[usize::from(reason.as_u16())] += 1;
                     if !entry.opened && entry.session.mode() == SessionMode::Server {
                         continue;
