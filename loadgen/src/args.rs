@@ -1,0 +1,408 @@
+//! Command-line interface. The flag names are a contract (architecture.md, "loadgen
+//! contract"): other tools call them.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use soe_uring::Channel;
+
+/// Load generator for SOE reliable-UDP servers.
+///
+/// With no subcommand it runs `bench` with the default scenario: the thread-per-core
+/// soe-uring echo server, this crate's Tokio adapter and the reference soe-protocol
+/// 2.3.0 server, one after another, under the same client load (64 sessions × 32
+/// messages in flight × 64-byte messages on reliable channel 0, 5 s each), and prints
+/// one table with messages per server CPU-second side by side.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Without a subcommand: the `bench` flags.
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embedded echo server(s) and clients in one process; one result row per server.
+    Bench(BenchArgs),
+    /// Clients only, against any SOE echo server (`loadgen serve` or another).
+    Run(RunArgs),
+    /// An echo server: every message is sent back to its sender on the same channel.
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    Serve(ServeArgs),
+}
+
+/// The embedded server implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServerKind {
+    /// soe_uring::SoeServer: thread-per-core glommio shards, shard-local echo handler.
+    #[value(name = "soe-uring")]
+    SoeUring,
+    /// soe_uring::tokio_rt::TokioSoeServer on its own current-thread runtime.
+    Tokio,
+    /// soe_protocol 2.3.0's TokioSoeServer (the reference) on its own current-thread runtime.
+    Peer,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SoeUring => "soe-uring",
+            Self::Tokio => "tokio",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server kinds to run, one after another, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "soe-uring,tokio,peer")]
+    pub server: Vec<ServerKind>,
+    #[command(flatten)]
+    pub server_opts: ServerOpts,
+    #[command(flatten)]
+    pub proto: ProtoOpts,
+    #[command(flatten)]
+    pub workload: Workload,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The server to load (HOST:PORT).
+    #[arg(long, value_parser = parse_target)]
+    pub target: SocketAddr,
+    #[command(flatten)]
+    pub proto: ProtoOpts,
+    #[command(flatten)]
+    pub workload: Workload,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to bind (port 0 picks a free port; the bound address is printed).
+    #[arg(long, value_parser = parse_target)]
+    pub bind: SocketAddr,
+    /// Which implementation serves.
+    #[arg(long, default_value = "soe-uring")]
+    pub server: ServerKind,
+    #[command(flatten)]
+    pub server_opts: ServerOpts,
+    #[command(flatten)]
+    pub proto: ProtoOpts,
+    /// Print the server's counters to stderr every SECS seconds (0: never).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub stats_every: f64,
+}
+
+/// Server-side settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOpts {
+    /// Shards of the soe-uring server (default: 1 for `bench`, so it is compared
+    /// core for core with the single-threaded Tokio servers; the core count for `serve`).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// CRC bytes per datagram the server asks for (0–4).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub crc_length: Option<u8>,
+    /// Most sessions the server admits.
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
+    /// Server tick period in microseconds.
+    #[arg(long, default_value_t = 1000, value_name = "US")]
+    pub tick_us: u64,
+    /// Do not pin soe-uring shards to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+/// Protocol settings both sides must agree on.
+#[derive(Debug, Clone, Args)]
+pub struct ProtoOpts {
+    /// Application protocol name (both sides must match).
+    #[arg(long, default_value = "loadgen", value_name = "NAME")]
+    pub app_protocol: String,
+    /// Compression: the server offers it and clients adopt the server's choice.
+    #[arg(long)]
+    pub compression: bool,
+    /// RC4 key for reliable data, in hex (both sides).
+    #[arg(long, value_parser = parse_hex, value_name = "HEX")]
+    pub rc4_key: Option<HexKey>,
+}
+
+/// The client workload.
+#[derive(Debug, Clone, Args)]
+pub struct Workload {
+    /// Sessions, each on its own UDP socket.
+    #[arg(long, default_value_t = 64)]
+    pub sessions: usize,
+    /// Length of the measured window in seconds (per server for `bench`).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Message size in bytes, or a range MIN-MAX for uniformly mixed sizes (≥ 16:
+    /// every message carries a 16-byte header).
+    #[arg(long, default_value = "64", value_parser = parse_size, value_name = "BYTES|MIN-MAX")]
+    pub size: SizeRange,
+    /// Closed loop: messages in flight per session (default 32 unless --rate).
+    #[arg(long, conflicts_with = "rate")]
+    pub window: Option<usize>,
+    /// Open loop: messages per second per session.
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate: Option<f64>,
+    /// reliable (= reliable:0), reliable:K (K in 0..=3) or unreliable.
+    #[arg(long, default_value = "reliable", value_parser = parse_channel)]
+    pub channel: ChannelArg,
+    /// Client threads (default: the number of cores).
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    /// Also open and close this many extra sessions per second (session churn);
+    /// reported as session_setup_per_sec.
+    #[arg(long, default_value_t = 0.0, value_name = "PER_SEC")]
+    pub churn: f64,
+    /// Write the result as JSON to FILE (`-`: to stdout, and the table to stderr).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Seconds of load before the measured window.
+    #[arg(long, default_value_t = 0.25, value_name = "SECS")]
+    pub warmup: f64,
+    /// Most seconds to wait after the window for the echoes still in flight (the
+    /// wait ends as soon as every echo is back).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub drain: f64,
+    /// Give up when the sessions are not all open after this many seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub connect_timeout: f64,
+    /// Unreliable channel: an echo not back after this many seconds counts as lost.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub loss_timeout: f64,
+    /// Upper bound of the client sessions' retransmission timeout, in milliseconds.
+    /// The library default (8000) lets a datagram an overloaded server dropped stall
+    /// its session for seconds after repeated backoff; 1000 keeps the drain short.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub client_max_rto_ms: u64,
+    /// No live progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Message sizes: fixed (`min == max`) or uniform in `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRange {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl fmt::Display for SizeRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}-{}", self.min, self.max)
+        }
+    }
+}
+
+/// Smallest message: the header (magic, session, sequence, timestamp).
+pub const MIN_SIZE: usize = 16;
+/// Largest message accepted on the command line.
+pub const MAX_SIZE: usize = 1 << 20;
+
+fn parse_size(s: &str) -> Result<SizeRange, String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{t}' is not a byte count"))
+    };
+    let (min, max) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let n = num(s)?;
+            (n, n)
+        }
+    };
+    if min > max {
+        return Err(format!("MIN {min} is larger than MAX {max}"));
+    }
+    if min < MIN_SIZE {
+        return Err(format!(
+            "messages must be at least {MIN_SIZE} bytes (each carries a {MIN_SIZE}-byte header)"
+        ));
+    }
+    if max > MAX_SIZE {
+        return Err(format!("messages may be at most {MAX_SIZE} bytes"));
+    }
+    Ok(SizeRange { min, max })
+}
+
+/// A `--channel` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelArg(pub Channel);
+
+impl ChannelArg {
+    pub fn is_reliable(&self) -> bool {
+        matches!(self.0, Channel::Reliable(_))
+    }
+}
+
+impl fmt::Display for ChannelArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Channel::Reliable(k) => write!(f, "reliable:{k}"),
+            Channel::Unreliable => f.write_str("unreliable"),
+            Channel::Ordered => f.write_str("ordered"),
+        }
+    }
+}
+
+fn parse_channel(s: &str) -> Result<ChannelArg, String> {
+    const EXPECTED: &str = "expected reliable, unreliable or reliable:K with K in 0..=3";
+    match s {
+        "reliable" => Ok(ChannelArg(Channel::Reliable(0))),
+        "unreliable" => Ok(ChannelArg(Channel::Unreliable)),
+        _ => match s.strip_prefix("reliable:").map(str::parse::<usize>) {
+            Some(Ok(k)) if k <= 3 => Ok(ChannelArg(Channel::Reliable(k))),
+            _ => Err(EXPECTED.into()),
+        },
+    }
+}
+
+/// An RC4 key given in hex.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HexKey(pub Vec<u8>);
+
+impl fmt::Debug for HexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HexKey({} bytes)", self.0.len())
+    }
+}
+
+fn parse_hex(s: &str) -> Result<HexKey, String> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 512 {
+        return Err("expected an even number of hex digits (1 to 256 bytes)".into());
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| "expected hex digits 0-9, a-f".to_string())?;
+    Ok(HexKey(bytes))
+}
+
+fn parse_target(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{s}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+/// Closed or open loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Keep this many messages in flight per session.
+    Closed { window: usize },
+    /// Send this many messages per second per session.
+    Open { rate: f64 },
+}
+
+impl Workload {
+    pub fn mode(&self) -> Mode {
+        match (self.window, self.rate) {
+            (_, Some(rate)) => Mode::Open { rate },
+            (window, None) => Mode::Closed {
+                window: window.unwrap_or(32),
+            },
+        }
+    }
+
+    pub fn client_threads(&self) -> usize {
+        self.client_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1)
+    }
+
+    /// Checks what clap cannot; the message is shown as is.
+    pub fn validate(&self) -> Result<(), String> {
+        let secs = |name: &str, v: f64, min: f64| {
+            if v.is_finite() && v >= min && v <= 86_400.0 {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be a number of seconds ≥ {min}"))
+            }
+        };
+        secs("duration", self.duration, 0.1)?;
+        secs("warmup", self.warmup, 0.0)?;
+        secs("drain", self.drain, 0.0)?;
+        secs("connect-timeout", self.connect_timeout, 0.1)?;
+        secs("loss-timeout", self.loss_timeout, 0.01)?;
+        if self.sessions == 0 && self.churn <= 0.0 {
+            return Err("--sessions must be at least 1 (or give --churn)".into());
+        }
+        if self.sessions > 1_000_000 {
+            return Err("--sessions may be at most 1000000".into());
+        }
+        match self.mode() {
+            Mode::Closed { window } if window == 0 || window > 100_000 => {
+                return Err("--window must be in 1..=100000".into());
+            }
+            Mode::Open { rate } if !(rate.is_finite() && rate > 0.0 && rate <= 1e7) => {
+                return Err("--rate must be a positive number of messages per second".into());
+            }
+            _ => {}
+        }
+        if !(self.churn.is_finite() && (0.0..=1e6).contains(&self.churn)) {
+            return Err("--churn must be in 0..=1000000 sessions per second".into());
+        }
+        if let Some(0) = self.client_threads {
+            return Err("--client-threads must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels() {
+        assert_eq!(parse_channel("reliable").unwrap().0, Channel::Reliable(0));
+        assert_eq!(parse_channel("reliable:3").unwrap().0, Channel::Reliable(3));
+        assert_eq!(parse_channel("unreliable").unwrap().0, Channel::Unreliable);
+        assert!(parse_channel("reliable:4").is_err());
+        assert!(parse_channel("fast").is_err());
+    }
+
+    #[test]
+    fn sizes_and_keys() {
+        assert_eq!(parse_size("64").unwrap(), SizeRange { min: 64, max: 64 });
+        assert_eq!(
+            parse_size("16-900").unwrap(),
+            SizeRange { min: 16, max: 900 }
+        );
+        assert!(parse_size("8").is_err());
+        assert!(parse_size("90-20").is_err());
+        assert_eq!(parse_hex("0aFF").unwrap().0, vec![10, 255]);
+        assert!(parse_hex("abc").is_err());
+        assert!(parse_hex("zz").is_err());
+    }
+
+    #[test]
+    fn cli_shape() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,268 @@
+//! `loadgen`: load generator and side-by-side bench for soe-uring.
+//!
+//! * `loadgen` (no arguments) = `loadgen bench`: the soe-uring thread-per-core echo
+//!   server, this crate's Tokio adapter and the reference `soe-protocol` 2.3.0 server,
+//!   each embedded in turn and loaded by the same clients; one table, with the ratio of
+//!   messages per server CPU-second.
+//! * `loadgen serve --bind ADDR`: an echo server until SIGINT/SIGTERM.
+//! * `loadgen run --target ADDR`: clients only, against any SOE echo server.
+//!
+//! Built on soe-uring's public API only. See `loadgen --help` for the flags; their
+//! names and the JSON keys are a contract other tools rely on.
+// A load generator reads the clock: that is its job.
+#![allow(clippy::disallowed_methods)]
+
+mod args;
+mod client;
+mod cpu;
+mod report;
+mod server;
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use args::{BenchArgs, Cli, Command, Mode, ProtoOpts, RunArgs, ServeArgs, Workload};
+use client::{ClientPlan, run_clients};
+use report::{RunResult, Setup};
+use server::{RunningServer, ServerSpec, client_config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => bench(cli.bench),
+        Some(Command::Bench(a)) => bench(a),
+        Some(Command::Run(a)) => run(a),
+        Some(Command::Serve(a)) => serve(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn plan(label: String, target: SocketAddr, w: &Workload, proto: &ProtoOpts) -> ClientPlan {
+    let connect_timeout = Duration::from_secs_f64(w.connect_timeout);
+    ClientPlan {
+        label,
+        target,
+        sessions: w.sessions,
+        threads: w.client_threads(),
+        size: w.size,
+        mode: w.mode(),
+        channel: w.channel.0,
+        churn: w.churn,
+        config: {
+            let mut c = client_config(proto, connect_timeout);
+            let p = &mut c.default_session_params;
+            p.max_rto = Duration::from_millis(w.client_max_rto_ms).max(p.min_rto);
+            c
+        },
+        connect_timeout,
+        warmup: Duration::from_secs_f64(w.warmup),
+        duration: Duration::from_secs_f64(w.duration),
+        drain: Duration::from_secs_f64(w.drain),
+        loss_timeout: Duration::from_secs_f64(w.loss_timeout),
+        progress: !w.quiet,
+    }
+}
+
+fn setup(
+    server: String,
+    shards: Option<usize>,
+    target: SocketAddr,
+    p: &ClientPlan,
+    w: &Workload,
+) -> Setup {
+    Setup {
+        server,
+        shards,
+        target: target.to_string(),
+        sessions: p.sessions,
+        client_threads: p.threads.min(p.sessions.max(1)),
+        window: match p.mode {
+            Mode::Closed { window } => Some(window),
+            Mode::Open { .. } => None,
+        },
+        rate: match p.mode {
+            Mode::Open { rate } => Some(rate),
+            Mode::Closed { .. } => None,
+        },
+        size: w.size.to_string(),
+        channel: w.channel.to_string(),
+        churn: w.churn,
+        server_echo_failures: None,
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+    a.workload.validate()?;
+    let mut kinds = a.server.clone();
+    kinds.dedup();
+    let mut results = Vec::new();
+    for kind in kinds {
+        let spec = ServerSpec::new(
+            kind,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            1,
+            &a.server_opts,
+            &a.proto,
+        )?;
+        let server = RunningServer::start(&spec)?;
+        let target = server.local_addr;
+        let p = plan(kind.to_string(), target, &a.workload, &a.proto);
+        let outcome = run_clients(&p, Some(&server));
+        let failures = server.echo_failures.load(Ordering::Relaxed);
+        let shards = server.shards;
+        let stopped = server.stop();
+        let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
+        stopped?;
+        let mut s = setup(kind.to_string(), Some(shards), target, &p, &a.workload);
+        s.server_echo_failures = Some(failures);
+        results.push(RunResult::new(s, &outcome));
+    }
+    output(&results, &a.workload)
+}
+
+/// A target of 0.0.0.0 or :: (as `serve --bind 0.0.0.0:N` prints) means this host.
+fn normalize(target: SocketAddr) -> SocketAddr {
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, target.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, target.port()))
+        }
+        _ => target,
+    }
+}
+
+fn run(a: RunArgs) -> Result<ExitCode, String> {
+    a.workload.validate()?;
+    if a.target.port() == 0 {
+        return Err("--target needs a port".into());
+    }
+    let target = normalize(a.target);
+    let p = plan(target.to_string(), target, &a.workload, &a.proto);
+    let outcome = run_clients(&p, None)?;
+    let result = RunResult::new(
+        setup("external".into(), None, target, &p, &a.workload),
+        &outcome,
+    );
+    output(&[result], &a.workload)
+}
+
+/// Prints the table (stdout, or stderr with `--json -`) and writes the JSON. Exits
+/// non-zero when echoes were wrong or a reliable channel lost messages.
+fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
+    let mut text = String::new();
+    text += &format!("loadgen: {}\n\n", report::describe(results));
+    text += &report::table(results);
+    let ratios = report::ratios(results);
+    if !ratios.is_empty() {
+        text.push('\n');
+        for (name, ratio) in &ratios {
+            text += &format!("msgs_per_server_cpu_s ratio {name}: {ratio:.2}×\n");
+        }
+    }
+    let json = match results {
+        [one] => serde_json::to_string_pretty(one),
+        many => serde_json::to_string_pretty(&serde_json::json!({
+            "results": many,
+            "ratios_msgs_per_server_cpu_s": ratios
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        })),
+    }
+    .map_err(|e| format!("cannot encode the result: {e}"))?;
+    match w.json.as_deref() {
+        Some(path) if path.as_os_str() == "-" => {
+            eprint!("{text}");
+            println!("{json}");
+        }
+        Some(path) => {
+            std::fs::write(path, json + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            print!("{text}");
+        }
+        None => print!("{text}"),
+    }
+    let _ = std::io::stdout().flush();
+    let mut bad = Vec::new();
+    for r in results {
+        if r.details.errors > 0 {
+            bad.push(format!(
+                "{}: {} errors (first: {})",
+                r.server,
+                r.details.errors,
+                r.details.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if w.channel.is_reliable() && r.messages_lost > 0 {
+            bad.push(format!(
+                "{}: {} messages lost on a reliable channel",
+                r.server, r.messages_lost
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("loadgen: {}", bad.join("; "));
+        Ok(ExitCode::from(3))
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, String> {
+    let spec = ServerSpec::new(a.server, a.bind, cores(), &a.server_opts, &a.proto)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    }
+    let server = RunningServer::start(&spec)?;
+    println!("listening on {}", server.local_addr);
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "loadgen: {} echo server on {} ({} shard{}), app protocol '{}'; stop with Ctrl-C or SIGTERM",
+        spec.kind,
+        server.local_addr,
+        server.shards,
+        if server.shards == 1 { "" } else { "s" },
+        spec.app_protocol
+    );
+    let every = (a.stats_every > 0.0).then(|| Duration::from_secs_f64(a.stats_every));
+    let mut next = every.map(|e| Instant::now() + e);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if let (Some(at), Some(every)) = (next, every)
+            && Instant::now() >= at
+        {
+            if let Some(line) = server.summary() {
+                eprintln!("loadgen: {line}");
+            }
+            next = Some(at + every);
+        }
+    }
+    eprintln!("loadgen: stopping");
+    let summary = server.summary();
+    server.stop()?;
+    if let Some(line) = summary {
+        eprintln!("loadgen: {line}");
+    }
+    eprintln!("loadgen: stopped");
+    Ok(ExitCode::SUCCESS)
+}

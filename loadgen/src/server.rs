@@ -1,0 +1,381 @@
+//! The echo servers: soe-uring's thread-per-core `SoeServer`, this crate's Tokio
+//! adapter, and the reference `soe_protocol::TokioSoeServer`.
+//!
+//! Every `DataReceived` is sent back to the same remote on the same channel. The two
+//! Tokio servers run on one dedicated thread each, with a current-thread runtime that
+//! also runs the echo loop, so that thread's CPU clock is the whole server's CPU.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use soe_uring::{Rc4KeyState, ShardContext, SocketConfig, SocketEvent, SoeServer, tokio_rt};
+
+use crate::args::{ProtoOpts, ServerKind, ServerOpts};
+use crate::cpu::ThreadClock;
+
+/// Everything needed to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub kind: ServerKind,
+    pub bind: SocketAddr,
+    pub shards: usize,
+    pub pin: bool,
+    pub tick: Duration,
+    pub app_protocol: String,
+    pub compression: bool,
+    pub rc4_key: Option<Vec<u8>>,
+    pub crc_length: Option<u8>,
+    pub max_sessions: Option<usize>,
+}
+
+impl ServerSpec {
+    pub fn new(
+        kind: ServerKind,
+        bind: SocketAddr,
+        default_shards: usize,
+        opts: &ServerOpts,
+        proto: &ProtoOpts,
+    ) -> Result<Self, String> {
+        let shards = match kind {
+            ServerKind::SoeUring => opts.shards.unwrap_or(default_shards),
+            ServerKind::Tokio | ServerKind::Peer => 1,
+        };
+        if shards == 0 {
+            return Err("--shards must be at least 1".into());
+        }
+        if opts.tick_us == 0 {
+            return Err("--tick-us must be at least 1".into());
+        }
+        Ok(Self {
+            kind,
+            bind,
+            shards,
+            pin: !opts.no_pin,
+            tick: Duration::from_micros(opts.tick_us),
+            app_protocol: proto.app_protocol.clone(),
+            compression: proto.compression,
+            rc4_key: proto.rc4_key.as_ref().map(|k| k.0.clone()),
+            crc_length: opts.crc_length,
+            max_sessions: opts.max_sessions,
+        })
+    }
+
+    /// soe-uring's configuration (server side).
+    fn our_config(&self) -> SocketConfig {
+        let mut c = SocketConfig::default();
+        let p = &mut c.default_session_params;
+        p.application_protocol = self.app_protocol.clone();
+        p.is_compression_enabled = self.compression;
+        if let Some(n) = self.crc_length {
+            p.crc_length = n;
+        }
+        c.app_params.encryption_key_state = self.rc4_key.as_deref().and_then(Rc4KeyState::try_new);
+        if let Some(n) = self.max_sessions {
+            c.max_sessions = n;
+        }
+        c
+    }
+
+    /// The reference's configuration (server side). It has no session limit.
+    fn peer_config(&self) -> soe_protocol::SocketConfig {
+        let mut c = soe_protocol::SocketConfig::default();
+        let p = &mut c.default_session_params;
+        p.application_protocol = self.app_protocol.clone();
+        p.is_compression_enabled = self.compression;
+        if let Some(n) = self.crc_length {
+            p.crc_length = n;
+        }
+        c.app_params.encryption_key_state = self
+            .rc4_key
+            .as_deref()
+            .filter(|k| (1..=256).contains(&k.len()))
+            .map(soe_protocol::Rc4KeyState::new);
+        c
+    }
+}
+
+/// Server counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSnapshot {
+    /// CPU time of every server thread.
+    pub cpu: Duration,
+    /// Datagrams read and written (soe-uring only).
+    pub datagrams_in: Option<u64>,
+    pub datagrams_out: Option<u64>,
+}
+
+enum Inner {
+    Uring(SoeServer),
+    Thread {
+        thread: JoinHandle<Result<(), String>>,
+        clock: Option<ThreadClock>,
+        stop: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    pub kind: ServerKind,
+    pub local_addr: SocketAddr,
+    pub shards: usize,
+    /// Echoes the server could not queue (should stay 0).
+    pub echo_failures: Arc<AtomicU64>,
+    inner: Inner,
+}
+
+impl RunningServer {
+    pub fn start(spec: &ServerSpec) -> Result<Self, String> {
+        let failures = Arc::new(AtomicU64::new(0));
+        match spec.kind {
+            ServerKind::SoeUring => start_uring(spec, failures),
+            ServerKind::Tokio | ServerKind::Peer => start_thread(spec, failures),
+        }
+    }
+
+    /// Counters now (`None` if the server did not answer).
+    pub fn snapshot(&self) -> Option<ServerSnapshot> {
+        match &self.inner {
+            Inner::Uring(server) => {
+                let stats = server.handle().stats_timeout(Duration::from_secs(2));
+                (stats.shards.len() == self.shards).then_some(ServerSnapshot {
+                    cpu: stats.total.cpu_time,
+                    datagrams_in: Some(stats.total.datagrams_in),
+                    datagrams_out: Some(stats.total.datagrams_out),
+                })
+            }
+            Inner::Thread { clock, .. } => Some(ServerSnapshot {
+                cpu: clock.as_ref()?.read()?,
+                ..ServerSnapshot::default()
+            }),
+        }
+    }
+
+    /// A one-line summary of the soe-uring server's counters (for `serve`).
+    pub fn summary(&self) -> Option<String> {
+        let Inner::Uring(server) = &self.inner else {
+            return None;
+        };
+        let t = server.handle().stats().total;
+        let s = &t.mux.sessions;
+        Some(format!(
+            "sessions live {} opened {} | datagrams in {} out {} | messages delivered {} | resends {} | cpu {:.2} s",
+            t.mux.sessions_live,
+            t.mux.sessions_opened,
+            t.datagrams_in,
+            t.datagrams_out,
+            s.messages_delivered,
+            s.reliable_packets_resent,
+            t.cpu_time.as_secs_f64()
+        ))
+    }
+
+    /// Stops the server gracefully (Disconnect to every peer) and joins its threads.
+    pub fn stop(self) -> Result<(), String> {
+        match self.inner {
+            Inner::Uring(server) => server
+                .shutdown()
+                .map_err(|e| format!("soe-uring server did not stop cleanly: {e}")),
+            Inner::Thread { thread, stop, .. } => {
+                let _ = stop.send(());
+                match thread.join() {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("the {} server thread panicked", self.kind)),
+                }
+            }
+        }
+    }
+}
+
+fn start_uring(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningServer, String> {
+    let counter = failures.clone();
+    let server = SoeServer::builder(spec.bind, spec.our_config())
+        .shards(spec.shards)
+        .pin_cpus(spec.pin)
+        .tick_period(spec.tick)
+        .handler(move |_shard| {
+            let failures = counter.clone();
+            move |event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>| {
+                if let SocketEvent::DataReceived {
+                    remote,
+                    data,
+                    channel,
+                } = event
+                    && ctx.enqueue_data_on(&remote, &data, channel).is_err()
+                {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .start()
+        .map_err(|e| format!("cannot start the soe-uring server: {e}"))?;
+    Ok(RunningServer {
+        kind: ServerKind::SoeUring,
+        local_addr: server.local_addr(),
+        shards: server.shards(),
+        echo_failures: failures,
+        inner: Inner::Uring(server),
+    })
+}
+
+type Ready = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+
+fn start_thread(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningServer, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let kind = spec.kind;
+    let task_spec = spec.clone();
+    let counter = failures.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("{kind}-server"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let message = format!("cannot build a Tokio runtime: {e}");
+                    let _ = ready_tx.send(Err(message.clone()));
+                    return Err(message);
+                }
+            };
+            runtime.block_on(async move {
+                match kind {
+                    ServerKind::Tokio => serve_ours(task_spec, ready_tx, stop_rx, counter).await,
+                    _ => serve_peer(task_spec, ready_tx, stop_rx, counter).await,
+                }
+            })
+        })
+        .map_err(|e| format!("cannot spawn the {kind} server thread: {e}"))?;
+    let local_addr = match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => return Err(format!("the {kind} server did not start within 10 s")),
+    };
+    let clock = ThreadClock::of(&thread);
+    Ok(RunningServer {
+        kind,
+        local_addr,
+        shards: 1,
+        echo_failures: failures,
+        inner: Inner::Thread {
+            thread,
+            clock,
+            stop: stop_tx,
+        },
+    })
+}
+
+/// Lets a dropped server's driver task send its Disconnects before the runtime ends.
+const GRACE: Duration = Duration::from_millis(100);
+
+async fn serve_ours(
+    spec: ServerSpec,
+    ready: Ready,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    failures: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let mut server =
+        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tick).await {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("cannot bind {}: {e}", spec.bind);
+                let _ = ready.send(Err(message.clone()));
+                return Err(message);
+            }
+        };
+    let _ = ready.send(Ok(server.local_addr()));
+    let handle = server.handle();
+    let mut events = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            n = server.recv_events(&mut events, 256) => {
+                if n == 0 {
+                    break;
+                }
+                for event in events.drain(..) {
+                    let SocketEvent::DataReceived { remote, data, channel } = event else {
+                        continue;
+                    };
+                    if let Err(e) = handle.try_enqueue_data_on(remote, data, channel) {
+                        // Full: wait for room (backpressure), never drop.
+                        let ok = e.is_full()
+                            && handle
+                                .enqueue_data_on_async(remote, e.into_inner(), channel)
+                                .await
+                                .is_ok();
+                        if !ok {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(server);
+    tokio::time::sleep(GRACE).await;
+    Ok(())
+}
+
+async fn serve_peer(
+    spec: ServerSpec,
+    ready: Ready,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    failures: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let mut server =
+        match soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tick).await {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("cannot bind {}: {e}", spec.bind);
+                let _ = ready.send(Err(message.clone()));
+                return Err(message);
+            }
+        };
+    let _ = ready.send(Ok(server.local_addr()));
+    let handle = server.handle();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            event = server.recv_event() => {
+                match event {
+                    None => break,
+                    Some(soe_protocol::SocketEvent::DataReceived { remote, data, channel }) => {
+                        if !handle.enqueue_data_on(remote, data, channel) {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    drop(server);
+    tokio::time::sleep(GRACE).await;
+    Ok(())
+}
+
+/// soe-uring's client configuration for the same protocol settings.
+pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConfig {
+    let mut c = SocketConfig::default();
+    let p = &mut c.default_session_params;
+    p.application_protocol = proto.app_protocol.clone();
+    // A client adopts the server's choice; set it anyway for symmetry.
+    p.is_compression_enabled = proto.compression;
+    p.connect_timeout = connect_timeout;
+    // Resend the SessionRequest often enough that a lost one does not dominate a
+    // short connect phase.
+    p.connect_retry_interval = Duration::from_millis(250).min(connect_timeout / 2);
+    c.app_params.encryption_key_state = proto
+        .rc4_key
+        .as_ref()
+        .and_then(|k| Rc4KeyState::try_new(&k.0));
+    c
+}

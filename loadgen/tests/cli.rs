@@ -1,0 +1,333 @@
+//! The `loadgen` binary end to end: `bench` against each server kind, `serve` + `run`
+//! in two processes, and argument errors. Short runs with few sessions and generous
+//! timeouts, so they hold on a loaded 2-core machine.
+// A test that waits for a child process reads the clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+/// The keys of the loadgen contract (architecture.md).
+const KEYS: &[&str] = &[
+    "server",
+    "shards",
+    "sessions",
+    "duration_s",
+    "messages_sent",
+    "messages_received",
+    "messages_lost",
+    "msgs_per_sec",
+    "mbytes_per_sec",
+    "rtt_us",
+    "server_cpu_s",
+    "msgs_per_server_cpu_s",
+    "client_cpu_s",
+    "datagrams_sent",
+    "datagrams_received",
+    "resends",
+    "session_setup_per_sec",
+];
+
+/// Flags that keep a run short and robust.
+const QUICK: &[&str] = &[
+    "--sessions",
+    "8",
+    "--window",
+    "8",
+    "--duration",
+    "2",
+    "--warmup",
+    "0.2",
+    "--client-threads",
+    "1",
+    "--connect-timeout",
+    "20",
+    "--drain",
+    "10",
+    "--quiet",
+];
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("loadgen runs")
+}
+
+fn temp_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// Every contract key is there and the values make sense.
+fn check_result(v: &Value, server: &str, reliable: bool) {
+    for key in KEYS {
+        assert!(v.get(key).is_some(), "missing key {key} in {v}");
+    }
+    for q in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["rtt_us"][q].is_number(), "rtt_us.{q} in {v}");
+    }
+    assert_eq!(v["server"], server);
+    assert!(num(v, "messages_received") > 0.0, "{v}");
+    assert!(
+        num(v, "messages_sent") >= num(v, "messages_received"),
+        "{v}"
+    );
+    if reliable {
+        assert_eq!(num(v, "messages_lost"), 0.0, "{v}");
+    }
+    assert!(num(v, "msgs_per_sec") > 0.0, "{v}");
+    assert!(num(v, "duration_s") >= 1.9, "{v}");
+    let rtt = &v["rtt_us"];
+    assert!(num(rtt, "p50") > 0.0, "{v}");
+    assert!(num(rtt, "p50") <= num(rtt, "p99"), "{v}");
+    assert!(num(rtt, "p99") <= num(rtt, "max"), "{v}");
+    assert!(num(v, "datagrams_sent") > 0.0, "{v}");
+    assert!(num(v, "datagrams_received") > 0.0, "{v}");
+    assert!(num(v, "client_cpu_s") > 0.0, "{v}");
+    assert!(num(v, "session_setup_per_sec") > 0.0, "{v}");
+    assert_eq!(v["details"]["errors"], 0, "{v}");
+}
+
+fn bench(server: &str) {
+    let json = temp_file(&format!("bench-{server}.json"));
+    let mut args = vec![
+        "bench",
+        "--server",
+        server,
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(QUICK);
+    let out = loadgen(&args);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{server}: {:?}\n{stdout}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    // The table goes to stdout next to the JSON file.
+    assert!(stdout.contains("msgs_per_server_cpu_s"), "{stdout}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    check_result(&v, server, true);
+    assert_eq!(v["shards"], 1);
+    assert_eq!(v["sessions"], 8);
+    assert!(num(&v, "server_cpu_s") > 0.0, "{v}");
+    assert!(num(&v, "msgs_per_server_cpu_s") > 0.0, "{v}");
+}
+
+#[test]
+fn bench_soe_uring() {
+    bench("soe-uring");
+}
+
+#[test]
+fn bench_tokio_adapter() {
+    bench("tokio");
+}
+
+#[test]
+fn bench_reference_peer() {
+    bench("peer");
+}
+
+#[test]
+fn json_dash_puts_only_json_on_stdout() {
+    let mut args = vec![
+        "bench",
+        "--server",
+        "soe-uring",
+        "--channel",
+        "reliable:3",
+        "--size",
+        "16-700",
+        "--json",
+        "-",
+    ];
+    args.extend_from_slice(QUICK);
+    let out = loadgen(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    check_result(&v, "soe-uring", true);
+    assert_eq!(v["details"]["channel"], "reliable:3");
+    // The table went to stderr.
+    assert!(text(&out.stderr).contains("messages_received"));
+}
+
+/// Starts `loadgen serve` and reads the address it prints.
+fn serve(extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--shards", "1"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_and_run_in_two_processes_then_sigterm() {
+    let (mut server, addr) = serve(&[]);
+    let json = temp_file("run.json");
+    let mut args = vec![
+        "run",
+        "--target",
+        addr.as_str(),
+        "--churn",
+        "20",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(QUICK);
+    let out = loadgen(&args);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    check_result(&v, "external", true);
+    // An external server's CPU is unknown.
+    assert!(v["server_cpu_s"].is_null(), "{v}");
+
+    // Unreliable, open loop: losses are allowed, the keys are the same.
+    let mut args = vec![
+        "run",
+        "--target",
+        addr.as_str(),
+        "--channel",
+        "unreliable",
+        "--json",
+        "-",
+    ];
+    args.extend([
+        "--sessions",
+        "4",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.2",
+        "--client-threads",
+        "1",
+        "--connect-timeout",
+        "20",
+        "--quiet",
+    ]);
+    let out = loadgen(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_result(&v, "external", false);
+    assert_eq!(v["details"]["rate_per_session"], 200.0);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_exit(&mut server, Duration::from_secs(20));
+    assert!(status.success(), "serve exited with {status:?}");
+}
+
+fn fails_with(args: &[&str], expected: &str) {
+    let out = loadgen(args);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: stderr lacks {expected:?}:\n{stderr}"
+    );
+}
+
+#[test]
+fn argument_errors_are_clear() {
+    fails_with(&["bench", "--channel", "fast"], "reliable:K");
+    fails_with(&["bench", "--channel", "reliable:4"], "--channel");
+    fails_with(
+        &["bench", "--window", "4", "--rate", "10"],
+        "cannot be used with",
+    );
+    fails_with(&["bench", "--size", "4"], "at least 16 bytes");
+    fails_with(&["bench", "--rc4-key", "xyz"], "--rc4-key");
+    fails_with(&["run"], "--target");
+    fails_with(
+        &["serve", "--bind", "127.0.0.1:0", "--shards", "0"],
+        "--shards",
+    );
+}
+
+#[test]
+fn unreachable_target_is_a_one_line_error() {
+    // A loopback port nobody listens on.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let out = loadgen(&[
+        "run",
+        "--target",
+        &target,
+        "--sessions",
+        "4",
+        "--connect-timeout",
+        "1",
+        "--quiet",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("0 of 4 sessions opened within 1 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&target), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty());
+}
