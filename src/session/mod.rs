@@ -1086,7 +1086,6 @@ impl SoeSession {
         let mut asm = self.assembler(io, false);
         asm.push_contextless(&bytes[..len]);
         let (d, b) = (asm.datagrams, asm.bytes);
-        drop(asm);
         self.stats.datagrams_sent += d;
         self.stats.bytes_sent += b;
     }
