@@ -5,23 +5,28 @@ use std::time::Duration;
 /// Granularity term of the RTO: `RTO = SRTT + max(G, 4·RTTVAR)`.
 const GRANULARITY: Duration = Duration::from_millis(10);
 
-/// Smoothed round-trip time, its variation, and the resulting timeout.
+/// Smoothed round-trip time, its variation, and the resulting timeout, kept in
+/// whole nanoseconds (integer arithmetic on the ack path).
 #[derive(Debug, Clone)]
 pub(crate) struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    rto: Duration,
-    min: Duration,
-    max: Duration,
+    srtt: Option<u64>,
+    rttvar: u64,
+    rto: u64,
+    min: u64,
+    max: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl RttEstimator {
     pub(crate) fn new(initial: Duration, min: Duration, max: Duration) -> Self {
-        let max = max.max(min);
+        let (min, max) = (nanos(min), nanos(max).max(nanos(min)));
         Self {
             srtt: None,
-            rttvar: Duration::ZERO,
-            rto: initial.clamp(min, max),
+            rttvar: 0,
+            rto: nanos(initial).clamp(min, max),
             min,
             max,
         }
@@ -29,33 +34,35 @@ impl RttEstimator {
 
     /// The current retransmission timeout.
     pub(crate) fn rto(&self) -> Duration {
-        self.rto
+        Duration::from_nanos(self.rto)
     }
 
     /// The smoothed round trip, once sampled.
     pub(crate) fn srtt(&self) -> Option<Duration> {
-        self.srtt
+        self.srtt.map(Duration::from_nanos)
     }
 
     /// Feeds one sample, taken only from packets sent exactly once (Karn).
     pub(crate) fn sample(&mut self, rtt: Duration) {
-        match self.srtt {
+        let rtt = nanos(rtt).min(1 << 50);
+        let srtt = match self.srtt {
             None => {
-                self.srtt = Some(rtt);
                 self.rttvar = rtt / 2;
+                rtt
             }
             Some(srtt) => {
                 self.rttvar = (self.rttvar * 3 + srtt.abs_diff(rtt)) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
+                (srtt * 7 + rtt) / 8
             }
-        }
-        let srtt = self.srtt.unwrap_or(rtt);
-        self.rto = (srtt + (self.rttvar * 4).max(GRANULARITY)).clamp(self.min, self.max);
+        };
+        self.srtt = Some(srtt);
+        let granularity = nanos(GRANULARITY);
+        self.rto = (srtt + (self.rttvar * 4).max(granularity)).clamp(self.min, self.max);
     }
 
     /// Doubles the timeout after a retransmission by timeout.
     pub(crate) fn backoff(&mut self) {
-        self.rto = (self.rto * 2).min(self.max);
+        self.rto = self.rto.saturating_mul(2).min(self.max);
     }
 }
 
