@@ -390,13 +390,20 @@ impl SoeSession {
     }
 
     /// When a client's next heartbeat is due: `heartbeat_after` after the last
-    /// datagram received, then again every RTO (at least 500 ms) while the server
-    /// stays silent, so one lost heartbeat does not cost the session.
+    /// datagram received, then, while the server stays silent, about eight more
+    /// spread over what is left before the inactivity timeout (at most two a
+    /// second), so a lossy link does not cost the session.
     fn next_heartbeat(&self) -> Instant {
-        let first = self.last_received + self.params.heartbeat_after;
+        let p = &self.params;
+        let first = self.last_received + p.heartbeat_after;
         match self.last_heartbeat {
             Some(sent) if sent >= self.last_received => {
-                let retry = self.rtt.rto().max(Duration::from_millis(500));
+                let window = p.inactivity_timeout.saturating_sub(p.heartbeat_after);
+                let retry = if window.is_zero() {
+                    Duration::from_secs(1)
+                } else {
+                    (window / 8).max(Duration::from_millis(500))
+                };
                 first.max(sent + retry)
             }
             _ => first,
@@ -878,6 +885,10 @@ impl SoeSession {
         );
         self.state = SessionState::Running;
         self.owed.request = false;
+        // Completes the server's side at once: it opens the session on the first
+        // packet after its response, and evicts half-open sessions under a flood.
+        // Rides in the same datagram as any data sent in this turn.
+        self.owed.heartbeat = true;
         self.last_received = now;
         io.events.push(SessionEvent::Opened);
     }

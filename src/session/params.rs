@@ -68,8 +68,8 @@ pub struct SessionParameters {
     /// Cumulative acks are sent at the latest after half this many packets.
     pub data_ack_window: u16,
     /// A client sends a heartbeat after this long without receiving; `ZERO` disables.
-    /// While the server stays silent it repeats once per RTO (at least 500 ms),
-    /// never more often.
+    /// While the server stays silent it repeats about eight times over the rest of
+    /// the inactivity timeout, never more than twice a second.
     pub heartbeat_after: Duration,
     /// Terminate (`Timeout`) after this long without a valid datagram; `ZERO` disables.
     pub inactivity_timeout: Duration,
