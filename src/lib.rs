@@ -10,6 +10,8 @@ pub mod runtime;
 pub mod session;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+#[cfg(feature = "tokio")]
+pub mod tokio_rt;
 
 pub use mux::{ConnectError, MuxStats, RemoteAddr, SocketConfig, SocketEvent, SoeMultiplexer};
 pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
@@ -22,3 +24,5 @@ pub use session::{
     ApplicationParameters, Channel, EnqueueError, MultiLength, SessionEvent, SessionIo,
     SessionMode, SessionParameters, SessionState, SessionStats, SoeSession, ZeroEscape,
 };
+#[cfg(feature = "tokio")]
+pub use tokio_rt::{ClientEvent, SoeClientHandle, TokioSoeClient, TokioSoeServer};
