@@ -387,3 +387,33 @@ fn forged_contextless_packets_do_not_kill_a_session() {
         Some(0x9999)
     );
 }
+
+#[test]
+fn many_sessions_beyond_the_half_open_cap_all_open() {
+    // Half-open is a pool of sessions waiting for their first packet, not a cap on
+    // sessions: clients that complete their handshake make room for more.
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    let mut c = config(false);
+    c.max_half_open_sessions = 64;
+    let mut mux = SoeMultiplexer::<SocketAddr>::new(c);
+    let n = 1_000u32;
+    for i in 0..n {
+        let from = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 7000));
+        mux.process_incoming(from, request(i), now);
+        mux.run_tick(now);
+        let (_, response) = mux.outgoing(0);
+        let Ok(Packet::SessionResponse(r)) = Packet::parse(response) else {
+            panic!("no response for {i}")
+        };
+        mux.consume_outgoing(usize::MAX);
+        let mut hb = vec![0x00, 0x06, 0, 0];
+        Crc32::new(r.crc_seed).append(&mut hb, 2, 2);
+        mux.process_incoming(from, &hb, now);
+        mux.run_tick(now);
+        mux.consume_outgoing(usize::MAX);
+    }
+    assert_eq!(mux.session_count(), n as usize);
+    assert_eq!(mux.half_open_count(), 0);
+    assert_eq!(mux.stats().evicted_half_open, 0);
+}

@@ -85,8 +85,9 @@ pub struct SocketConfig {
     pub rng_seed: Option<u64>,
     /// Most sessions at once (default 65 536).
     pub max_sessions: usize,
-    /// Most half-open server sessions at once (default 4 096); the oldest is evicted
-    /// to admit a new one.
+    /// Most half-open server sessions at once (default 16 384); the oldest is evicted
+    /// to admit a new one. Size it above the largest legitimate connect burst: a
+    /// session evicted before its client's first packet is lost to that client.
     pub max_half_open_sessions: usize,
     /// Answer datagrams from unknown addresses with UnknownSender (`00 1D`), as
     /// UdpLibrary does. Off by default, as in `soe-protocol`.
@@ -101,7 +102,7 @@ impl Default for SocketConfig {
             allow_port_remaps: false,
             rng_seed: None,
             max_sessions: 65_536,
-            max_half_open_sessions: 4_096,
+            max_half_open_sessions: 16_384,
             reply_unknown_sender: false,
         }
     }
