@@ -41,6 +41,9 @@ use crate::protocol::{
 pub use self::io::SessionIo;
 pub use self::params::{ApplicationParameters, MultiLength, SessionParameters, ZeroEscape};
 
+/// A session quiet this long frees its channel buffers at its next timer.
+const QUIET_RELEASE: Duration = Duration::from_secs(1);
+
 /// Nesting limit for multi-packets and bundles inside multi-packets.
 const MAX_NESTING: u8 = 4;
 
@@ -895,8 +898,17 @@ impl SoeSession {
 
     /// Runs the timers due at `now`: connect retries and timeouts, inactivity,
     /// heartbeats. Retransmissions and delayed acks go out in the next
-    /// [`SoeSession::flush`].
+    /// [`SoeSession::flush`]. A session quiet for a second also gives back the
+    /// buffers its channels grew.
     pub fn handle_timeout(&mut self, now: Instant, io: &mut SessionIo) {
+        if now.saturating_duration_since(self.last_received) >= QUIET_RELEASE {
+            for s in self.senders.iter_mut().flatten() {
+                s.release_memory();
+            }
+            for r in self.receivers.iter_mut().flatten() {
+                r.release_memory();
+            }
+        }
         let p = &self.params;
         match self.state {
             SessionState::Terminated => {}

@@ -106,6 +106,18 @@ impl ReliableReceiver {
         }
     }
 
+    /// Frees the out-of-order stash and the reassembly buffer when neither holds
+    /// anything (for sessions that went quiet); they are rebuilt on demand.
+    pub(crate) fn release_memory(&mut self) {
+        if !self.stash.iter().any(|s| s.occupied) {
+            self.stash = Vec::new();
+        }
+        if !self.reassembly.open {
+            self.reassembly.buf = Vec::new();
+        }
+        self.selective.shrink_to_fit();
+    }
+
     /// When owed acks must go out at the latest.
     pub(crate) fn ack_deadline(&self) -> Option<Instant> {
         self.ack_due

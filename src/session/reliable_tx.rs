@@ -224,17 +224,8 @@ impl ReliableSender {
         if !self.can_send() {
             return None;
         }
-        if self.slots.is_empty() {
-            let n = (self.window as usize).next_power_of_two();
-            self.slots = (0..n)
-                .map(|_| Slot {
-                    packet: Vec::new(),
-                    first_sent: now,
-                    last_sent: now,
-                    sends: 0,
-                    acked: true,
-                })
-                .collect();
+        if self.in_flight() as usize >= self.slots.len() {
+            self.grow_slots(now);
         }
         let seq = self.next_seq;
         let idx = self.slot_index(seq);
@@ -250,6 +241,37 @@ impl ReliableSender {
         };
         self.next_seq += 1;
         Some(seq)
+    }
+
+    /// Doubles the slot ring (from 8, up to the window), moving the packets in flight
+    /// to their slots in the larger ring. Rings grow with use, so an idle session
+    /// costs a few hundred bytes, not a window's worth.
+    fn grow_slots(&mut self, now: Instant) {
+        let len = (self.slots.len() * 2)
+            .max(8)
+            .min((self.window as usize).next_power_of_two());
+        let empty = || Slot {
+            packet: Vec::new(),
+            first_sent: now,
+            last_sent: now,
+            sends: 0,
+            acked: true,
+        };
+        let mut grown: Vec<Slot> = (0..len).map(|_| empty()).collect();
+        for seq in self.unacked_from..self.next_seq {
+            let old = (seq as usize) & (self.slots.len() - 1);
+            grown[(seq as usize) & (len - 1)] = std::mem::replace(&mut self.slots[old], empty());
+        }
+        self.slots = grown;
+    }
+
+    /// Frees the slot ring and queue buffer when nothing is queued or in flight (for
+    /// sessions that went quiet); they are rebuilt on the next send.
+    pub(crate) fn release_memory(&mut self) {
+        if self.is_idle() {
+            self.slots = Vec::new();
+            self.queue = MessageQueue::default();
+        }
     }
 
     /// The bytes of a built packet.
