@@ -417,3 +417,31 @@ fn many_sessions_beyond_the_half_open_cap_all_open() {
     assert_eq!(mux.half_open_count(), 0);
     assert_eq!(mux.stats().evicted_half_open, 0);
 }
+
+#[test]
+fn half_open_bookkeeping_stays_bounded_under_churn() {
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    let mut mux = SoeMultiplexer::<SocketAddr>::new(config(false));
+    // 50 000 clients connect, complete the handshake and leave.
+    for i in 0..50_000u32 {
+        let from = SocketAddr::from(([10, 2, (i >> 8) as u8, i as u8], (i >> 16) as u16 + 1));
+        mux.process_incoming(from, request(i), now);
+        mux.run_tick(now);
+        let (_, response) = mux.outgoing(0);
+        let Ok(Packet::SessionResponse(r)) = Packet::parse(response) else {
+            panic!()
+        };
+        mux.consume_outgoing(usize::MAX);
+        let mut hb = vec![0x00, 0x06, 0, 0];
+        Crc32::new(r.crc_seed).append(&mut hb, 2, 2);
+        mux.process_incoming(from, &hb, now);
+        mux.terminate(&from, DisconnectReason::Application, now);
+        mux.run_tick(now);
+        mux.consume_outgoing(usize::MAX);
+        while mux.poll_event().is_some() {}
+    }
+    assert_eq!(mux.session_count(), 0);
+    assert_eq!(mux.half_open_count(), 0);
+    assert_eq!(mux.stats().sessions_opened, 50_000);
+}

@@ -633,6 +633,15 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             };
             self.events.push_back(event);
         }
+        // Entries of sessions that opened stay queued until eviction passes them;
+        // compact now and then so the queue tracks the pool's size.
+        if self.half_open_order.len() > 2 * self.half_open + 1024 {
+            let (slots, generations) = (&self.slots, &self.generations);
+            self.half_open_order.retain(|&(slot, generation)| {
+                generations[slot as usize] == generation
+                    && slots[slot as usize].as_ref().is_some_and(|e| e.half_open)
+            });
+        }
     }
 
     fn reschedule(&mut self, slot: u32) {
