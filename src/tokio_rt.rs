@@ -122,6 +122,10 @@ pub struct DriverConfig {
     /// [`DEFAULT_QUEUE_CAPACITY`]; at least 1). When it is full the driver stops
     /// reading the socket.
     pub event_capacity: usize,
+    /// Kernel receive and send buffer requested for sockets the adapter binds
+    /// (default 4 MiB, capped by `net.core.rmem_max`/`wmem_max`). The OS default
+    /// (about 200 KB on Linux) overflows under bursts and costs retransmissions.
+    pub socket_buffer: usize,
 }
 
 impl Default for DriverConfig {
@@ -129,8 +133,21 @@ impl Default for DriverConfig {
         Self {
             command_capacity: DEFAULT_QUEUE_CAPACITY,
             event_capacity: DEFAULT_QUEUE_CAPACITY,
+            socket_buffer: 4 << 20,
         }
     }
+}
+
+/// Binds a non-blocking UDP socket with `buffer` bytes of kernel buffers (best
+/// effort: the kernel caps them).
+fn bind_socket(local: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&local.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 impl DriverConfig {
@@ -503,7 +520,7 @@ impl TokioSoeServer {
         tick_period: Duration,
         driver: DriverConfig,
     ) -> io::Result<Self> {
-        let socket = UdpSocket::bind(local).await?;
+        let socket = bind_socket(local, driver.socket_buffer)?;
         Self::start(socket, config, tick_period, driver)
     }
 
@@ -767,7 +784,7 @@ impl TokioSoeClient {
         tick_period: Duration,
         driver: DriverConfig,
     ) -> io::Result<Self> {
-        let socket = UdpSocket::bind(local).await?;
+        let socket = bind_socket(local, driver.socket_buffer)?;
         socket.connect(server).await?;
         let local_addr = socket.local_addr()?;
         let mut mux = SoeMultiplexer::new(config);

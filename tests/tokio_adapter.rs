@@ -977,6 +977,7 @@ async fn echo_with_tiny_queues_does_not_deadlock() {
         let tiny = DriverConfig {
             command_capacity: 2,
             event_capacity: 2,
+            ..DriverConfig::default()
         };
         let mut server = TokioSoeServer::bind_with(loopback(), server_config, TICK, tiny)
             .await
