@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use soe_uring::{Channel, SendErrorKind, SocketConfig, SocketEvent, SoeHandle, SoeServer};
+use soe_uring::{Channel, SendError, SocketConfig, SocketEvent, SoeHandle, SoeServer};
 
 /// Per-client game state, owned by the game thread.
 struct Player {
@@ -29,11 +29,11 @@ fn send(handle: &SoeHandle, to: SocketAddr, payload: Vec<u8>, channel: Channel) 
     for _ in 0..100 {
         match handle.enqueue_data_on(to, payload, channel) {
             Ok(()) => return,
-            Err(e) if e.kind == SendErrorKind::QueueFull => {
-                payload = e.payload;
+            Err(SendError::Full(back)) => {
+                payload = back;
                 std::thread::yield_now();
             }
-            Err(_) => return,
+            Err(SendError::Stopped(_)) => return,
         }
     }
 }

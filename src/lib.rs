@@ -7,6 +7,7 @@ pub mod mux;
 pub mod protocol;
 #[cfg(target_os = "linux")]
 pub mod runtime;
+mod send_error;
 pub mod session;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -17,9 +18,10 @@ pub use mux::{ConnectError, MuxStats, RemoteAddr, SocketConfig, SocketEvent, Soe
 pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
 #[cfg(target_os = "linux")]
 pub use runtime::{
-    SendError, SendErrorKind, ServerError, ServerStats, ShardContext, ShardHandler, ShardInfo,
-    ShardStats, SoeHandle, SoeServer, SoeServerBuilder, shard_of,
+    ServerError, ServerStats, ShardContext, ShardHandler, ShardInfo, ShardStats, SoeHandle,
+    SoeServer, SoeServerBuilder, shard_of,
 };
+pub use send_error::SendError;
 pub use session::{
     ApplicationParameters, Channel, EnqueueError, MultiLength, SessionEvent, SessionIo,
     SessionMode, SessionParameters, SessionState, SessionStats, SoeSession, ZeroEscape,

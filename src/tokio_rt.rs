@@ -81,7 +81,6 @@
 //! always agree (including under a paused test clock).
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -89,6 +88,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+
+pub use crate::send_error::SendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -159,64 +160,6 @@ impl DriverConfig {
         self.event_capacity.clamp(1, MAX_QUEUE_CAPACITY)
     }
 }
-
-/// Why a handle could not queue a command. Either way the command was not queued
-/// and the value it carried comes back.
-#[derive(Clone, PartialEq, Eq)]
-pub enum SendError<T> {
-    /// The command queue is full ([`DriverConfig::command_capacity`]); retry later, or
-    /// use the `*_async` / `*_blocking` methods, which wait for room.
-    Full(T),
-    /// The driver task has stopped.
-    Stopped(T),
-}
-
-impl<T> SendError<T> {
-    /// The value that was not sent.
-    pub fn into_inner(self) -> T {
-        match self {
-            Self::Full(value) | Self::Stopped(value) => value,
-        }
-    }
-
-    /// Whether the queue was full (the driver is still running).
-    pub fn is_full(&self) -> bool {
-        matches!(self, Self::Full(_))
-    }
-
-    /// Whether the driver has stopped.
-    pub fn is_stopped(&self) -> bool {
-        matches!(self, Self::Stopped(_))
-    }
-
-    /// The same error carrying `f(value)`.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
-        match self {
-            Self::Full(value) => SendError::Full(f(value)),
-            Self::Stopped(value) => SendError::Stopped(f(value)),
-        }
-    }
-}
-
-impl<T> fmt::Debug for SendError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Full(_) => f.write_str("Full(..)"),
-            Self::Stopped(_) => f.write_str("Stopped(..)"),
-        }
-    }
-}
-
-impl<T> fmt::Display for SendError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Full(_) => f.write_str("the driver's command queue is full"),
-            Self::Stopped(_) => f.write_str("the driver has stopped"),
-        }
-    }
-}
-
-impl<T> std::error::Error for SendError<T> {}
 
 /// Counters of a driver task, from [`SoeHandle::stats`] or [`SoeClientHandle::stats`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

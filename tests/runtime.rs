@@ -300,11 +300,11 @@ fn merged_stream_and_handle_replies_from_many_threads() {
                     loop {
                         match h.enqueue_data_on(remote, payload, channel) {
                             Ok(()) => break,
-                            Err(e) => {
-                                assert_eq!(e.kind, SendErrorKind::QueueFull);
-                                payload = e.payload;
+                            Err(SendError::Full(back)) => {
+                                payload = back;
                                 std::thread::yield_now();
                             }
+                            Err(SendError::Stopped(_)) => panic!("server stopped"),
                         }
                     }
                 }
@@ -362,15 +362,15 @@ fn full_command_queue_hands_the_payload_back() {
         }
     }
     let (i, e) = rejected.expect("a 4-slot queue fills up");
-    assert_eq!(e.kind, SendErrorKind::QueueFull);
-    assert_eq!(e.payload.as_ref(), &i.to_be_bytes());
+    assert!(e.is_full());
+    assert_eq!(e.into_inner().as_ref(), &i.to_be_bytes());
     let stats = server.stats();
     assert!(stats.total.queue_full_rejections >= 1);
     // Commands for unknown sessions are counted as failures, not lost silently.
     assert!(stats.total.command_failures > 0);
     server.shutdown().unwrap();
     let after = handle.enqueue_data(remote, vec![1]);
-    assert_eq!(after.unwrap_err().kind, SendErrorKind::Stopped);
+    assert!(after.unwrap_err().is_stopped());
 }
 
 #[test]

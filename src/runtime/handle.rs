@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::stats::{ServerStats, ShardStats};
 use super::steer::shard_of;
 use crate::protocol::DisconnectReason;
+use crate::send_error::SendError;
 use crate::session::Channel;
 
 /// What a shard is asked to do.
@@ -58,7 +59,7 @@ impl Inbox {
     }
 
     /// Queues a command; wakes the shard only if it is parked (once per park).
-    pub(crate) fn push(&self, command: Command) -> Result<(), (SendErrorKind, Command)> {
+    pub(crate) fn push(&self, command: Command) -> Result<(), SendError<Command>> {
         match self.tx.try_send(command) {
             Ok(()) => {
                 // Pairs with the fence in `poll_ready`: either the shard sees the
@@ -72,9 +73,9 @@ impl Inbox {
             }
             Err(TrySendError::Full(c)) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                Err((SendErrorKind::QueueFull, c))
+                Err(SendError::Full(c))
             }
-            Err(TrySendError::Disconnected(c)) => Err((SendErrorKind::Stopped, c)),
+            Err(TrySendError::Disconnected(c)) => Err(SendError::Stopped(c)),
         }
     }
 
@@ -106,43 +107,6 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
     pub(crate) stopping: AtomicBool,
 }
-
-/// Why a command was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendErrorKind {
-    /// The owning shard's command queue is full: back off and retry.
-    QueueFull,
-    /// The server is shutting down or stopped.
-    Stopped,
-}
-
-/// A command that could not be queued, with its payload handed back.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SendError<T> {
-    /// Why.
-    pub kind: SendErrorKind,
-    /// What was not sent.
-    pub payload: T,
-}
-
-impl<T> fmt::Debug for SendError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendError")
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T> fmt::Display for SendError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            SendErrorKind::QueueFull => f.write_str("shard command queue full"),
-            SendErrorKind::Stopped => f.write_str("server stopped"),
-        }
-    }
-}
-
-impl<T> std::error::Error for SendError<T> {}
 
 /// A handle to a running [`super::SoeServer`]: `Clone + Send + Sync`, usable from
 /// any thread or async runtime.
@@ -183,13 +147,9 @@ impl SoeHandle {
         shard_of(remote, self.shards())
     }
 
-    pub(crate) fn push(
-        &self,
-        shard: usize,
-        command: Command,
-    ) -> Result<(), (SendErrorKind, Command)> {
+    pub(crate) fn push(&self, shard: usize, command: Command) -> Result<(), SendError<Command>> {
         if self.shared.stopping.load(Ordering::Relaxed) {
-            return Err((SendErrorKind::Stopped, command));
+            return Err(SendError::Stopped(command));
         }
         self.shared.inboxes[shard].push(command)
     }
@@ -198,7 +158,7 @@ impl SoeHandle {
     /// replies are steered back to that shard.
     pub fn connect(&self, remote: SocketAddr) -> Result<(), SendError<()>> {
         self.push(self.shard_of(&remote), Command::Connect(remote))
-            .map_err(|(kind, _)| SendError { kind, payload: () })
+            .map_err(|e| e.map(|_| ()))
     }
 
     /// Queues `data` for `remote` on reliable channel 0.
@@ -222,14 +182,12 @@ impl SoeHandle {
             data: data.into(),
             channel,
         };
-        self.push(self.shard_of(&remote), command)
-            .map_err(|(kind, command)| match command {
-                Command::Send { data, .. } => SendError {
-                    kind,
-                    payload: data,
-                },
+        self.push(self.shard_of(&remote), command).map_err(|e| {
+            e.map(|command| match command {
+                Command::Send { data, .. } => data,
                 _ => unreachable!("the command is returned as given"),
             })
+        })
     }
 
     /// Ends the session with `remote`, sending it a Disconnect with `reason`.
@@ -242,7 +200,7 @@ impl SoeHandle {
             self.shard_of(&remote),
             Command::Terminate { remote, reason },
         )
-        .map_err(|(kind, _)| SendError { kind, payload: () })
+        .map_err(|e| e.map(|_| ()))
     }
 
     /// Counters of every shard, gathered on demand (each shard answers on its next
@@ -263,7 +221,7 @@ impl SoeHandle {
                         asked += 1;
                         break;
                     }
-                    Err((SendErrorKind::QueueFull, c)) if Instant::now() < deadline => {
+                    Err(SendError::Full(c)) if Instant::now() < deadline => {
                         // Not a rejection of user traffic: undo the count.
                         inbox.rejected.fetch_sub(1, Ordering::Relaxed);
                         command = c;
@@ -308,8 +266,8 @@ impl SoeHandle {
             let mut command = Command::Shutdown;
             for _ in 0..1000 {
                 match inbox.push(command) {
-                    Ok(()) | Err((SendErrorKind::Stopped, _)) => break,
-                    Err((SendErrorKind::QueueFull, c)) => {
+                    Ok(()) | Err(SendError::Stopped(_)) => break,
+                    Err(SendError::Full(c)) => {
                         command = c;
                         std::thread::sleep(Duration::from_millis(1));
                     }

@@ -5,11 +5,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::handle::{Command, SendErrorKind, SoeHandle};
+use super::handle::{Command, SoeHandle};
 use super::stats::ShardStats;
 use super::steer::shard_of;
 use crate::mux::{ConnectError, SocketEvent, SoeMultiplexer};
 use crate::protocol::DisconnectReason;
+use crate::send_error::SendError;
 use crate::session::{Channel, EnqueueError, SoeSession};
 
 /// What a handler factory learns about the shard it builds a handler for.
@@ -125,9 +126,9 @@ impl ShardContext<'_> {
         };
         self.handle
             .push(self.handle.shard_of(remote), command)
-            .map_err(|(kind, _)| match kind {
-                SendErrorKind::QueueFull => EnqueueError::QueueFull,
-                SendErrorKind::Stopped => EnqueueError::NotRunning,
+            .map_err(|e| match e {
+                SendError::Full(_) => EnqueueError::QueueFull,
+                SendError::Stopped(_) => EnqueueError::NotRunning,
             })
     }
 

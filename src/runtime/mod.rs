@@ -68,7 +68,7 @@ use self::handle::{Inbox, Shared};
 use self::shard::{EventTarget, HandlerFactory, ShardSetup};
 use crate::mux::{SocketConfig, SocketEvent};
 
-pub use self::handle::{SendError, SendErrorKind, SoeHandle};
+pub use self::handle::SoeHandle;
 pub use self::handler::{ShardContext, ShardHandler, ShardInfo};
 pub use self::stats::{ServerStats, ShardStats};
 pub use self::steer::shard_of;
