@@ -62,7 +62,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use glommio::{GlommioError, LocalExecutorBuilder, Placement};
+use glommio::{GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 
 use self::handle::{Inbox, Shared};
 use self::shard::{EventTarget, HandlerFactory, ShardSetup};
@@ -139,7 +139,7 @@ pub enum ServerError {
 fn classify<T>(shard: usize, error: GlommioError<T>) -> ServerError {
     let detail = error.to_string();
     match &error {
-        GlommioError::ReactorError(_) if detail.contains("MemLock") => {
+        GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(..)) => {
             ServerError::MemLock { detail }
         }
         GlommioError::IoError(e) => match e.raw_os_error() {
