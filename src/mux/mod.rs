@@ -297,13 +297,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         if self.index.len() >= self.config.max_sessions {
             return Err(ConnectError::TooManySessions);
         }
-        let session = SoeSession::new(
-            SessionMode::Client,
-            self.config.default_session_params.clone(),
-            self.config.app_params.clone(),
-            self.ids.next_u64(),
-            now,
-        );
+        let session = self.new_session(SessionMode::Client, now);
         let slot = self.insert(remote, session);
         self.mark(slot);
         Ok(())
@@ -449,13 +443,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         while self.half_open >= self.config.max_half_open_sessions.max(1) {
             self.evict_oldest_half_open(now);
         }
-        let session = SoeSession::new(
-            SessionMode::Server,
-            self.config.default_session_params.clone(),
-            self.config.app_params.clone(),
-            self.ids.next_u64(),
-            now,
-        );
+        let session = self.new_session(SessionMode::Server, now);
         let slot = self.insert(remote, session);
         if let Some(entry) = self.slots[slot as usize].as_mut() {
             entry.session.handle_datagram(request, now, &mut self.io);
@@ -523,6 +511,17 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         }
         self.stats.remaps += 1;
         self.mark(slot);
+    }
+
+    /// A session from the configuration, with fresh random ids.
+    fn new_session(&mut self, mode: SessionMode, now: Instant) -> SoeSession {
+        SoeSession::new(
+            mode,
+            self.config.default_session_params.clone(),
+            self.config.app_params.clone(),
+            self.ids.next_u64(),
+            now,
+        )
     }
 
     fn insert(&mut self, remote: A, session: SoeSession) -> u32 {

@@ -135,78 +135,99 @@ pub(crate) enum RecvDrop {
     BadAddress,
 }
 
-/// Reusable buffers for one `recvmmsg` batch.
-pub(crate) struct RecvBatch {
-    slot: usize,
-    data: Vec<u8>,
+/// The per-datagram C structures of one `recvmmsg`/`sendmmsg` call: addresses,
+/// iovecs and message headers, allocated once and pointed at each other afresh
+/// before every call.
+struct MsgHeaders {
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
-    received: usize,
 }
 
-impl RecvBatch {
-    /// `batch` datagrams of at most `slot` bytes each.
-    pub(crate) fn new(batch: usize, slot: usize) -> Self {
+impl MsgHeaders {
+    fn new(batch: usize) -> Self {
         // SAFETY: an all-zero `sockaddr_storage`, `iovec` and `mmsghdr` are valid
         // values (plain integers and null pointers).
         let zeroed_storage =
             unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
         let zeroed_header = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Self {
+            addrs: vec![zeroed_storage; batch],
+            iovecs: vec![empty; batch],
+            headers: vec![zeroed_header; batch],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Points header `i` at address slot `i` (of `namelen` bytes) and at `buf`.
+    fn set(&mut self, i: usize, buf: *mut libc::c_void, len: usize, namelen: libc::socklen_t) {
+        self.iovecs[i] = libc::iovec {
+            iov_base: buf,
+            iov_len: len,
+        };
+        let h = &mut self.headers[i];
+        h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
+        h.msg_hdr.msg_namelen = namelen;
+        h.msg_hdr.msg_iov = &raw mut self.iovecs[i];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+        h.msg_len = 0;
+    }
+}
+
+/// Reusable buffers for one `recvmmsg` batch.
+pub(crate) struct RecvBatch {
+    slot: usize,
+    data: Vec<u8>,
+    msgs: MsgHeaders,
+}
+
+impl RecvBatch {
+    /// `batch` datagrams of at most `slot` bytes each.
+    pub(crate) fn new(batch: usize, slot: usize) -> Self {
         Self {
             slot,
             data: vec![0; batch * slot],
-            addrs: vec![zeroed_storage; batch],
-            iovecs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                batch
-            ],
-            headers: vec![zeroed_header; batch],
-            received: 0,
+            msgs: MsgHeaders::new(batch),
         }
     }
 
     /// Capacity in datagrams.
     pub(crate) fn capacity(&self) -> usize {
-        self.headers.len()
+        self.msgs.len()
     }
 
     /// Receives up to a batch without blocking. `Ok(0)` when nothing is waiting.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let n = self.headers.len();
+        let n = self.msgs.len();
+        let namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         for i in 0..n {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.data[i * self.slot..].as_mut_ptr().cast(),
-                iov_len: self.slot,
-            };
-            let h = &mut self.headers[i];
-            h.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &raw mut self.iovecs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            let buf = self.data[i * self.slot..].as_mut_ptr().cast();
+            self.msgs.set(i, buf, self.slot, namelen);
         }
-        // SAFETY: `headers` holds `n` initialised `mmsghdr`s whose name and iovec
-        // pointers were set just above to `addrs[i]`, `iovecs[i]` and `slot` bytes of
-        // `data`, all owned by `self` and not moved or aliased during the call.
+        // SAFETY: `msgs.headers` holds `n` initialised `mmsghdr`s whose name and
+        // iovec pointers were set just above to `msgs.addrs[i]`, `msgs.iovecs[i]` and
+        // `slot` bytes of `data`, all owned by `self` and not moved or aliased during
+        // the call.
         let rc = unsafe {
             libc::recvmmsg(
                 fd,
-                self.headers.as_mut_ptr(),
+                self.msgs.headers.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
         if rc < 0 {
-            self.received = 0;
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock {
                 Ok(0)
@@ -214,18 +235,17 @@ impl RecvBatch {
                 Err(e)
             };
         }
-        self.received = rc as usize;
-        Ok(self.received)
+        Ok(rc as usize)
     }
 
     /// The `i`-th datagram of the last batch.
     pub(crate) fn get(&self, i: usize) -> Result<(SocketAddr, &[u8]), RecvDrop> {
-        let h = &self.headers[i];
+        let h = &self.msgs.headers[i];
         if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return Err(RecvDrop::Truncated);
         }
         let from =
-            from_storage(&self.addrs[i], h.msg_hdr.msg_namelen).ok_or(RecvDrop::BadAddress)?;
+            from_storage(&self.msgs.addrs[i], h.msg_hdr.msg_namelen).ok_or(RecvDrop::BadAddress)?;
         let len = (h.msg_len as usize).min(self.slot);
         Ok((from, &self.data[i * self.slot..i * self.slot + len]))
     }
@@ -233,28 +253,14 @@ impl RecvBatch {
 
 /// Reusable buffers for one `sendmmsg` batch.
 pub(crate) struct SendBatch {
-    addrs: Vec<libc::sockaddr_storage>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
+    msgs: MsgHeaders,
 }
 
 impl SendBatch {
     /// Room for `batch` datagrams per call.
     pub(crate) fn new(batch: usize) -> Self {
-        // SAFETY: all-zero values of these C structs are valid.
-        let zeroed_storage =
-            unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
-        let zeroed_header = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
         Self {
-            addrs: vec![zeroed_storage; batch],
-            iovecs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                batch
-            ],
-            headers: vec![zeroed_header; batch],
+            msgs: MsgHeaders::new(batch),
         }
     }
 
@@ -266,33 +272,23 @@ impl SendBatch {
         items: impl Iterator<Item = (&'a SocketAddr, &'a [u8])>,
     ) -> io::Result<usize> {
         let mut n = 0;
-        for (addr, bytes) in items.take(self.headers.len()) {
-            let namelen = to_storage(addr, &mut self.addrs[n]);
-            self.iovecs[n] = libc::iovec {
-                iov_base: bytes.as_ptr().cast_mut().cast(),
-                iov_len: bytes.len(),
-            };
-            let h = &mut self.headers[n];
-            h.msg_hdr.msg_name = (&raw mut self.addrs[n]).cast();
-            h.msg_hdr.msg_namelen = namelen;
-            h.msg_hdr.msg_iov = &raw mut self.iovecs[n];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+        for (addr, bytes) in items.take(self.msgs.len()) {
+            let namelen = to_storage(addr, &mut self.msgs.addrs[n]);
+            // The kernel only reads through a send iovec.
+            let buf = bytes.as_ptr().cast_mut().cast();
+            self.msgs.set(n, buf, bytes.len(), namelen);
             n += 1;
         }
         if n == 0 {
             return Ok(0);
         }
-        // SAFETY: the first `n` headers point at `addrs[i]`, `iovecs[i]` (owned by
-        // `self`) and at datagram bytes borrowed for `'a`, which outlives the call;
-        // the kernel only reads through the iovecs during `sendmmsg`.
+        // SAFETY: the first `n` headers point at `msgs.addrs[i]`, `msgs.iovecs[i]`
+        // (owned by `self`) and at datagram bytes borrowed for `'a`, which outlives
+        // the call; the kernel only reads through the iovecs during `sendmmsg`.
         let rc = unsafe {
             libc::sendmmsg(
                 fd,
-                self.headers.as_mut_ptr(),
+                self.msgs.headers.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
