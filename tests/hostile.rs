@@ -445,3 +445,59 @@ fn half_open_bookkeeping_stays_bounded_under_churn() {
     assert_eq!(mux.half_open_count(), 0);
     assert_eq!(mux.stats().sessions_opened, 50_000);
 }
+
+#[test]
+fn buffer_budget_bounds_what_all_sessions_hold() {
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    let mut c = config(false);
+    c.max_buffered_bytes = 4_000;
+    let mut mux = SoeMultiplexer::<SocketAddr>::new(c);
+    // Two clients, each with a sealing helper.
+    let mut seals = Vec::new();
+    for i in 0..2u8 {
+        let from = SocketAddr::from(([10, 3, 0, i], 4000));
+        mux.process_incoming(from, request(u32::from(i)), now);
+        mux.run_tick(now);
+        let (_, response) = mux.outgoing(0);
+        let Ok(Packet::SessionResponse(r)) = Packet::parse(response) else {
+            panic!()
+        };
+        mux.consume_outgoing(usize::MAX);
+        seals.push((from, Crc32::new(r.crc_seed)));
+    }
+    let send = |mux: &mut SoeMultiplexer<SocketAddr>, who: usize, cooked: &[u8]| {
+        let (from, crc) = &seals[who];
+        let mut d = cooked.to_vec();
+        let n = d.len();
+        d.resize(n + 2, 0);
+        crc.append(&mut d, n, 2);
+        mux.process_incoming(*from, &d, now);
+        mux.run_tick(now);
+        mux.consume_outgoing(usize::MAX);
+    };
+    // Client 0 fills the budget with out-of-order packets (a gap at sequence 0).
+    for seq in 1..20u16 {
+        send(&mut mux, 0, &reliable(seq, &[7; 400]));
+    }
+    assert!(mux.buffered_bytes() <= 4_000);
+    assert_eq!(mux.buffered_bytes(), 10 * 400);
+    let st = mux.stats().sessions;
+    assert_eq!(st.over_budget_packets, 9);
+    // Client 1 cannot start a large reassembly now: its session ends.
+    let mut master = 10_000u32.to_be_bytes().to_vec();
+    master.extend_from_slice(&[1; 500]);
+    send(&mut mux, 1, &fragment(0, &master));
+    assert!(mux.session(&seals[1].0).is_none());
+    assert_eq!(mux.stats().closed_by(DisconnectReason::ReliableOverflow), 1);
+    // Client 0 fills its gap: everything stashed is delivered and released.
+    send(&mut mux, 0, &reliable(0, b"gap"));
+    assert_eq!(mux.buffered_bytes(), 0);
+    // Ending a session gives back what it held.
+    for seq in 20..25u16 {
+        send(&mut mux, 0, &reliable(seq, &[8; 400]));
+    }
+    assert_eq!(mux.buffered_bytes(), 5 * 400);
+    mux.terminate(&seals[0].0, DisconnectReason::Application, now);
+    assert_eq!(mux.buffered_bytes(), 0);
+}

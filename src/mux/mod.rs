@@ -92,6 +92,12 @@ pub struct SocketConfig {
     /// Answer datagrams from unknown addresses with UnknownSender (`00 1D`), as
     /// UdpLibrary does. Off by default, as in `soe-protocol`.
     pub reply_unknown_sender: bool,
+    /// Bytes all sessions together may hold for their peers: out-of-order packets
+    /// waiting for a gap and partly reassembled messages (default 256 MiB). The
+    /// per-session caps bound one peer; this bounds many. Past it, out-of-order
+    /// packets are dropped unacknowledged (their sender repeats them) and a fragment
+    /// that would grow a reassembly ends its session with `ReliableOverflow`.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for SocketConfig {
@@ -104,6 +110,7 @@ impl Default for SocketConfig {
             max_sessions: 65_536,
             max_half_open_sessions: 16_384,
             reply_unknown_sender: false,
+            max_buffered_bytes: 256 << 20,
         }
     }
 }
@@ -230,6 +237,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     /// An empty multiplexer.
     pub fn new(config: SocketConfig) -> Self {
         let ids = IdSource::new(config.rng_seed);
+        let budget = config.max_buffered_bytes;
         Self {
             config,
             index: HashMap::default(),
@@ -239,7 +247,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             free: Vec::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
-            io: SessionIo::new(),
+            io: SessionIo::with_buffer_budget(budget),
             out_addrs: Vec::new(),
             events: VecDeque::new(),
             ids,
@@ -258,6 +266,12 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     /// Live sessions.
     pub fn session_count(&self) -> usize {
         self.index.len()
+    }
+
+    /// Bytes all sessions hold for their peers now (see
+    /// [`SocketConfig::max_buffered_bytes`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.io.buffered_bytes()
     }
 
     /// Half-open server sessions.
@@ -671,6 +685,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             self.by_credentials.remove(&credentials);
         }
         self.retired.add(&entry.session.stats());
+        self.io.held = self.io.held.saturating_sub(entry.session.buffered_bytes());
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         self.free.push(slot);
     }

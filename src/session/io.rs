@@ -36,6 +36,10 @@ pub struct SessionIo {
     pub(crate) inflated: Vec<u8>,
     pub(crate) compressor: Option<(u32, Compressor)>,
     pub(crate) decompressor: Decompressor,
+    /// Bytes all sessions using this io hold for their peers (out-of-order packets,
+    /// partial reassemblies), and the most they may.
+    pub(crate) held: usize,
+    pub(crate) held_limit: usize,
 }
 
 impl Default for SessionIo {
@@ -57,7 +61,23 @@ impl SessionIo {
             inflated: Vec::new(),
             compressor: None,
             decompressor: Decompressor::new(),
+            held: 0,
+            held_limit: usize::MAX,
         }
+    }
+
+    /// An io whose sessions together may hold at most `limit` bytes for their
+    /// peers (see `SocketConfig::max_buffered_bytes`).
+    pub fn with_buffer_budget(limit: usize) -> Self {
+        Self {
+            held_limit: limit,
+            ..Self::new()
+        }
+    }
+
+    /// Bytes the sessions hold for their peers now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.held
     }
 
     /// Datagrams produced and not yet consumed, oldest first.

@@ -157,6 +157,9 @@ pub struct SessionStats {
     /// Contextual packets ignored: acks for unsent data, foreign session ids,
     /// handshake packets in the wrong state.
     pub ignored_packets: u64,
+    /// Out-of-order packets dropped (unacknowledged) because the multiplexer's
+    /// buffer budget was spent.
+    pub over_budget_packets: u64,
 }
 
 impl SessionStats {
@@ -180,6 +183,7 @@ impl SessionStats {
         self.out_of_window_packets += other.out_of_window_packets;
         self.stale_ordered_packets += other.stale_ordered_packets;
         self.ignored_packets += other.ignored_packets;
+        self.over_budget_packets += other.over_budget_packets;
     }
 }
 
@@ -329,8 +333,19 @@ impl SoeSession {
             stats.messages_delivered += c.delivered;
             stats.bytes_delivered += c.delivered_bytes;
             stats.acks_sent += c.acks_sent;
+            stats.over_budget_packets += c.over_budget;
         }
         stats
+    }
+
+    /// Bytes this session holds for its peer: out-of-order packets waiting for a
+    /// gap, and partly reassembled messages.
+    pub fn buffered_bytes(&self) -> usize {
+        self.receivers
+            .iter()
+            .flatten()
+            .map(|r| r.held_bytes())
+            .sum()
     }
 
     /// The smoothed round-trip time, once measured.

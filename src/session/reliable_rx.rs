@@ -24,7 +24,8 @@ use crate::protocol::{DATA_BUNDLE_HEADER, OpCode, Rc4KeyState};
 pub(crate) enum RxError {
     /// Malformed fragments or bundle.
     Corrupt,
-    /// A message larger than the reassembly cap.
+    /// A message larger than the reassembly cap, or the multiplexer's buffer
+    /// budget is spent.
     Overflow,
 }
 
@@ -37,6 +38,7 @@ pub(crate) struct RxCounters {
     pub(crate) delivered: u64,
     pub(crate) delivered_bytes: u64,
     pub(crate) acks_sent: u64,
+    pub(crate) over_budget: u64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +74,9 @@ pub(crate) struct ReliableReceiver {
     stash: Vec<StashSlot>,
     reassembly: Reassembly,
     max_reassembly: usize,
+    /// Bytes held for the peer (stashed packets, partial reassembly); also counted
+    /// in the multiplexer-wide `SessionIo::held`.
+    held: usize,
     acked_through: Option<u64>,
     last_ack_all: Option<Instant>,
     force_ack_all: bool,
@@ -97,6 +102,7 @@ impl ReliableReceiver {
             stash: Vec::new(),
             reassembly: Reassembly::default(),
             max_reassembly,
+            held: 0,
             acked_through: None,
             last_ack_all: None,
             force_ack_all: false,
@@ -104,6 +110,21 @@ impl ReliableReceiver {
             ack_due: None,
             counters: RxCounters::default(),
         }
+    }
+
+    /// Bytes held for the peer: out-of-order packets and a partial reassembly.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    fn hold(&mut self, bytes: usize, io: &mut SessionIo) {
+        self.held += bytes;
+        io.held += bytes;
+    }
+
+    fn unhold(&mut self, bytes: usize, io: &mut SessionIo) {
+        self.held -= bytes;
+        io.held = io.held.saturating_sub(bytes);
     }
 
     /// Frees the out-of-order stash and the reassembly buffer when neither holds
@@ -182,15 +203,21 @@ impl ReliableReceiver {
                 self.stash = (0..n).map(|_| StashSlot::default()).collect();
             }
             let idx = self.stash_index(seq);
-            let slot = &mut self.stash[idx];
-            if slot.occupied {
+            if self.stash[idx].occupied {
                 self.counters.duplicates += 1;
+            } else if io.held + payload.len() > io.held_limit {
+                // The multiplexer's budget is spent: not stashed and not acknowledged,
+                // so the peer sends it again later.
+                self.counters.over_budget += 1;
+                return Ok(());
             } else {
+                let slot = &mut self.stash[idx];
                 slot.occupied = true;
                 slot.fragment = fragment;
                 slot.data.clear();
                 slot.data.extend_from_slice(payload);
                 self.counters.out_of_order += 1;
+                self.hold(payload.len(), io);
             }
             if !policy.every_packet {
                 // Re-acked even when a duplicate: our earlier ack may have been lost.
@@ -211,6 +238,7 @@ impl ReliableReceiver {
             slot.occupied = false;
             let is_fragment = slot.fragment;
             let data = std::mem::take(&mut slot.data);
+            self.unhold(data.len(), io);
             let outcome = self.process(&data, is_fragment, io);
             self.stash[idx].data = data;
             outcome?;
@@ -242,22 +270,29 @@ impl ReliableReceiver {
             if total == 0 || chunk.len() > total {
                 return Err(RxError::Corrupt);
             }
-            if total > self.max_reassembly {
+            if total > self.max_reassembly || io.held + chunk.len() > io.held_limit {
                 return Err(RxError::Overflow);
             }
             r.open = true;
             r.total = total;
             r.buf.clear();
             r.buf.extend_from_slice(chunk);
+            self.hold(chunk.len(), io);
         } else {
             if r.buf.len() + payload.len() > r.total {
                 return Err(RxError::Corrupt);
             }
+            if io.held + payload.len() > io.held_limit {
+                return Err(RxError::Overflow);
+            }
             r.buf.extend_from_slice(payload);
+            self.hold(payload.len(), io);
         }
+        let r = &mut self.reassembly;
         if r.buf.len() == r.total {
             r.open = false;
             let buf = std::mem::take(&mut r.buf);
+            self.unhold(buf.len(), io);
             let outcome = self.deliver_payload(&buf, io);
             self.reassembly.buf = buf;
             // Keep a large reassembly buffer only while it is typical.
