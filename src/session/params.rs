@@ -43,7 +43,9 @@ pub enum MultiLength {
 /// * inflated packets: `max_inflated_len` bytes (one shared buffer per multiplexer);
 /// * selective acks owed to the peer: one per stashed packet.
 ///
-/// What the local application can grow is capped by `max_pending_bytes`.
+/// Across sessions, the multiplexer's `SocketConfig::max_buffered_bytes` bounds
+/// what all stashes and reassemblies hold together. What the local application can
+/// grow is capped by `max_pending_bytes`.
 #[derive(Debug, Clone)]
 pub struct SessionParameters {
     /// Application protocol name; both sides must agree (v3 handshake).
