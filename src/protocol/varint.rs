@@ -51,7 +51,7 @@ pub mod multi_len {
         }
     }
 
-    /// Bytes [`write`] uses for `value` when the sub-packet starts with `first`.
+    /// Bytes [`write()`] uses for `value` when the sub-packet starts with `first`.
     pub fn encoded_len(value: u32, first: u8) -> usize {
         match value {
             0..0xFF => 1,
@@ -99,7 +99,7 @@ pub mod bundle_len {
         }
     }
 
-    /// Bytes [`write`] uses for `value`.
+    /// Bytes [`write()`] uses for `value`.
     pub fn encoded_len(value: u32) -> usize {
         match value {
             0..0xFF => 1,

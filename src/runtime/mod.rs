@@ -1,7 +1,7 @@
 //! The thread-per-core server (Linux, glommio/io_uring).
 //!
 //! [`SoeServer`] runs one shard per core. A shard is a pinned glommio executor that
-//! owns one `SO_REUSEPORT` UDP socket and one [`SoeMultiplexer`] holding only its own
+//! owns one `SO_REUSEPORT` UDP socket and one [`crate::SoeMultiplexer`] holding only its own
 //! sessions; nothing on the per-datagram path is shared between shards. The kernel
 //! steers each remote's datagrams to the shard that owns it ([`shard_of`], mirrored
 //! by a classic-BPF program), and a shard forwards what it receives for another.
