@@ -31,6 +31,8 @@ fn config(compression: bool) -> SocketConfig {
     c.default_session_params.application_protocol = PROTOCOL.into();
     c.default_session_params.is_compression_enabled = compression;
     c.default_session_params.max_reassembly_len = 64 << 10;
+    // The window the stash and out-of-window tests below are written against.
+    c.default_session_params.max_queued_incoming_reliable = 256;
     c
 }
 

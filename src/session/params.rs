@@ -38,7 +38,7 @@ pub enum MultiLength {
 ///
 /// Every buffer a peer can grow is capped here:
 /// * out-of-order stash: `max_queued_incoming_reliable` packets per channel, each at
-///   most one datagram (256 × 512 B by default);
+///   most one datagram (1024 × 512 B by default);
 /// * reassembly: `max_reassembly_len` bytes per channel;
 /// * inflated packets: `max_inflated_len` bytes (one shared buffer per multiplexer);
 /// * selective acks owed to the peer: one per stashed packet.
@@ -62,7 +62,11 @@ pub struct SessionParameters {
     /// client adopts the server's choice.
     pub is_compression_enabled: bool,
     /// Receive window per reliable channel, in packets; packets further ahead are
-    /// dropped unacknowledged. Cap of the out-of-order stash.
+    /// dropped unacknowledged. Cap of the out-of-order stash. The default, 1024, is
+    /// four times `soe-protocol`'s: its go-back-N sender can run well past 256
+    /// sequences once selective acks remove packets from its queue, and a smaller
+    /// window then stalls it (memory is only used while packets wait for a gap, and
+    /// is bounded in total by `SocketConfig::max_buffered_bytes`).
     pub max_queued_incoming_reliable: u16,
     /// Packets in flight per reliable channel (send window). Keep it below the peer's
     /// receive window (256 for `soe-protocol`, 400 for UdpLibrary).
@@ -137,7 +141,7 @@ impl Default for SessionParameters {
             crc_seed: 0,
             crc_length: DEFAULT_CRC_LENGTH,
             is_compression_enabled: false,
-            max_queued_incoming_reliable: 256,
+            max_queued_incoming_reliable: 1024,
             max_queued_outgoing_reliable: 196,
             data_ack_window: 32,
             heartbeat_after: Duration::from_secs(25),

@@ -181,7 +181,14 @@ impl ReliableReceiver {
             return Ok(());
         };
         if seq >= self.next + self.window {
+            // Dropped, but the sender learns where we are (and that we are alive):
+            // a sender that ran past our window otherwise hears nothing until its
+            // own timers give up.
             self.counters.out_of_window += 1;
+            if self.next > 0 && !policy.every_packet {
+                self.force_ack_all = true;
+                self.schedule_ack(now, policy, true);
+            }
             return Ok(());
         }
         if seq < self.next {
