@@ -118,9 +118,10 @@ pub struct ServerOpts {
     /// Most sessions the server admits.
     #[arg(long)]
     pub max_sessions: Option<usize>,
-    /// Server tick period in microseconds.
-    #[arg(long, default_value_t = 1000, value_name = "US")]
-    pub tick_us: u64,
+    /// Server tick period in microseconds (default: each server's own: soe-uring's
+    /// builder default, 1000 for tokio and peer).
+    #[arg(long, value_name = "US")]
+    pub tick_us: Option<u64>,
     /// Do not pin soe-uring shards to CPUs.
     #[arg(long)]
     pub no_pin: bool,

@@ -23,7 +23,7 @@ pub struct ServerSpec {
     pub bind: SocketAddr,
     pub shards: usize,
     pub pin: bool,
-    pub tick: Duration,
+    pub tick: Option<Duration>,
     pub app_protocol: String,
     pub compression: bool,
     pub rc4_key: Option<Vec<u8>>,
@@ -46,7 +46,7 @@ impl ServerSpec {
         if shards == 0 {
             return Err("--shards must be at least 1".into());
         }
-        if opts.tick_us == 0 {
+        if opts.tick_us == Some(0) {
             return Err("--tick-us must be at least 1".into());
         }
         Ok(Self {
@@ -54,13 +54,18 @@ impl ServerSpec {
             bind,
             shards,
             pin: !opts.no_pin,
-            tick: Duration::from_micros(opts.tick_us),
+            tick: opts.tick_us.map(Duration::from_micros),
             app_protocol: proto.app_protocol.clone(),
             compression: proto.compression,
             rc4_key: proto.rc4_key.as_ref().map(|k| k.0.clone()),
             crc_length: opts.crc_length,
             max_sessions: opts.max_sessions,
         })
+    }
+
+    /// The tick of the Tokio-driven servers: `--tick-us`, or 1 ms.
+    fn tokio_tick(&self) -> Duration {
+        self.tick.unwrap_or(Duration::from_millis(1))
     }
 
     /// soe-uring's configuration (server side).
@@ -191,10 +196,13 @@ impl RunningServer {
 
 fn start_uring(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningServer, String> {
     let counter = failures.clone();
-    let server = SoeServer::builder(spec.bind, spec.our_config())
+    let mut builder = SoeServer::builder(spec.bind, spec.our_config())
         .shards(spec.shards)
-        .pin_cpus(spec.pin)
-        .tick_period(spec.tick)
+        .pin_cpus(spec.pin);
+    if let Some(tick) = spec.tick {
+        builder = builder.tick_period(tick);
+    }
+    let server = builder
         .handler(move |_shard| {
             let failures = counter.clone();
             move |event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>| {
@@ -282,7 +290,8 @@ async fn serve_ours(
     failures: Arc<AtomicU64>,
 ) -> Result<(), String> {
     let mut server =
-        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tick).await {
+        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tokio_tick()).await
+        {
             Ok(s) => s,
             Err(e) => {
                 let message = format!("cannot bind {}: {e}", spec.bind);
@@ -331,7 +340,9 @@ async fn serve_peer(
     failures: Arc<AtomicU64>,
 ) -> Result<(), String> {
     let mut server =
-        match soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tick).await {
+        match soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tokio_tick())
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let message = format!("cannot bind {}: {e}", spec.bind);
