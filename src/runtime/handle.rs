@@ -71,10 +71,7 @@ impl Inbox {
                 }
                 Ok(())
             }
-            Err(TrySendError::Full(c)) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(SendError::Full(c))
-            }
+            Err(TrySendError::Full(c)) => Err(SendError::Full(c)),
             Err(TrySendError::Disconnected(c)) => Err(SendError::Stopped(c)),
         }
     }
@@ -151,7 +148,14 @@ impl SoeHandle {
         if self.shared.stopping.load(Ordering::Relaxed) {
             return Err(SendError::Stopped(command));
         }
-        self.shared.inboxes[shard].push(command)
+        let inbox = &self.shared.inboxes[shard];
+        let pushed = inbox.push(command);
+        if let Err(SendError::Full(_)) = pushed {
+            // Only commands from handles count as rejections: forwarding, stats and
+            // shutdown requests have their own accounting.
+            inbox.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        pushed
     }
 
     /// Opens a client session to `remote` from the owning shard, so the server's
@@ -222,8 +226,6 @@ impl SoeHandle {
                         break;
                     }
                     Err(SendError::Full(c)) if Instant::now() < deadline => {
-                        // Not a rejection of user traffic: undo the count.
-                        inbox.rejected.fetch_sub(1, Ordering::Relaxed);
                         command = c;
                         std::thread::sleep(Duration::from_micros(100));
                     }

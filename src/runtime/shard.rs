@@ -180,7 +180,7 @@ async fn wait(
     let inbox = &shard.handle.shared.inboxes[shard.index];
     let mut peek_buf = [0u8; 1];
     let mut peek = pin!(socket.peek_from(&mut peek_buf));
-    let mut timer = timeout.map(|t| Box::pin(glommio::timer::Timer::new(t)));
+    let mut timer = pin!(timeout.map(glommio::timer::Timer::new));
     let wake = std::future::poll_fn(|cx| {
         if inbox.poll_ready(&shard.rx, cx).is_ready() {
             return Poll::Ready(Wake::Inbox);
@@ -188,8 +188,8 @@ async fn wait(
         if watch_socket && peek.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Socket);
         }
-        if let Some(t) = timer.as_mut()
-            && t.as_mut().poll(cx).is_ready()
+        if let Some(t) = timer.as_mut().as_pin_mut()
+            && t.poll(cx).is_ready()
         {
             return Poll::Ready(Wake::Timer);
         }
@@ -309,13 +309,12 @@ impl Shard {
     fn deliver_events(&mut self, now: Instant) {
         match &mut self.sink {
             Sink::Handler(handler) => {
-                let stats = self.stats.clone();
                 let mut ctx = ShardContext {
                     shard: self.index,
                     now,
                     mux: &mut self.mux,
                     handle: &self.handle,
-                    stats: &stats,
+                    stats: &self.stats,
                 };
                 let mut delivered = 0;
                 while let Some(event) = ctx.mux.poll_event() {

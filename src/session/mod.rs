@@ -204,6 +204,23 @@ struct UnreliableQueue {
     items: Vec<(u32, bool)>,
 }
 
+/// An assembler for a session's framing and parameters; `coalesce: false` writes
+/// every packet as its own datagram (handshake, final Disconnect). A free function so
+/// callers can borrow other fields of the session alongside it.
+fn assembler<'a>(
+    params: &'a SessionParameters,
+    framing: &'a Framing,
+    io: &'a mut SessionIo,
+    coalesce: bool,
+) -> Assembler<'a> {
+    let multi = (coalesce && params.coalesce).then_some(params.multi_length);
+    let compression = (params.compress_outgoing && framing.compression()).then_some(Compression {
+        level: params.compression_level,
+        min_len: params.compress_min_len,
+    });
+    Assembler::new(io, framing, params.send_datagram_len(), multi, compression)
+}
+
 /// One SOE session. See the [module docs](self) for the calling contract.
 #[derive(Debug)]
 pub struct SoeSession {
@@ -215,7 +232,6 @@ pub struct SoeSession {
     secret_seed: u32,
     framing: Framing,
     response: Option<SessionResponse>,
-    unnamed_handshake: bool,
     senders: [Option<Box<ReliableSender>>; RELIABLE_CHANNEL_COUNT],
     receivers: [Option<Box<ReliableReceiver>>; RELIABLE_CHANNEL_COUNT],
     unreliable: UnreliableQueue,
@@ -256,7 +272,6 @@ impl SoeSession {
         let mut session = Self {
             mode,
             state: SessionState::Negotiating,
-            unnamed_handshake: false,
             closing: false,
             params,
             cipher: app.encryption_key_state,
@@ -553,7 +568,7 @@ impl SoeSession {
             };
             let mut bytes = [0u8; Disconnect::LEN];
             Packet::Disconnect(packet).emit(&mut bytes);
-            let mut asm = self.assembler(io, false);
+            let mut asm = assembler(&self.params, &self.framing, io, false);
             asm.push(&bytes);
             asm.finish();
         }
@@ -562,17 +577,6 @@ impl SoeSession {
         self.terminated_by_remote = by_remote;
         self.open_on_next_packet = false;
         io.events.push(SessionEvent::Closed(reason));
-    }
-
-    fn assembler<'a>(&'a self, io: &'a mut SessionIo, coalesce: bool) -> Assembler<'a> {
-        let p = &self.params;
-        let multi = (coalesce && p.coalesce).then_some(p.multi_length);
-        let compression =
-            (p.compress_outgoing && self.framing.compression()).then_some(Compression {
-                level: p.compression_level,
-                min_len: p.compress_min_len,
-            });
-        Assembler::new(io, &self.framing, p.send_datagram_len(), multi, compression)
     }
 
     /// Processes one datagram from the peer.
@@ -856,7 +860,6 @@ impl SoeSession {
         }
         self.session_id = request.session_id;
         self.params.remote_udp_length = request.udp_length;
-        self.unnamed_handshake = request.application_protocol.is_none();
         let crc_length = self.params.crc_length.min(4);
         self.params.crc_seed = self.secret_seed;
         self.framing = Framing::new(
@@ -871,7 +874,12 @@ impl SoeSession {
             compression: u8::from(self.params.is_compression_enabled),
             encryption_pass_1: 0,
             udp_length: self.params.udp_length,
-            protocol_version: (!self.unnamed_handshake).then_some(PROTOCOL_VERSION_3),
+            // Answered in the request's form: 21 bytes to a named request, 17 to the
+            // 14-byte v2 one.
+            protocol_version: request
+                .application_protocol
+                .is_some()
+                .then_some(PROTOCOL_VERSION_3),
         });
         self.owed.response = true;
         self.state = SessionState::Running;
@@ -994,12 +1002,10 @@ impl SoeSession {
             .map(|r| self.net_status_reply(r, now));
         let heartbeat = std::mem::take(&mut self.owed.heartbeat);
 
-        let mut receivers = std::mem::take(&mut self.receivers);
-        let mut senders = std::mem::take(&mut self.senders);
-        let unreliable = std::mem::take(&mut self.unreliable);
+        let unreliable = &mut self.unreliable;
         let (datagrams, bytes) = {
-            let mut asm = self.assembler(io, true);
-            for r in receivers.iter_mut().flatten() {
+            let mut asm = assembler(&self.params, &self.framing, io, true);
+            for r in self.receivers.iter_mut().flatten() {
                 r.write_acks(now, data_ready, policy, &mut asm);
             }
             if heartbeat {
@@ -1010,7 +1016,7 @@ impl SoeSession {
                 Packet::NetStatusResponse(reply).emit(&mut bytes);
                 asm.push(&bytes);
             }
-            for s in senders.iter_mut().flatten() {
+            for s in self.senders.iter_mut().flatten() {
                 match s.resend_due(now, rto, give_up, &mut budget, &mut asm, &mut resent) {
                     Ok(fired) => timed_out |= fired,
                     Err(_) => {
@@ -1020,7 +1026,7 @@ impl SoeSession {
                 }
             }
             if !gave_up {
-                for s in senders.iter_mut().flatten() {
+                for s in self.senders.iter_mut().flatten() {
                     while let Some(seq) = s.build_next(rules, now) {
                         asm.push(s.packet(seq));
                         sent += 1;
@@ -1043,12 +1049,8 @@ impl SoeSession {
             asm.finish();
             (asm.datagrams, asm.bytes)
         };
-        self.receivers = receivers;
-        self.senders = senders;
-        let mut unreliable = unreliable;
         unreliable.buf.clear();
         unreliable.items.clear();
-        self.unreliable = unreliable;
         self.stats.datagrams_sent += datagrams;
         self.stats.bytes_sent += bytes;
         self.stats.reliable_packets_sent += sent;
@@ -1121,7 +1123,7 @@ impl SoeSession {
                 None => return,
             }
         };
-        let mut asm = self.assembler(io, false);
+        let mut asm = assembler(&self.params, &self.framing, io, false);
         asm.push_contextless(&bytes[..len]);
         let (d, b) = (asm.datagrams, asm.bytes);
         self.stats.datagrams_sent += d;
