@@ -159,6 +159,8 @@ pub struct Sim {
     order: u64,
     stats: LinkStats,
     spare: Vec<Vec<u8>>,
+    /// Every datagram offered to the link, when capturing.
+    captured: Option<Vec<(SocketAddr, Vec<u8>)>>,
 }
 
 impl Sim {
@@ -177,6 +179,7 @@ impl Sim {
             order: 0,
             stats: LinkStats::default(),
             spare: Vec::new(),
+            captured: None,
         }
     }
 
@@ -228,6 +231,20 @@ impl Sim {
         self.link = link;
     }
 
+    /// Starts recording every datagram a host sends (before loss or corruption), to
+    /// read back with [`Sim::take_captured`].
+    pub fn capture(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The datagrams recorded since the last call, with their sender.
+    pub fn take_captured(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.captured
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Opens a session from host `client` to host `server`.
     pub fn connect(&mut self, client: usize, server: usize) {
         let to = self.nodes[server].addr;
@@ -265,6 +282,9 @@ impl Sim {
     fn offer(&mut self, from: SocketAddr, to: usize, mut bytes: Vec<u8>) {
         let link = self.link;
         self.stats.sent += 1;
+        if let Some(captured) = self.captured.as_mut() {
+            captured.push((from, bytes.clone()));
+        }
         if bytes.len() > link.mtu {
             self.stats.too_big += 1;
             self.spare.push(bytes);

@@ -640,3 +640,114 @@ fn net_status_requests_are_answered() {
     };
     assert_eq!((r.timestamp, r.your_sent, r.your_received), (0xFB5C, 2, 1));
 }
+
+/// What a reader that takes one length byte (h1emu-core, UdpLibrary, EQEmu) makes of
+/// a cooked packet: `Err` where it would misread it. Checks multi-packet items and
+/// the item lengths of data bundles inside reliable packets, recursively.
+fn one_byte_reader(packet: &[u8]) -> Result<(), String> {
+    match packet {
+        [0, 0x03, body @ ..] => {
+            let mut rest = body;
+            while !rest.is_empty() {
+                let len = usize::from(rest[0]);
+                let item = rest
+                    .get(1..1 + len)
+                    .ok_or_else(|| format!("item of {len} B runs past the end"))?;
+                if item.len() < 2 && item.first() == Some(&0) {
+                    return Err("item too short".into());
+                }
+                one_byte_reader(item)?;
+                rest = &rest[1 + len..];
+            }
+            Ok(())
+        }
+        [0, 0x09..=0x0C, _, _, 0, 0x19, items @ ..] => {
+            let mut rest = items;
+            while !rest.is_empty() {
+                let len = usize::from(rest[0]);
+                if len == 0xFF {
+                    return Err("bundle item with a long length".into());
+                }
+                rest = rest
+                    .get(1 + len..)
+                    .ok_or_else(|| format!("bundle item of {len} B runs past the end"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Echoes messages of 1 B to 2 kB (fragments, full-size packets, bundles) with
+/// `params` on both sides; returns the datagrams both sides sent, CRC removed.
+fn echo_capture(multi_length: MultiLength) -> (Vec<Vec<u8>>, f64) {
+    let mut c = config(2);
+    c.default_session_params.multi_length = multi_length;
+    let mut s = config(1);
+    s.default_session_params.multi_length = multi_length;
+    let (mut sim, client, server) = pair(LinkConfig::default(), c, s);
+    sim.capture();
+    let to = sim.addr(server);
+    let mut rng = soe_uring::sim::SimRng::new(7);
+    let mut echoed = 0usize;
+    let mut sent = 0usize;
+    for _ in 0..40 {
+        for _ in 0..8 {
+            let len = 1 + rng.below(2000) as usize;
+            let msg = vec![1 + (len % 200) as u8; len];
+            sim.node_mut(client).mux.enqueue_data(&to, &msg).unwrap();
+            sent += 1;
+        }
+        sim.pump(client);
+        while echoed < sent {
+            assert!(sim.step());
+            for e in std::mem::take(&mut sim.node_mut(server).events) {
+                if let SocketEvent::DataReceived {
+                    remote,
+                    data,
+                    channel,
+                } = e
+                {
+                    sim.node_mut(server)
+                        .mux
+                        .enqueue_data_on(&remote, &data, channel)
+                        .unwrap();
+                }
+            }
+            sim.pump(server);
+            echoed += std::mem::take(&mut sim.node_mut(client).events)
+                .iter()
+                .filter(|e| matches!(e, SocketEvent::DataReceived { .. }))
+                .count();
+        }
+    }
+    let datagrams: Vec<Vec<u8>> = sim
+        .take_captured()
+        .into_iter()
+        .map(|(_, d)| d[..d.len() - 2].to_vec()) // CRC length 2, no compression
+        .collect();
+    let per_message = datagrams.len() as f64 / echoed as f64;
+    (datagrams, per_message)
+}
+
+#[test]
+fn by_default_every_datagram_reads_with_one_byte_lengths() {
+    let (datagrams, per_message) = echo_capture(MultiLength::default());
+    let multis = datagrams.iter().filter(|d| d.starts_with(&[0, 3])).count();
+    assert!(
+        multis > 10,
+        "acks and small packets still coalesce ({multis})"
+    );
+    for d in &datagrams {
+        if let Err(why) = one_byte_reader(d) {
+            panic!("{why}: {d:02x?}");
+        }
+    }
+    // The long forms are an explicit option, and they do show up with it.
+    let (varint, varint_per_message) = echo_capture(MultiLength::Varint);
+    assert!(varint.iter().any(|d| one_byte_reader(d).is_err()));
+    assert!(
+        per_message < varint_per_message * 1.5,
+        "{per_message} vs {varint_per_message}"
+    );
+}

@@ -4,14 +4,14 @@
 // A test that waits for a child process reads the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+mod common;
+use common::{BIN, serve, sigterm, wait_exit};
 
 /// The keys of the loadgen contract (architecture.md).
 const KEYS: &[&str] = &[
@@ -174,41 +174,6 @@ fn json_dash_puts_only_json_on_stdout() {
 }
 
 /// Starts `loadgen serve` and reads the address it prints.
-fn serve(extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--bind", "127.0.0.1:0", "--shards", "1"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, addr)
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn serve_and_run_in_two_processes_then_sigterm() {
     let (mut server, addr) = serve(&[]);
@@ -266,11 +231,7 @@ fn serve_and_run_in_two_processes_then_sigterm() {
     check_result(&v, "external", false);
     assert_eq!(v["details"]["rate_per_session"], 200.0);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(&server);
     let status = wait_exit(&mut server, Duration::from_secs(20));
     assert!(status.success(), "serve exited with {status:?}");
 }

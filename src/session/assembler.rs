@@ -82,20 +82,31 @@ impl<'a> Assembler<'a> {
             return;
         };
         let len = item.len();
-        let prefix = multi_len::encoded_len(len as u32, item[0]);
+        let prefix = match multi {
+            MultiLength::Varint => Some(multi_len::encoded_len(len as u32, item[0])),
+            // One length byte; `FF` reads as 255 in every reader only when the
+            // sub-packet starts with `00` (v3 readers take `FF x` as a longer form).
+            MultiLength::OneByte if len < 0xFF || (len == 0xFF && item[0] == 0) => Some(1),
+            MultiLength::OneByte => None,
+        };
         let body_limit = self.max_packet() - OP_CODE_LEN;
-        if (multi == MultiLength::OneByte && len > usize::from(u8::MAX))
-            || prefix + len > body_limit
-        {
+        let Some(prefix) = prefix.filter(|p| p + len <= body_limit) else {
+            // Travels alone; what was collected goes first, to keep the order.
             self.finish();
-            self.write_single(item);
+            self.write_alone(item, unreliable);
             return;
-        }
+        };
         if self.items > 0 && self.io.scratch.len() + prefix + len > body_limit {
             self.finish();
         }
         let mut len_bytes = [0u8; multi_len::MAX_LEN];
-        let n = multi_len::write(len as u32, item[0], &mut len_bytes);
+        let n = match multi {
+            MultiLength::Varint => multi_len::write(len as u32, item[0], &mut len_bytes),
+            MultiLength::OneByte => {
+                len_bytes[0] = len as u8;
+                1
+            }
+        };
         self.io.scratch.extend_from_slice(&len_bytes[..n]);
         self.io.scratch.extend_from_slice(item);
         if self.items == 0 {

@@ -986,6 +986,10 @@ impl SoeSession {
         let rules = PacketRules {
             room,
             coalesce: self.params.coalesce,
+            max_bundle_item: match self.params.multi_length {
+                MultiLength::OneByte => 0xFE,
+                MultiLength::Varint => usize::MAX,
+            },
         };
         let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())
             .then_some(self.params.unacknowledged_timeout);

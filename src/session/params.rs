@@ -20,17 +20,26 @@ pub enum ZeroEscape {
     Always,
 }
 
-/// How multi-packet (`00 03`) sub-packet lengths are written.
+/// How the lengths of multi-packet (`00 03`) sub-packets and data-bundle (`00 19`)
+/// items are written (see `docs/protocol.md`, multi-packets and bundles).
+///
+/// Every known reader decodes a one-byte length; only some read the longer forms.
+/// The h1emu codec (H1Z1 emulator) reads one byte only, UdpLibrary (SWG, Free Realms)
+/// and EQEmu never write longer multi-packet lengths, while `soe-protocol` and the
+/// PlanetSide 2 references read the v3 varint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MultiLength {
-    /// The v3 variable-length form (1, 3 or 7 bytes), read by `soe-protocol`, the
-    /// PlanetSide 2 references and H1Z1. Lets full-size reliable packets share a
-    /// datagram with acks. Default.
+    /// One byte per length, readable by every known implementation. Default.
+    /// Sub-packets that one byte cannot describe (over 255 bytes, or exactly 255
+    /// when they do not start with `00`) are sent as their own datagram; acks and
+    /// small packets still share multi-packets around them. Bundle items stay at
+    /// most 254 bytes; longer messages get a reliable packet of their own.
     #[default]
-    Varint,
-    /// One byte only: sub-packets over 255 bytes travel alone. Needed by peers that
-    /// read a single length byte (SWG/Free Realms UdpLibrary, EQEmu).
     OneByte,
+    /// The v3 variable-length form (1, 3 or 7 bytes): full-size reliable packets
+    /// share a datagram with acks, and bundle items of any length. Only for peers
+    /// that read it: `soe-protocol`, Sanctuary (PlanetSide 2) and soe-uring itself.
+    Varint,
 }
 
 /// Per-session parameters. Field names and defaults of the first block follow
@@ -160,7 +169,7 @@ impl Default for SessionParameters {
             max_reassembly_len: 4 << 20,
             max_inflated_len: 16 << 10,
             coalesce: true,
-            multi_length: MultiLength::Varint,
+            multi_length: MultiLength::OneByte,
             coalesce_unreliable: false,
             compress_outgoing: true,
             compress_min_len: 24,

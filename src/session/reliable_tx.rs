@@ -113,6 +113,9 @@ pub(crate) struct PacketRules {
     pub(crate) room: usize,
     /// Bundle several small messages per packet.
     pub(crate) coalesce: bool,
+    /// Longest message that may share a bundle with others: one-byte item lengths
+    /// only ([`crate::MultiLength::OneByte`]) keep it at 254.
+    pub(crate) max_bundle_item: usize,
 }
 
 /// The sending half of a reliable channel.
@@ -304,7 +307,8 @@ impl ReliableSender {
             let mut count = 0;
             for msg in self.queue.iter() {
                 let item = bundle_len::encoded_len(msg.len() as u32) + msg.len();
-                if size + item > rules.room {
+                let too_long = msg.len() > rules.max_bundle_item && !(wrap && count == 0);
+                if size + item > rules.room || too_long {
                     break;
                 }
                 size += item;
@@ -531,6 +535,7 @@ mod tests {
         PacketRules {
             room,
             coalesce: true,
+            max_bundle_item: usize::MAX,
         }
     }
 
@@ -650,6 +655,7 @@ mod tests {
             PacketRules {
                 room: 500,
                 coalesce: false,
+                max_bundle_item: usize::MAX,
             },
             Instant::now(),
         );
@@ -679,6 +685,7 @@ mod tests {
             PacketRules {
                 room: 500,
                 coalesce: false,
+                max_bundle_item: usize::MAX,
             },
             Instant::now(),
         );
@@ -725,6 +732,7 @@ mod tests {
                 PacketRules {
                     room: 10,
                     coalesce: false,
+                    max_bundle_item: usize::MAX,
                 },
                 t,
             );
