@@ -33,7 +33,7 @@ fn send(handle: &SoeHandle, to: SocketAddr, payload: Vec<u8>, channel: Channel) 
                 payload = back;
                 std::thread::yield_now();
             }
-            Err(SendError::Stopped(_)) => return,
+            Err(_) => return, // stopped, or a message no session could take
         }
     }
 }

@@ -11,7 +11,9 @@
 //!   ordered channels, heartbeats, timeouts, and coalescing on send.
 //! * [`mux`] — [`SoeMultiplexer`], many sessions over one socket: admission, caps,
 //!   a timer heap, a reusable outgoing queue, events.
-//! * [`runtime`] (Linux) — [`SoeServer`]: one pinned glommio shard per core, each
+//! * `driver` — the loop turn both runtimes wrap: commands, parked messages,
+//!   event back-pressure, overload, per-turn bounds ([`DriverStats`]).
+//! * [`runtime`] (Linux) — [`SoeServer`]: one pinned shard thread per core, each
 //!   with its own `SO_REUSEPORT` socket and multiplexer; [`SoeHandle`] reaches any
 //!   shard from any thread.
 //! * `tokio_rt` (feature `tokio`) — `TokioSoeServer`/`TokioSoeClient` with the API
@@ -67,6 +69,8 @@
 //! ```
 #![deny(unsafe_code)]
 
+#[cfg(any(target_os = "linux", feature = "tokio"))]
+mod driver;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod mux;
@@ -80,12 +84,14 @@ pub mod sim;
 #[cfg(feature = "tokio")]
 pub mod tokio_rt;
 
+#[cfg(any(target_os = "linux", feature = "tokio"))]
+pub use driver::DriverStats;
 pub use mux::{ConnectError, MuxStats, RemoteAddr, SocketConfig, SocketEvent, SoeMultiplexer};
 pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
 #[cfg(target_os = "linux")]
 pub use runtime::{
-    ServerError, ServerStats, ShardContext, ShardHandler, ShardInfo, ShardStats, SoeHandle,
-    SoeServer, SoeServerBuilder, shard_of,
+    ServerError, ServerStats, ShardContext, ShardHandler, ShardHealth, ShardInfo, ShardState,
+    ShardStats, SoeHandle, SoeServer, SoeServerBuilder, shard_of,
 };
 pub use send_error::SendError;
 pub use session::{

@@ -11,20 +11,23 @@ pub enum SendError<T> {
     Full(T),
     /// The server, shard or driver has stopped.
     Stopped(T),
+    /// No session could ever take it: an empty message, a reliable channel above 3,
+    /// or more bytes than a session queues (`max_pending_bytes`).
+    Invalid(T),
 }
 
 impl<T> SendError<T> {
     /// The value that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            Self::Full(value) | Self::Stopped(value) => value,
+            Self::Full(value) | Self::Stopped(value) | Self::Invalid(value) => value,
         }
     }
 
     /// The value that was not sent, by reference.
     pub fn payload(&self) -> &T {
         match self {
-            Self::Full(value) | Self::Stopped(value) => value,
+            Self::Full(value) | Self::Stopped(value) | Self::Invalid(value) => value,
         }
     }
 
@@ -38,11 +41,17 @@ impl<T> SendError<T> {
         matches!(self, Self::Stopped(_))
     }
 
+    /// Whether the command was refused as one no session could carry out.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Self::Invalid(_))
+    }
+
     /// The same error carrying `f(value)`.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
         match self {
             Self::Full(value) => SendError::Full(f(value)),
             Self::Stopped(value) => SendError::Stopped(f(value)),
+            Self::Invalid(value) => SendError::Invalid(f(value)),
         }
     }
 }
@@ -52,6 +61,7 @@ impl<T> fmt::Debug for SendError<T> {
         match self {
             Self::Full(_) => f.write_str("Full(..)"),
             Self::Stopped(_) => f.write_str("Stopped(..)"),
+            Self::Invalid(_) => f.write_str("Invalid(..)"),
         }
     }
 }
@@ -61,6 +71,9 @@ impl<T> fmt::Display for SendError<T> {
         match self {
             Self::Full(_) => f.write_str("command queue full"),
             Self::Stopped(_) => f.write_str("stopped"),
+            Self::Invalid(_) => {
+                f.write_str("no session can take this message (empty, bad channel or too large)")
+            }
         }
     }
 }

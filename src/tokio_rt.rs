@@ -1,5 +1,5 @@
-//! Tokio adapter (feature `tokio`): a [`SoeMultiplexer`] on a Tokio UDP socket, run by
-//! one background task.
+//! Tokio adapter (feature `tokio`): the shared sans-IO driver on a Tokio UDP socket,
+//! run by one background task.
 //!
 //! The names and behaviour follow the Tokio runtime of `soe-protocol` 2.3.0, so a
 //! program moves over by replacing `use soe_protocol::{..}` with
@@ -11,17 +11,23 @@
 //! * [`TokioSoeClient`]: one session to one server over a connected socket, reached
 //!   through a cloneable [`SoeClientHandle`]; events arrive as [`ClientEvent`]s.
 //!
+//! The task is a thin shell: it reads and writes the socket and waits; what it does
+//! with commands, events, full queues and overload is the crate's one driver, the
+//! same as in the thread-per-core [`crate::SoeServer`].
+//!
 //! # Queues and backpressure
 //! Commands (handle → driver) and events (driver → application) travel through
 //! **bounded** queues, [`DEFAULT_QUEUE_CAPACITY`] entries each unless a
 //! [`DriverConfig`] says otherwise (`bind_with`, `connect_with`). Nothing is
 //! allocated for them up front: Tokio grows a bounded queue in blocks of 32 as it
-//! fills.
+//! fills. Stats requests travel on a separate small queue, so a full command queue
+//! never holds them up.
 //!
 //! * **Command queue full.** The `bool` methods (the `soe-protocol` API) return
 //!   `false`; the `try_*` methods return [`SendError::Full`] with the payload; the
 //!   `*_async` methods wait for room, and the `*_blocking` ones block the calling
-//!   (non-async) thread.
+//!   (non-async) thread. A message no session could take (empty, a channel above 3,
+//!   larger than `max_pending_bytes`) is refused at once ([`SendError::Invalid`]).
 //! * **Event queue full.** The driver never drops an event. It keeps the event that
 //!   did not fit and stops reading the socket until the application makes room;
 //!   datagrams wait in the kernel's receive buffer (or are dropped there, and the
@@ -36,40 +42,40 @@
 //!   unsent data, the driver keeps the message (and every later message or
 //!   terminate for that session, so their order holds) and hands it over as soon as
 //!   acknowledgements make room; other sessions are not held up. At most
-//!   `command_capacity` commands wait like this; beyond that the driver stops taking
-//!   commands, so the command queue fills and the handles see it. Reliable streams
-//!   therefore never lose a message in the middle.
+//!   `command_capacity` commands wait like this. At that bound a server ends the
+//!   session with the most bytes waiting if that is more than its
+//!   `max_pending_bytes` (`ReliableOverflow`: a peer that does not keep up cannot
+//!   hold up the others, and the application sees the `SessionClosed`); otherwise,
+//!   and always in a client, the driver stops taking commands, so the command
+//!   queue fills and the handles see it. Reliable streams therefore never lose a
+//!   message in the middle.
 //!
-//! A message the session refuses for good (no such session, not running yet,
-//! invalid channel, empty, larger than `max_pending_bytes`) is dropped, as
-//! `soe-protocol` does, and counted in [`DriverStats::enqueue_refused`].
+//! A message for an address without a session is dropped, as `soe-protocol` does,
+//! and counted in [`DriverStats::enqueue_refused`]. A client's messages sent before
+//! [`ClientEvent::Connected`] wait for the session to open.
 //!
 //! # The driver loop
-//! Each turn of the driver task:
-//! 1. reads up to 64 datagrams that are already waiting (`try_recv_from` into one
-//!    64 KiB buffer reused for the life of the task) and feeds them to the
-//!    multiplexer;
-//! 2. applies up to 4096 queued commands;
-//! 3. calls [`SoeMultiplexer::run_tick`] once, so that everything received and
-//!    queued during the turn shares datagrams;
-//! 4. sends every outgoing datagram (waiting for the socket to become writable when
-//!    its buffer is full; a datagram the OS rejects outright is counted in
-//!    [`DriverStats::send_errors`]);
-//! 5. forwards the events.
+//! Each turn of the driver task reads up to 1024 datagrams that are already
+//! waiting (into one 64 KiB buffer reused for the life of the task), answers stats
+//! requests, applies up to 4096 queued commands, forwards the events, runs the
+//! multiplexer's due timers and one coalesced flush, and sends every outgoing
+//! datagram the socket takes (the rest wait for it to become writable, at most
+//! 65 536; reliable data is retransmitted past that).
 //!
 //! Then it sleeps until a datagram or a command arrives, the event queue has room
-//! again, the multiplexer's next timer is due ([`SoeMultiplexer::next_deadline`]),
-//! or `tick_period` has passed since the last turn, whichever comes first. The
-//! multiplexer's timers are exact, so `tick_period` is only an upper bound on how
-//! long an idle driver sleeps; `Duration::ZERO` disables the periodic wake-up (the
-//! reference panics on it). The steady state allocates nothing per datagram.
+//! again, the socket can take queued datagrams, the multiplexer's next timer is due
+//! ([`SoeMultiplexer::next_deadline`]), or `tick_period` has passed since the last
+//! turn, whichever comes first. The multiplexer's timers are exact, so
+//! `tick_period` is only an upper bound on how long an idle driver sleeps;
+//! `Duration::ZERO` disables the periodic wake-up (the reference panics on it). The
+//! steady state allocates nothing per datagram.
 //!
 //! # Stopping
 //! The driver stops when its event receiver is dropped (dropping the
 //! [`TokioSoeServer`] or [`TokioSoeClient`] does that) or when the owner and every
 //! handle are gone. It then applies the commands still queued, ends every session
-//! with a Disconnect ([`DisconnectReason::Application`]) and sends those datagrams.
-//! `abort()` stops it at once, without telling the peers.
+//! with a Disconnect ([`DisconnectReason::Application`]) and sends those datagrams
+//! (for at most 200 ms). `abort()` stops it at once, without telling the peers.
 //!
 //! Unlike the reference, a [`TokioSoeClient`] driver also stops after delivering
 //! [`ClientEvent::Disconnected`]: the session cannot come back, so
@@ -80,7 +86,6 @@
 //! The driver reads time from Tokio's clock, the one its timers use, so the two
 //! always agree (including under a paused test clock).
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -89,13 +94,15 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
+pub use crate::driver::DriverStats;
 pub use crate::send_error::SendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::mux::{MuxStats, SocketConfig, SocketEvent, SoeMultiplexer};
-use crate::protocol::DisconnectReason;
-use crate::session::{Channel, EnqueueError};
+use crate::driver::{Command, Delivery, Driver, EventSink, Limits, Offer};
+use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
+use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
+use crate::session::Channel;
 
 /// Default capacity of the command queue and of the event queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
@@ -103,14 +110,14 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 /// Receive buffer: the largest UDP payload fits, so nothing is ever truncated.
 const RECV_BUFFER_LEN: usize = 64 * 1024;
 
-/// Most datagrams read per loop turn before the turn's tick.
-const RECV_BATCH: usize = 64;
-
-/// Most commands applied per loop turn before the turn's tick.
-const COMMAND_BATCH: usize = 4096;
-
 /// Tokio's largest bounded-queue capacity (`Semaphore::MAX_PERMITS`).
 const MAX_QUEUE_CAPACITY: usize = usize::MAX >> 3;
+
+/// Stats requests that may wait for the driver.
+const CONTROL_CAPACITY: usize = 16;
+
+/// How long a stopping driver tries to send its last datagrams.
+const FAREWELL_TIME: Duration = Duration::from_millis(200);
 
 /// Queue sizes of a driver task. See the [module docs](self#queues-and-backpressure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,55 +168,10 @@ impl DriverConfig {
     }
 }
 
-/// Counters of a driver task, from [`SoeHandle::stats`] or [`SoeClientHandle::stats`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DriverStats {
-    /// The multiplexer's counters (sessions, datagrams, acks, limits).
-    pub mux: MuxStats,
-    /// Loop turns run.
-    pub loop_turns: u64,
-    /// Datagrams read from the socket.
-    pub datagrams_received: u64,
-    /// Receive errors other than "would block" (e.g. ICMP port unreachable reported
-    /// on a connected socket); the driver keeps going.
-    pub recv_errors: u64,
-    /// Datagrams the OS refused with an error other than "would block"; they were
-    /// dropped (reliable data is retransmitted).
-    pub send_errors: u64,
-    /// Times the socket's send buffer was full and the driver waited for room.
-    pub send_waits: u64,
-    /// Times the event queue was full and the driver stopped reading the socket.
-    pub event_stalls: u64,
-    /// Messages that waited in the driver because their session's queue was full
-    /// (`max_pending_bytes`); see the [module docs](self#queues-and-backpressure).
-    pub enqueue_parked: u64,
-    /// Messages the session refused (no such session, not running, invalid channel,
-    /// empty, larger than `max_pending_bytes`); dropped, as `soe-protocol` does.
-    pub enqueue_refused: u64,
-    /// `connect` commands refused (session exists already, or `max_sessions`).
-    pub connect_refused: u64,
-}
-
-/// What a handle asks the driver to do.
-enum Command {
-    Connect(SocketAddr),
-    Enqueue {
-        remote: SocketAddr,
-        data: Bytes,
-        channel: Channel,
-    },
-    Terminate {
-        remote: SocketAddr,
-        reason: DisconnectReason,
-    },
-    Stats(oneshot::Sender<DriverStats>),
-}
-
 /// The payload of a command that could not be queued.
 fn payload_of(command: Command) -> Bytes {
     match command {
-        Command::Enqueue { data, .. } => data,
+        Command::Send { data, .. } => data,
         _ => Bytes::new(),
     }
 }
@@ -221,13 +183,36 @@ fn try_send_error(error: TrySendError<Command>) -> SendError<Command> {
     }
 }
 
-/// The command sender shared by both handle types.
+/// The queues shared by both handle types: commands, and stats requests on their
+/// own queue.
 #[derive(Clone, Debug)]
-struct Commands(mpsc::Sender<Command>);
+struct Commands {
+    commands: mpsc::Sender<Command>,
+    control: mpsc::Sender<oneshot::Sender<DriverStats>>,
+    /// Largest message a session can take (`max_pending_bytes`).
+    max_message: usize,
+}
+
+/// Whether a session could ever take `data` on `channel`.
+fn valid_message(data: &[u8], channel: Channel, max_message: usize) -> bool {
+    let channel_ok = match channel {
+        Channel::Reliable(n) => n < RELIABLE_CHANNEL_COUNT,
+        Channel::Unreliable | Channel::Ordered => true,
+    };
+    channel_ok && !data.is_empty() && data.len() <= max_message
+}
 
 impl Commands {
     fn try_send(&self, command: Command) -> Result<(), SendError<Command>> {
-        self.0.try_send(command).map_err(try_send_error)
+        self.commands.try_send(command).map_err(try_send_error)
+    }
+
+    fn check(&self, data: Bytes, channel: Channel) -> Result<Bytes, SendError<Bytes>> {
+        if valid_message(&data, channel, self.max_message) {
+            Ok(data)
+        } else {
+            Err(SendError::Invalid(data))
+        }
     }
 
     fn try_enqueue(
@@ -236,7 +221,8 @@ impl Commands {
         data: Bytes,
         channel: Channel,
     ) -> Result<(), SendError<Bytes>> {
-        self.try_send(Command::Enqueue {
+        let data = self.check(data, channel)?;
+        self.try_send(Command::Send {
             remote,
             data,
             channel,
@@ -250,12 +236,13 @@ impl Commands {
         data: Bytes,
         channel: Channel,
     ) -> Result<(), SendError<Bytes>> {
-        let command = Command::Enqueue {
+        let data = self.check(data, channel)?;
+        let command = Command::Send {
             remote,
             data,
             channel,
         };
-        self.0
+        self.commands
             .send(command)
             .await
             .map_err(|e| SendError::Stopped(payload_of(e.0)))
@@ -267,12 +254,13 @@ impl Commands {
         data: Bytes,
         channel: Channel,
     ) -> Result<(), SendError<Bytes>> {
-        let command = Command::Enqueue {
+        let data = self.check(data, channel)?;
+        let command = Command::Send {
             remote,
             data,
             channel,
         };
-        self.0
+        self.commands
             .blocking_send(command)
             .map_err(|e| SendError::Stopped(payload_of(e.0)))
     }
@@ -288,13 +276,32 @@ impl Commands {
 
     async fn stats(&self) -> Option<DriverStats> {
         let (reply, answer) = oneshot::channel();
-        self.0.send(Command::Stats(reply)).await.ok()?;
+        self.control.send(reply).await.ok()?;
         answer.await.ok()
     }
 
     fn is_stopped(&self) -> bool {
-        self.0.is_closed()
+        self.commands.is_closed()
     }
+}
+
+/// The queues of a new driver task: the handles' side and the task's side.
+fn queues(
+    config: &SocketConfig,
+    driver: &DriverConfig,
+) -> (
+    Commands,
+    mpsc::Receiver<Command>,
+    mpsc::Receiver<oneshot::Sender<DriverStats>>,
+) {
+    let (commands, commands_rx) = mpsc::channel(driver.command_slots());
+    let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+    let handles = Commands {
+        commands,
+        control,
+        max_message: config.default_session_params.max_pending_bytes,
+    };
+    (handles, commands_rx, control_rx)
 }
 
 /// A cloneable, thread-safe handle to a [`TokioSoeServer`]'s driver.
@@ -490,23 +497,20 @@ impl TokioSoeServer {
         driver: DriverConfig,
     ) -> io::Result<Self> {
         let local_addr = socket.local_addr()?;
-        let (command_tx, command_rx) = mpsc::channel(driver.command_slots());
+        let (commands, command_rx, control_rx) = queues(&config, &driver);
         let (event_tx, event_rx) = mpsc::channel(driver.event_slots());
-        let task = Driver::new(
+        let task = Task::new(
             socket,
             None,
-            SoeMultiplexer::new(config),
+            Driver::new(SoeMultiplexer::new(config), limits(&driver, false), 0),
             command_rx,
-            event_tx,
-            |event| event,
+            control_rx,
+            Sink::new(event_tx, |event| event, false),
             tick_period,
-            driver.command_slots(),
         );
         let driver = tokio::spawn(task.run());
         Ok(Self {
-            handle: SoeHandle {
-                commands: Commands(command_tx),
-            },
+            handle: SoeHandle { commands },
             events: event_rx,
             local_addr,
             driver,
@@ -730,27 +734,23 @@ impl TokioSoeClient {
         let socket = bind_socket(local, driver.socket_buffer)?;
         socket.connect(server).await?;
         let local_addr = socket.local_addr()?;
+        let (commands, command_rx, control_rx) = queues(&config, &driver);
         let mut mux = SoeMultiplexer::new(config);
         mux.connect(server, now())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (command_tx, command_rx) = mpsc::channel(driver.command_slots());
         let (event_tx, event_rx) = mpsc::channel(driver.event_slots());
-        let task = Driver::new(
+        let task = Task::new(
             socket,
             Some(server),
-            mux,
+            Driver::new(mux, limits(&driver, true), 0),
             command_rx,
-            event_tx,
-            client_event,
+            control_rx,
+            Sink::new(event_tx, client_event, true),
             tick_period,
-            driver.command_slots(),
         );
         let driver = tokio::spawn(task.run());
         Ok(Self {
-            handle: SoeClientHandle {
-                commands: Commands(command_tx),
-                server,
-            },
+            handle: SoeClientHandle { commands, server },
             events: event_rx,
             local_addr,
             server_addr: server,
@@ -802,123 +802,134 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The task that owns the socket and the multiplexer. `E` is the event type handed
-/// to the application.
-struct Driver<E> {
-    socket: UdpSocket,
-    /// Client mode: the server the socket is connected to.
-    peer: Option<SocketAddr>,
-    mux: SoeMultiplexer<SocketAddr>,
-    commands: mpsc::Receiver<Command>,
+/// The driver's limits for a task's queue sizes. A client, with one session,
+/// only back-pressures at the parking bound (see the [module docs](self)).
+fn limits(config: &DriverConfig, client: bool) -> Limits {
+    Limits {
+        max_parked: config.command_slots(),
+        close_overflowing: !client,
+        ..Limits::default()
+    }
+}
+
+/// The event queue as a driver's event sink. `E` is the event type handed to the
+/// application.
+struct Sink<E> {
     events: mpsc::Sender<E>,
-    map_event: fn(SocketEvent<SocketAddr>) -> E,
+    map: fn(SocketEvent<SocketAddr>) -> E,
     /// Stop once a `SessionClosed` has been delivered (client mode).
     stop_after_close: bool,
-    tick_period: Option<Duration>,
-    buf: Box<[u8]>,
-    /// An event the full event queue did not take, and whether it is the last one.
-    /// While set, the socket is not read (but see [`Driver::reading`]).
-    stalled: Option<(E, bool)>,
-    /// Commands waiting for room in their session's queue, per session, in order.
-    parked: HashMap<SocketAddr, VecDeque<Parked>>,
-    /// Entries in `parked`.
-    parked_len: usize,
-    /// At this many parked entries the driver stops taking commands.
-    parked_limit: usize,
-    stats: DriverStats,
+    /// A `SessionClosed` went out in client mode: the task stops.
+    finished: bool,
 }
 
-/// A command for a session whose queue was full, applied once it has room.
-enum Parked {
-    Data(Bytes, Channel),
-    Terminate(DisconnectReason),
+impl<E> Sink<E> {
+    fn new(
+        events: mpsc::Sender<E>,
+        map: fn(SocketEvent<SocketAddr>) -> E,
+        stop_after_close: bool,
+    ) -> Self {
+        Self {
+            events,
+            map,
+            stop_after_close,
+            finished: false,
+        }
+    }
 }
 
-/// Whether the driver loop goes on.
-#[derive(PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Stop,
+impl<E> EventSink for Sink<E> {
+    fn offer(&mut self, event: SocketEvent<SocketAddr>) -> Offer {
+        if self.finished {
+            return Offer::Closed;
+        }
+        match self.events.try_reserve() {
+            Ok(permit) => {
+                self.finished =
+                    self.stop_after_close && matches!(event, SocketEvent::SessionClosed { .. });
+                permit.send((self.map)(event));
+                Offer::Taken
+            }
+            Err(TrySendError::Full(())) => Offer::Full(event),
+            Err(TrySendError::Closed(())) => Offer::Closed,
+        }
+    }
 }
 
-/// What ended the driver's wait.
+/// What ended the task's wait.
 enum Wake {
     Continue,
     Command(Command),
+    Stats(oneshot::Sender<DriverStats>),
     Stop,
 }
 
-impl<E: Send + 'static> Driver<E> {
-    #[allow(clippy::too_many_arguments)]
+/// The task that owns the socket and the driver: the driver's I/O shell.
+struct Task<E> {
+    socket: UdpSocket,
+    /// Client mode: the server the socket is connected to.
+    peer: Option<SocketAddr>,
+    driver: Driver,
+    commands: mpsc::Receiver<Command>,
+    control: mpsc::Receiver<oneshot::Sender<DriverStats>>,
+    sink: Sink<E>,
+    /// Stats requests that woke the task, answered at the end of the next turn (so
+    /// commands queued before them are counted).
+    stats_requests: Vec<oneshot::Sender<DriverStats>>,
+    tick_period: Option<Duration>,
+    buf: Box<[u8]>,
+}
+
+impl<E: Send + 'static> Task<E> {
     fn new(
         socket: UdpSocket,
         peer: Option<SocketAddr>,
-        mux: SoeMultiplexer<SocketAddr>,
+        driver: Driver,
         commands: mpsc::Receiver<Command>,
-        events: mpsc::Sender<E>,
-        map_event: fn(SocketEvent<SocketAddr>) -> E,
+        control: mpsc::Receiver<oneshot::Sender<DriverStats>>,
+        sink: Sink<E>,
         tick_period: Duration,
-        parked_limit: usize,
     ) -> Self {
         Self {
             socket,
             peer,
-            mux,
+            driver,
             commands,
-            events,
-            map_event,
-            // A client has one session: once it is closed there is nothing left to do.
-            stop_after_close: peer.is_some(),
+            control,
+            sink,
+            stats_requests: Vec::new(),
             tick_period: (!tick_period.is_zero()).then_some(tick_period),
             buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
-            stalled: None,
-            parked: HashMap::new(),
-            parked_len: 0,
-            parked_limit,
-            stats: DriverStats::default(),
         }
-    }
-
-    /// Whether the driver takes commands: not while `parked_limit` commands wait for
-    /// their sessions, so that the command queue fills and handles see it.
-    fn accepting(&self) -> bool {
-        self.parked_len < self.parked_limit
-    }
-
-    /// Whether the driver reads the socket: not while the event queue is full, unless
-    /// it has stopped taking commands too. Then the application may be waiting for
-    /// room in the command queue before it takes more events, and only the acks in
-    /// the socket can free that room (by draining the parked messages): reading on
-    /// breaks the cycle, and the events read meanwhile wait in the multiplexer.
-    fn reading(&self) -> bool {
-        self.stalled.is_none() || !self.accepting()
     }
 
     async fn run(mut self) {
         let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<Instant> = None;
         loop {
-            self.stats.loop_turns += 1;
-            // Work: everything that is ready, then one tick, then output.
-            if self.reading() {
-                self.receive_batch();
-            }
-            self.retry_parked();
-            let mut flow = self.apply_queued_commands();
-            let tick_at = now();
-            self.mux.run_tick(tick_at);
-            self.send_outgoing().await;
-            if self.forward_events() == Flow::Stop {
-                flow = Flow::Stop;
-            }
-            if flow == Flow::Stop {
+            let at = now();
+            self.driver.begin_turn(at);
+            let saturated = self.receive(at);
+            self.driver.after_receive(saturated, at);
+            let (stop, commands_left) = self.apply_commands(at);
+            let mut closed = stop || self.deliver();
+            self.driver.tick(at);
+            self.send_outgoing();
+            closed |= self.deliver();
+            self.answer_stats();
+            if closed {
                 break;
             }
 
             // Wait for the next reason to work.
+            let plan = self.driver.wait_plan(saturated || commands_left);
+            if plan.again {
+                tokio::task::yield_now().await;
+                continue;
+            }
             let wake = match (
-                self.tick_period.and_then(|p| tick_at.checked_add(p)),
-                self.mux.next_deadline(),
+                self.tick_period.and_then(|p| at.checked_add(p)),
+                plan.deadline,
             ) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -929,243 +940,137 @@ impl<E: Send + 'static> Driver<E> {
                 sleep.as_mut().reset(tokio::time::Instant::from_std(at));
                 armed = Some(at);
             }
-            let stalled = self.stalled.is_some();
-            let accepting = self.accepting();
-            let reading = self.reading();
             let woke = tokio::select! {
                 biased;
-                permit = self.events.reserve(), if stalled => match permit {
-                    Ok(permit) => {
-                        let (event, last) = self.stalled.take().expect("a stalled event");
-                        permit.send(event);
-                        if last { Wake::Stop } else { Wake::Continue }
-                    }
+                control = self.control.recv() => match control {
+                    Some(reply) => Wake::Stats(reply),
+                    None => Wake::Continue,
+                },
+                permit = self.sink.events.reserve(), if plan.event_room => match permit {
+                    // The room is taken again at once by the waiting event.
+                    Ok(_) => Wake::Continue,
                     Err(_) => Wake::Stop,
                 },
-                () = self.events.closed(), if !stalled => Wake::Stop,
-                command = self.commands.recv(), if accepting => match command {
+                () = self.sink.events.closed(), if !plan.event_room => Wake::Stop,
+                command = self.commands.recv(), if plan.commands => match command {
                     Some(command) => Wake::Command(command),
                     None => Wake::Stop,
                 },
-                _ = self.socket.readable(), if reading => Wake::Continue,
+                _ = self.socket.readable(), if plan.read => Wake::Continue,
+                _ = self.socket.writable(), if plan.write => Wake::Continue,
                 () = sleep.as_mut(), if wake.is_some() => Wake::Continue,
             };
+            self.driver.stats_mut().wakeups += 1;
             match woke {
                 Wake::Continue => {}
-                Wake::Command(command) => self.apply(command, now()),
+                Wake::Command(command) => self.driver.apply(command, now()),
+                Wake::Stats(reply) => self.stats_requests.push(reply),
                 Wake::Stop => break,
             }
         }
         self.shut_down().await;
     }
 
-    /// Reads the datagrams already waiting, up to [`RECV_BATCH`].
-    fn receive_batch(&mut self) {
-        let at = now();
-        for _ in 0..RECV_BATCH {
+    /// Reads the datagrams already waiting, up to the turn's budget. Returns
+    /// whether the budget ran out first.
+    fn receive(&mut self, at: Instant) -> bool {
+        if !self.driver.reading() {
+            return false;
+        }
+        while self.driver.receive_budget() > 0 {
             let received = match self.peer {
                 Some(server) => self.socket.try_recv(&mut self.buf).map(|n| (n, server)),
                 None => self.socket.try_recv_from(&mut self.buf),
             };
             match received {
                 Ok((len, from)) => {
-                    self.stats.datagrams_received += 1;
-                    self.mux.process_incoming(from, &self.buf[..len], at);
+                    let stats = self.driver.stats_mut();
+                    stats.datagrams_in += 1;
+                    stats.bytes_in += len as u64;
+                    self.driver.on_datagram(from, &self.buf[..len], at);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 // E.g. an ICMP error reported on a connected socket: not fatal.
-                Err(_) => self.stats.recv_errors += 1,
+                Err(_) => self.driver.stats_mut().recv_errors += 1,
             }
+        }
+        true
+    }
+
+    fn answer_stats(&mut self) {
+        while let Ok(reply) = self.control.try_recv() {
+            self.stats_requests.push(reply);
+        }
+        for reply in self.stats_requests.drain(..) {
+            let _ = reply.send(self.driver.snapshot());
         }
     }
 
-    /// Applies the commands already queued, up to [`COMMAND_BATCH`].
-    fn apply_queued_commands(&mut self) -> Flow {
-        let at = now();
-        for _ in 0..COMMAND_BATCH {
-            if !self.accepting() {
-                break;
+    /// Applies queued commands while the driver takes them (bounded). Returns
+    /// whether every handle is gone, and whether commands were left.
+    fn apply_commands(&mut self, at: Instant) -> (bool, bool) {
+        for _ in 0..self.driver.limits().commands_per_turn {
+            if !self.driver.accepting() {
+                return (false, false);
             }
             match self.commands.try_recv() {
-                Ok(command) => self.apply(command, at),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Flow::Stop,
+                Ok(command) => self.driver.apply(command, at),
+                Err(TryRecvError::Empty) => return (false, false),
+                Err(TryRecvError::Disconnected) => return (true, false),
             }
         }
-        Flow::Continue
+        (false, self.driver.accepting() && !self.commands.is_empty())
     }
 
-    fn apply(&mut self, command: Command, at: Instant) {
-        match command {
-            Command::Connect(remote) => {
-                if self.mux.connect(remote, at).is_err() {
-                    self.stats.connect_refused += 1;
-                }
-            }
-            Command::Enqueue {
-                remote,
-                data,
-                channel,
-            } => self.enqueue(remote, data, channel),
-            Command::Terminate { remote, reason } => {
-                match self.parked.get_mut(&remote) {
-                    // After the messages that wait for room.
-                    Some(queue) => {
-                        queue.push_back(Parked::Terminate(reason));
-                        self.parked_len += 1;
-                    }
-                    None => self.mux.terminate(&remote, reason, at),
-                }
-            }
-            Command::Stats(reply) => {
-                let mut stats = self.stats.clone();
-                stats.mux = self.mux.stats();
-                let _ = reply.send(stats);
-            }
-        }
+    /// Hands events to the application; returns whether the task should stop
+    /// (nobody listens, or a client's session has ended and been reported).
+    fn deliver(&mut self) -> bool {
+        self.driver.deliver(&mut self.sink) == Delivery::Closed || self.sink.finished
     }
 
-    /// Hands a message to its session; parks it while the session's queue is full
-    /// (or while earlier messages for it are parked, to keep them in order).
-    fn enqueue(&mut self, remote: SocketAddr, data: Bytes, channel: Channel) {
-        if !self.parked.is_empty()
-            && let Some(queue) = self.parked.get_mut(&remote)
-        {
-            queue.push_back(Parked::Data(data, channel));
-            self.parked_len += 1;
-            self.stats.enqueue_parked += 1;
-            return;
-        }
-        match self.mux.enqueue_data_on(&remote, &data, channel) {
-            Ok(()) => {}
-            // It fits once the peer has acknowledged enough: wait for that.
-            Err(EnqueueError::QueueFull)
-                if data.len() <= self.mux.config().default_session_params.max_pending_bytes =>
-            {
-                self.parked
-                    .entry(remote)
-                    .or_default()
-                    .push_back(Parked::Data(data, channel));
-                self.parked_len += 1;
-                self.stats.enqueue_parked += 1;
-            }
-            Err(_) => self.stats.enqueue_refused += 1,
-        }
-    }
-
-    /// Hands parked messages to their sessions while they have room.
-    fn retry_parked(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
-        let at = now();
-        let Self {
-            parked,
-            parked_len,
-            mux,
-            stats,
-            ..
-        } = self;
-        parked.retain(|remote, queue| {
-            while let Some(front) = queue.front() {
-                match front {
-                    Parked::Data(data, channel) => {
-                        match mux.enqueue_data_on(remote, data, *channel) {
-                            Ok(()) => {}
-                            Err(EnqueueError::QueueFull) => return true,
-                            Err(_) => stats.enqueue_refused += 1,
-                        }
-                    }
-                    Parked::Terminate(reason) => mux.terminate(remote, *reason, at),
-                }
-                queue.pop_front();
-                *parked_len -= 1;
-            }
-            false
-        });
-    }
-
-    /// Sends every waiting datagram, waiting for room in the socket's send buffer when
-    /// it is full.
-    async fn send_outgoing(&mut self) {
-        let total = self.mux.outgoing_len();
-        let mut next = 0;
-        while next < total {
+    /// Sends every waiting datagram the socket takes now; the rest wait for it to
+    /// become writable (bounded by the driver).
+    fn send_outgoing(&mut self) {
+        loop {
             let sent = {
-                let (to, datagram) = self.mux.outgoing(next);
+                let Some((to, datagram)) = self.driver.outgoing().next() else {
+                    return;
+                };
                 match self.peer {
                     Some(_) => self.socket.try_send(datagram),
                     None => self.socket.try_send_to(datagram, *to),
                 }
             };
             match sent {
-                Ok(_) => next += 1,
+                Ok(_) => self.driver.sent(1),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stats.send_waits += 1;
-                    if self.socket.writable().await.is_err() {
-                        self.stats.send_errors += 1;
-                        next += 1;
-                    }
+                    self.driver.trim_outgoing();
+                    return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.stats.send_errors += 1;
-                    next += 1;
-                }
+                Err(_) => self.driver.send_failed(),
             }
         }
-        self.mux.consume_outgoing(total);
-    }
-
-    /// Hands the multiplexer's events to the application until the queue is full.
-    fn forward_events(&mut self) -> Flow {
-        if self.stalled.is_some() {
-            return Flow::Continue;
-        }
-        while let Some(event) = self.mux.poll_event() {
-            let last = self.stop_after_close && matches!(event, SocketEvent::SessionClosed { .. });
-            match self.events.try_send((self.map_event)(event)) {
-                Ok(()) if last => return Flow::Stop,
-                Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.stats.event_stalls += 1;
-                    self.stalled = Some((event, last));
-                    return Flow::Continue;
-                }
-                Err(TrySendError::Closed(_)) => return Flow::Stop,
-            }
-        }
-        Flow::Continue
     }
 
     /// Graceful stop: applies the commands still queued, then ends every session with
-    /// a Disconnect and sends what is left.
+    /// a Disconnect and sends what is left, for a bounded time.
     async fn shut_down(mut self) {
         self.commands.close();
         let at = now();
-        self.retry_parked();
         while let Ok(command) = self.commands.try_recv() {
-            self.apply(command, at);
+            self.driver.apply(command, at);
         }
-        self.mux.run_tick(at);
-        self.send_outgoing().await;
-        let farewell = self.mux.terminate_all(DisconnectReason::Application, at);
-        for (to, datagram) in &farewell {
+        self.driver.close_all(DisconnectReason::Application, at);
+        let _ = self.driver.deliver(&mut self.sink);
+        let _ = tokio::time::timeout(FAREWELL_TIME, async {
             loop {
-                let sent = match self.peer {
-                    Some(_) => self.socket.try_send(datagram),
-                    None => self.socket.try_send_to(datagram, *to),
-                };
-                match sent {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if self.socket.writable().await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    _ => break,
+                self.send_outgoing();
+                if self.driver.outgoing_len() == 0 || self.socket.writable().await.is_err() {
+                    break;
                 }
             }
-        }
+        })
+        .await;
     }
 }

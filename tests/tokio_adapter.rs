@@ -218,7 +218,7 @@ async fn our_client_echo(server: SocketAddr, case: Case, window: Option<u64>) {
         checker.unreliable,
         stats.mux.sessions.messages_enqueued,
         stats.mux.sessions.datagrams_sent,
-        stats.loop_turns,
+        stats.turns,
     );
     // A clean goodbye: the server sees OtherSideTerminated, our client stops.
     assert!(client.handle().terminate(DisconnectReason::Application));
@@ -282,7 +282,7 @@ async fn reference_client_against_our_server(case: Case) {
         checker.unreliable,
         stats.mux.sessions.messages_enqueued,
         stats.mux.sessions.datagrams_sent,
-        stats.loop_turns,
+        stats.turns,
     );
     echo.abort();
 }
@@ -700,7 +700,7 @@ async fn full_event_queue_applies_backpressure() {
         eprintln!(
             "backpressure: {} stalls, {} datagrams read; client resent {} packets",
             stats.event_stalls,
-            stats.datagrams_received,
+            stats.datagrams_in,
             client_stats.mux.sessions.reliable_packets_resent
         );
     })
@@ -820,11 +820,11 @@ async fn idle_driver_sleeps() {
             ));
             // Let the handshake's acks and timers settle.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let server_before = server.stats().await.unwrap().loop_turns;
-            let client_before = client.stats().await.unwrap().loop_turns;
+            let server_before = server.stats().await.unwrap().turns;
+            let client_before = client.stats().await.unwrap().turns;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let server_turns = server.stats().await.unwrap().loop_turns - server_before;
-            let client_turns = client.stats().await.unwrap().loop_turns - client_before;
+            let server_turns = server.stats().await.unwrap().turns - server_before;
+            let client_turns = client.stats().await.unwrap().turns - client_before;
             eprintln!("tick {tick:?}: 500 ms idle = {server_turns} server turns, {client_turns} client turns");
             assert!(server_turns <= most, "server: {server_turns} turns");
             assert!(client_turns <= most, "client: {client_turns} turns");

@@ -141,8 +141,9 @@ pub enum SocketEvent<A> {
     },
 }
 
-/// Why [`SoeMultiplexer::connect`] did not start a session.
+/// Why a session was not started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// A session with that address exists already.
     #[error("a session with this address exists")]
@@ -150,6 +151,13 @@ pub enum ConnectError {
     /// `max_sessions` reached.
     #[error("session limit reached")]
     TooManySessions,
+    /// The command queue of the shard that owns the address is full (from a
+    /// `ShardContext` for another shard's address): back off and retry.
+    #[error("command queue of the owning shard is full")]
+    CommandQueueFull,
+    /// The server is stopping.
+    #[error("the server is stopping")]
+    Stopped,
 }
 
 /// Multiplexer counters. Session counters include sessions that have ended.
@@ -169,6 +177,8 @@ pub struct MuxStats {
     pub evicted_half_open: u64,
     /// SessionRequests refused for a protocol name or version mismatch.
     pub refused_protocol_mismatch: u64,
+    /// SessionRequests dropped while admission was closed (overload, drain).
+    pub refused_admission_closed: u64,
     /// Datagrams from addresses without a session (other than SessionRequest).
     pub unknown_sender_datagrams: u64,
     /// Sessions moved to a new port.
@@ -189,6 +199,7 @@ impl MuxStats {
         self.refused_session_limit += other.refused_session_limit;
         self.evicted_half_open += other.evicted_half_open;
         self.refused_protocol_mismatch += other.refused_protocol_mismatch;
+        self.refused_admission_closed += other.refused_admission_closed;
         self.unknown_sender_datagrams += other.unknown_sender_datagrams;
         self.remaps += other.remaps;
         self.remaps_refused += other.remaps_refused;
@@ -210,6 +221,16 @@ struct Entry<A> {
     half_open: bool,
 }
 
+/// Session removals between checks whether the containers should shrink.
+const SHRINK_CHECK_EVERY: usize = 1024;
+
+/// Shrinks `v` when at most a quarter of its capacity is in use.
+fn shrink_vec<T>(v: &mut Vec<T>) {
+    if v.capacity() > 4 * v.len() + SHRINK_CHECK_EVERY {
+        v.shrink_to(v.len() * 3 / 2);
+    }
+}
+
 /// Sessions over one socket, keyed by remote address. See the [module docs](self).
 #[derive(Debug)]
 pub struct SoeMultiplexer<A: RemoteAddr> {
@@ -217,7 +238,8 @@ pub struct SoeMultiplexer<A: RemoteAddr> {
     /// Keyed by peer-chosen addresses: a randomly seeded hasher.
     index: HashMap<A, u32, RandomState>,
     by_credentials: HashMap<(u32, u32), A, RandomState>,
-    slots: Vec<Option<Entry<A>>>,
+    /// Boxed, so a free slot costs a pointer and the table can shrink after a flood.
+    slots: Vec<Option<Box<Entry<A>>>>,
     generations: Vec<u32>,
     free: Vec<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
@@ -231,6 +253,10 @@ pub struct SoeMultiplexer<A: RemoteAddr> {
     half_open_order: VecDeque<(u32, u32)>,
     stats: MuxStats,
     retired: SessionStats,
+    /// Whether SessionRequests from new addresses open sessions.
+    admitting: bool,
+    /// Sessions removed since the containers were last checked for shrinking.
+    removed_since_shrink: usize,
 }
 
 impl<A: RemoteAddr> SoeMultiplexer<A> {
@@ -255,7 +281,22 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             half_open_order: VecDeque::new(),
             stats: MuxStats::default(),
             retired: SessionStats::default(),
+            admitting: true,
+            removed_since_shrink: 0,
         }
+    }
+
+    /// Opens or closes admission: while closed, SessionRequests from addresses
+    /// without a session are dropped unanswered and counted in
+    /// [`MuxStats::refused_admission_closed`]; live sessions are served as before.
+    /// A server closes it under overload, so that its sessions keep their service.
+    pub fn set_admitting(&mut self, open: bool) {
+        self.admitting = open;
+    }
+
+    /// Whether SessionRequests open sessions (see [`SoeMultiplexer::set_admitting`]).
+    pub fn is_admitting(&self) -> bool {
+        self.admitting
     }
 
     /// The configuration.
@@ -356,6 +397,13 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     /// Ends every session (Disconnect with `reason` to each peer) and returns every
     /// datagram still waiting, as `soe-protocol` does. For graceful shutdown.
     pub fn terminate_all(&mut self, reason: DisconnectReason, now: Instant) -> Vec<(A, Bytes)> {
+        self.close_all(reason, now);
+        self.take_outgoing()
+    }
+
+    /// Ends every session (Disconnect with `reason` to each peer); the datagrams
+    /// stay in the outgoing queue.
+    pub fn close_all(&mut self, reason: DisconnectReason, now: Instant) {
         let slots: Vec<u32> = self.index.values().copied().collect();
         for slot in slots {
             if let Some(entry) = self.slots[slot as usize].as_mut() {
@@ -363,7 +411,6 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             }
             self.mark(slot);
         }
-        self.take_outgoing()
     }
 
     /// Processes one datagram from `remote`.
@@ -450,6 +497,10 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     }
 
     fn admit(&mut self, remote: A, request: &[u8], now: Instant) {
+        if !self.admitting {
+            self.stats.refused_admission_closed += 1;
+            return;
+        }
         if self.index.len() >= self.config.max_sessions {
             self.stats.refused_session_limit += 1;
             return;
@@ -549,11 +600,11 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = Some(entry);
+                self.slots[slot as usize] = Some(Box::new(entry));
                 slot
             }
             None => {
-                self.slots.push(Some(entry));
+                self.slots.push(Some(Box::new(entry)));
                 self.generations.push(0);
                 (self.slots.len() - 1) as u32
             }
@@ -688,13 +739,101 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         self.io.held = self.io.held.saturating_sub(entry.session.buffered_bytes());
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         self.free.push(slot);
+        self.removed_since_shrink += 1;
+    }
+
+    /// Gives memory back after many sessions went away (a SessionRequest flood, a
+    /// mass disconnect) or a burst passed: drops timer entries of removed sessions,
+    /// trims the free tail of the session table and shrinks the maps, queues and
+    /// buffers that grew. Runs by itself after a flush once 1024 sessions were
+    /// removed; drivers also call it about once a second. Its cost is linear in
+    /// what it frees or keeps.
+    pub fn trim_memory(&mut self) {
+        self.removed_since_shrink = 0;
+        self.io.trim();
+        let live = self.index.len();
+        let (slots, generations) = (&self.slots, &self.generations);
+        self.half_open_order.retain(|&(slot, generation)| {
+            generations[slot as usize] == generation
+                && slots[slot as usize].as_ref().is_some_and(|e| e.half_open)
+        });
+        // Free slots at the end of the table go, with their generations: no
+        // half-open entry names them any more, and the timer entries that do are
+        // dropped below.
+        let table = self.slots.len();
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+            self.generations.pop();
+        }
+        let trimmed = self.slots.len() < table;
+        if trimmed {
+            let end = self.slots.len() as u32;
+            self.free.retain(|&slot| slot < end);
+        }
+        // One timer entry per live session is the steady state; the rest belong to
+        // removed sessions or to deadlines that moved.
+        if trimmed || self.timers.len() > 2 * live + SHRINK_CHECK_EVERY {
+            let (slots, generations) = (&self.slots, &self.generations);
+            self.timers
+                .retain(|&Reverse((deadline, slot, generation))| {
+                    generations.get(slot as usize) == Some(&generation)
+                        && slots[slot as usize]
+                            .as_ref()
+                            .is_some_and(|e| e.scheduled == Some(deadline))
+                });
+        }
+        shrink_vec(&mut self.slots);
+        shrink_vec(&mut self.generations);
+        shrink_vec(&mut self.free);
+        shrink_vec(&mut self.dirty);
+        shrink_vec(&mut self.out_addrs);
+        if self.timers.capacity() > 4 * self.timers.len() + SHRINK_CHECK_EVERY {
+            self.timers.shrink_to(self.timers.len() * 3 / 2);
+        }
+        if self.half_open_order.capacity() > 4 * self.half_open_order.len() + SHRINK_CHECK_EVERY {
+            self.half_open_order
+                .shrink_to(self.half_open_order.len() * 3 / 2);
+        }
+        if self.events.capacity() > 4 * self.events.len() + SHRINK_CHECK_EVERY {
+            self.events.shrink_to(self.events.len() * 3 / 2);
+        }
+        if self.index.capacity() > 4 * live + SHRINK_CHECK_EVERY {
+            self.index.shrink_to(live * 3 / 2);
+        }
+        let credentials = self.by_credentials.len();
+        if self.by_credentials.capacity() > 4 * credentials + SHRINK_CHECK_EVERY {
+            self.by_credentials.shrink_to(credentials * 3 / 2);
+        }
+    }
+
+    /// Entries in the timer heap (live and stale), for tests and stats.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Capacity of the session table, for tests and stats: it shrinks back after a
+    /// flood of short-lived sessions.
+    pub fn table_capacity(&self) -> usize {
+        self.slots.capacity()
     }
 
     /// Runs due timers, then flushes every session touched since the last flush.
     pub fn run_tick(&mut self, now: Instant) {
+        self.run_timers(now, usize::MAX);
+        self.flush(now);
+    }
+
+    /// Runs at most `limit` due session timers (the earliest first) without
+    /// flushing; returns whether more are due. A driver bounds each loop turn this
+    /// way and calls [`SoeMultiplexer::flush`] after.
+    pub fn run_timers(&mut self, now: Instant, limit: usize) -> bool {
+        let mut fired = 0;
         while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
             if deadline > now {
-                break;
+                return false;
+            }
+            if fired == limit {
+                return true;
             }
             self.timers.pop();
             if self.generations[slot as usize] != generation {
@@ -707,19 +846,20 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 continue;
             }
             entry.scheduled = None;
+            fired += 1;
             entry.session.handle_timeout(now, &mut self.io);
-            // Rescheduled by the flush below: what is due now (acks, resends) only
+            // Rescheduled by the next flush: what is due now (acks, resends) only
             // clears once flushed.
             self.mark(slot);
         }
-        self.flush(now);
+        false
     }
 
     /// Flushes every session touched since the last flush (no timers).
     pub fn flush(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
-            let Some(entry) = self.slots[slot as usize].as_mut() else {
+            let Some(Some(entry)) = self.slots.get_mut(slot as usize) else {
                 continue;
             };
             entry.dirty = false;
@@ -737,6 +877,9 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
+        }
+        if self.removed_since_shrink >= SHRINK_CHECK_EVERY {
+            self.trim_memory();
         }
     }
 

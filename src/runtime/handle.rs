@@ -1,100 +1,171 @@
-//! [`SoeHandle`]: commands from any thread to the shard that owns a session.
+//! [`SoeHandle`]: commands from any thread to the shard that owns a session, and
+//! the queues, doorbell and liveness record each shard shares with handles.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::health::Liveness;
 use super::stats::{ServerStats, ShardStats};
 use super::steer::shard_of;
-use crate::protocol::DisconnectReason;
+use super::sys::Doorbell;
+use crate::driver::Command;
+use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
 use crate::send_error::SendError;
 use crate::session::Channel;
 
-/// What a shard is asked to do.
-pub(crate) enum Command {
-    Connect(SocketAddr),
-    Send {
-        remote: SocketAddr,
-        data: Bytes,
-        channel: Channel,
-    },
-    Terminate {
-        remote: SocketAddr,
-        reason: DisconnectReason,
-    },
-    /// A datagram another shard received for a session this shard owns.
-    Forwarded {
-        from: SocketAddr,
-        datagram: Vec<u8>,
-    },
+/// Requests that must reach a shard whatever its data queues hold. Stopping is a
+/// flag ([`Inbox::stop`]), so it needs no room at all.
+pub(crate) enum Control {
+    /// Send a copy of the shard's counters.
     Stats(Sender<ShardStats>),
-    Shutdown,
 }
 
-/// A shard's bounded command queue and the waker of its parked loop.
+/// A datagram another shard received for a session this shard owns.
+pub(crate) struct Forwarded {
+    pub(crate) from: SocketAddr,
+    pub(crate) datagram: Vec<u8>,
+}
+
+/// Room for control requests per shard: a few stats requests in flight.
+const CONTROL_CAPACITY: usize = 64;
+
+/// The receiving ends of a shard's queues, moved onto the shard's thread.
+pub(crate) struct InboxReceivers {
+    pub(crate) commands: Receiver<Command>,
+    pub(crate) forwarded: Receiver<Forwarded>,
+    pub(crate) control: Receiver<Control>,
+}
+
+impl InboxReceivers {
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.commands.is_empty() && self.forwarded.is_empty()
+    }
+}
+
+/// What handles and other shards share with one shard: three bounded queues
+/// (commands from handles, datagrams forwarded by other shards, control requests),
+/// the stop flag, and the doorbell that wakes the shard when it sleeps.
+///
+/// Data cannot block control: each kind has its own queue, and stopping is a flag.
 pub(crate) struct Inbox {
-    tx: Sender<Command>,
-    waker: AtomicWaker,
-    parked: AtomicBool,
+    commands: Sender<Command>,
+    forwarded: Sender<Forwarded>,
+    control: Sender<Control>,
+    stop: AtomicBool,
+    /// Set by the shard just before it sleeps; whoever clears it rings the doorbell.
+    sleeping: AtomicBool,
+    doorbell: Doorbell,
+    /// Commands handles could not queue because the queue was full.
     pub(crate) rejected: AtomicU64,
+    /// What the shard reports about itself, once per turn.
+    pub(crate) liveness: Liveness,
 }
 
 impl Inbox {
-    pub(crate) fn new(capacity: usize) -> (Self, Receiver<Command>) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    pub(crate) fn new(
+        command_capacity: usize,
+        forward_capacity: usize,
+    ) -> std::io::Result<(Self, InboxReceivers)> {
+        let (commands, commands_rx) = crossbeam_channel::bounded(command_capacity.max(1));
+        let (forwarded, forwarded_rx) = crossbeam_channel::bounded(forward_capacity.max(1));
+        let (control, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
         let inbox = Self {
-            tx,
-            waker: AtomicWaker::new(),
-            parked: AtomicBool::new(false),
+            commands,
+            forwarded,
+            control,
+            stop: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            doorbell: Doorbell::new()?,
             rejected: AtomicU64::new(0),
+            liveness: Liveness::default(),
         };
-        (inbox, rx)
+        let receivers = InboxReceivers {
+            commands: commands_rx,
+            forwarded: forwarded_rx,
+            control: control_rx,
+        };
+        Ok((inbox, receivers))
     }
 
-    /// Queues a command; wakes the shard only if it is parked (once per park).
-    pub(crate) fn push(&self, command: Command) -> Result<(), SendError<Command>> {
-        match self.tx.try_send(command) {
+    /// After a push: wakes the shard if it sleeps (once per sleep).
+    fn notify(&self) {
+        // Pairs with the fence in `prepare_to_sleep`: either the shard sees what
+        // was pushed when it checks its queues, or we see it sleeping and wake it.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            self.doorbell.ring();
+        }
+    }
+
+    fn push_command(&self, command: Command) -> Result<(), SendError<Command>> {
+        match self.commands.try_send(command) {
             Ok(()) => {
-                // Pairs with the fence in `poll_ready`: either the shard sees the
-                // command when it re-checks, or we see it parked and wake it.
-                fence(Ordering::SeqCst);
-                if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel)
-                {
-                    self.waker.wake();
-                }
+                self.notify();
                 Ok(())
             }
-            Err(TrySendError::Full(c)) => Err(SendError::Full(c)),
+            Err(TrySendError::Full(c)) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(SendError::Full(c))
+            }
             Err(TrySendError::Disconnected(c)) => Err(SendError::Stopped(c)),
         }
     }
 
-    /// For the shard's parked loop: ready once a command is queued.
-    pub(crate) fn poll_ready(&self, rx: &Receiver<Command>, cx: &mut Context<'_>) -> Poll<()> {
-        if !rx.is_empty() {
-            return Poll::Ready(());
+    /// Queues a datagram for this shard (from another shard).
+    pub(crate) fn push_forwarded(&self, forwarded: Forwarded) -> bool {
+        let pushed = self.forwarded.try_send(forwarded).is_ok();
+        if pushed {
+            self.notify();
         }
-        self.waker.register(cx.waker());
-        self.parked.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if rx.is_empty() {
-            Poll::Pending
-        } else {
-            self.parked.store(false, Ordering::Relaxed);
-            Poll::Ready(())
-        }
+        pushed
     }
 
-    /// Called by the shard when it stops waiting for any reason.
-    pub(crate) fn unpark(&self) {
-        self.parked.store(false, Ordering::Relaxed);
+    fn push_control(&self, control: Control) -> bool {
+        let pushed = self.control.try_send(control).is_ok();
+        if pushed {
+            self.notify();
+        }
+        pushed
+    }
+
+    /// Asks the shard to stop; it sees the flag on its next turn.
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    /// Whether the shard was asked to stop.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// For the shard, before it sleeps: returns `false` (and does not sleep) when
+    /// something arrived meanwhile.
+    pub(crate) fn prepare_to_sleep(&self, queues: &InboxReceivers) -> bool {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if queues.is_empty() && !self.stop_requested() {
+            return true;
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+        false
+    }
+
+    /// For the shard, after it woke up for any reason.
+    pub(crate) fn woke(&self) {
+        self.sleeping.store(false, Ordering::Relaxed);
+        self.doorbell.clear();
+    }
+
+    /// The doorbell, for the shard's sleep.
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.doorbell
     }
 }
 
@@ -103,17 +174,28 @@ pub(crate) struct Shared {
     pub(crate) inboxes: Vec<Inbox>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) stopping: AtomicBool,
+    /// Largest message a session can take (`max_pending_bytes`): larger ones are
+    /// refused by the handle.
+    pub(crate) max_message: usize,
+    /// When the server started: liveness times count from it.
+    pub(crate) epoch: Instant,
 }
 
 /// A handle to a running [`super::SoeServer`]: `Clone + Send + Sync`, usable from
 /// any thread or async runtime.
 ///
 /// Every command goes straight to the shard that owns the remote address
-/// ([`shard_of`]) through that shard's bounded queue, and is applied on the shard's
-/// next loop turn. A full queue is reported at once, with the payload handed back;
-/// nothing is dropped silently and nothing grows without bound. What the shard
-/// later fails to apply (no session with that address, the session's own
-/// `max_pending_bytes` cap) is counted in [`ShardStats::command_failures`].
+/// ([`shard_of`]) through that shard's bounded queue and is applied on the shard's
+/// next loop turn. A full queue is reported at once, with the payload handed back,
+/// and so is a message no session could take (empty, on a channel that does not
+/// exist, larger than `max_pending_bytes`): [`SendError::Invalid`].
+///
+/// A message the handle accepted is delivered, or its session ends with a reason
+/// the application sees (`SessionClosed`): while the session's queue is full the
+/// shard holds the message back, in order, and a session that falls further
+/// behind than its allowance ends with `ReliableOverflow` (see
+/// [`crate::SessionParameters::max_pending_bytes`]). Messages for an address with
+/// no session (any more) are counted in [`ShardStats::enqueue_refused`].
 #[derive(Clone)]
 pub struct SoeHandle {
     pub(crate) shared: Arc<Shared>,
@@ -148,14 +230,7 @@ impl SoeHandle {
         if self.shared.stopping.load(Ordering::Relaxed) {
             return Err(SendError::Stopped(command));
         }
-        let inbox = &self.shared.inboxes[shard];
-        let pushed = inbox.push(command);
-        if let Err(SendError::Full(_)) = pushed {
-            // Only commands from handles count as rejections: forwarding, stats and
-            // shutdown requests have their own accounting.
-            inbox.rejected.fetch_add(1, Ordering::Relaxed);
-        }
-        pushed
+        self.shared.inboxes[shard].push_command(command)
     }
 
     /// Opens a client session to `remote` from the owning shard, so the server's
@@ -181,9 +256,13 @@ impl SoeHandle {
         data: impl Into<Bytes>,
         channel: Channel,
     ) -> Result<(), SendError<Bytes>> {
+        let data = data.into();
+        if !valid_message(&data, channel, self.shared.max_message) {
+            return Err(SendError::Invalid(data));
+        }
         let command = Command::Send {
             remote,
-            data: data.into(),
+            data,
             channel,
         };
         self.push(self.shard_of(&remote), command).map_err(|e| {
@@ -194,7 +273,8 @@ impl SoeHandle {
         })
     }
 
-    /// Ends the session with `remote`, sending it a Disconnect with `reason`.
+    /// Ends the session with `remote`, sending it a Disconnect with `reason` after
+    /// what is already queued for it.
     pub fn terminate(
         &self,
         remote: SocketAddr,
@@ -207,38 +287,22 @@ impl SoeHandle {
         .map_err(|e| e.map(|_| ()))
     }
 
-    /// Counters of every shard, gathered on demand (each shard answers on its next
-    /// loop turn; a shard that does not answer within `timeout` is left out).
-    /// Do not call from a shard's own thread: use [`super::ShardContext::stats`].
+    /// Counters of every shard, gathered on demand: each shard answers on its next
+    /// loop turn; [`ServerStats::missing`] lists those that did not within
+    /// `timeout`. Do not call from a shard's own thread: use
+    /// [`super::ShardContext::stats`].
     #[allow(clippy::disallowed_methods)] // the runtime may read the clock: a deadline
     pub fn stats_timeout(&self, timeout: Duration) -> ServerStats {
         let (tx, rx) = crossbeam_channel::bounded(self.shards());
         let deadline = Instant::now() + timeout;
-        let mut asked = 0;
+        let mut asked = vec![false; self.shards()];
         for (shard, inbox) in self.shared.inboxes.iter().enumerate() {
-            // Stats requests bypass the stopping flag so they work during shutdown,
-            // and wait for room in a full queue until the deadline.
-            let mut command = Command::Stats(tx.clone());
-            loop {
-                match inbox.push(command) {
-                    Ok(()) => {
-                        asked += 1;
-                        break;
-                    }
-                    Err(SendError::Full(c)) if Instant::now() < deadline => {
-                        command = c;
-                        std::thread::sleep(Duration::from_micros(100));
-                    }
-                    Err(_) => {
-                        tracing::debug!(shard, "stats request not delivered");
-                        break;
-                    }
-                }
-            }
+            asked[shard] = inbox.push_control(Control::Stats(tx.clone()));
         }
         drop(tx);
-        let mut shards: Vec<ShardStats> = Vec::with_capacity(asked);
-        while shards.len() < asked {
+        let expected = asked.iter().filter(|a| **a).count();
+        let mut shards: Vec<ShardStats> = Vec::with_capacity(expected);
+        while shards.len() < expected {
             match rx.recv_deadline(deadline) {
                 Ok(s) => shards.push(s),
                 Err(_) => break,
@@ -250,7 +314,10 @@ impl SoeHandle {
                 .rejected
                 .load(Ordering::Relaxed);
         }
-        ServerStats::from_shards(shards)
+        let missing = (0..self.shards())
+            .filter(|i| !shards.iter().any(|s| s.shard == *i))
+            .collect();
+        ServerStats::from_shards(shards, missing)
     }
 
     /// [`SoeHandle::stats_timeout`] with a one-second timeout.
@@ -264,17 +331,17 @@ impl SoeHandle {
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         for inbox in &self.shared.inboxes {
-            // A full queue still gets the request: the shard drains it each turn.
-            let mut command = Command::Shutdown;
-            for _ in 0..1000 {
-                match inbox.push(command) {
-                    Ok(()) | Err(SendError::Stopped(_)) => break,
-                    Err(SendError::Full(c)) => {
-                        command = c;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
+            inbox.request_stop();
         }
     }
+}
+
+/// Whether a session could ever take `data` on `channel`: not empty, on a channel
+/// that exists, and no larger than a session's queue.
+pub(crate) fn valid_message(data: &[u8], channel: Channel, max_message: usize) -> bool {
+    let channel_ok = match channel {
+        Channel::Reliable(n) => n < RELIABLE_CHANNEL_COUNT,
+        Channel::Unreliable | Channel::Ordered => true,
+    };
+    channel_ok && !data.is_empty() && data.len() <= max_message
 }

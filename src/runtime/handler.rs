@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::handle::{Command, SoeHandle};
+use super::handle::SoeHandle;
 use super::stats::ShardStats;
 use super::steer::shard_of;
-use crate::mux::{ConnectError, SocketEvent, SoeMultiplexer};
+use crate::driver::Driver;
+use crate::mux::{ConnectError, SocketEvent};
 use crate::protocol::DisconnectReason;
 use crate::send_error::SendError;
 use crate::session::{Channel, EnqueueError, SoeSession};
@@ -38,8 +39,9 @@ pub trait ShardHandler: 'static {
     /// One event of a session this shard owns.
     fn on_event(&mut self, event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>);
 
-    /// Called once per loop turn after the events of that turn (at least every
-    /// tick period while the shard has sessions): a place for a per-shard game tick.
+    /// Called once per loop turn after the events of that turn, and at least every
+    /// tick period ([`super::SoeServerBuilder::tick_period`]) while the shard has
+    /// sessions: a place for a per-shard game tick.
     fn on_tick(&mut self, ctx: &mut ShardContext<'_>) {
         let _ = ctx;
     }
@@ -60,9 +62,8 @@ where
 pub struct ShardContext<'a> {
     pub(crate) shard: usize,
     pub(crate) now: Instant,
-    pub(crate) mux: &'a mut SoeMultiplexer<SocketAddr>,
+    pub(crate) driver: &'a mut Driver,
     pub(crate) handle: &'a SoeHandle,
-    pub(crate) stats: &'a ShardStats,
 }
 
 impl ShardContext<'_> {
@@ -87,19 +88,17 @@ impl ShardContext<'_> {
 
     /// The session with `remote`, if this shard owns it.
     pub fn session(&self, remote: &SocketAddr) -> Option<&SoeSession> {
-        self.mux.session(remote)
+        self.driver.mux().session(remote)
     }
 
     /// Number of sessions on this shard.
     pub fn session_count(&self) -> usize {
-        self.mux.session_count()
+        self.driver.mux().session_count()
     }
 
     /// This shard's counters.
     pub fn stats(&self) -> ShardStats {
-        let mut stats = self.stats.clone();
-        stats.mux = self.mux.stats();
-        stats
+        self.driver.snapshot()
     }
 
     /// Queues `data` for `remote` on reliable channel 0.
@@ -108,8 +107,11 @@ impl ShardContext<'_> {
     }
 
     /// Queues `data` for `remote` on `channel`: directly when this shard owns the
-    /// session (errors are immediate), otherwise through the owner's queue (only a
-    /// full queue is reported here, as `QueueFull`).
+    /// session, with every error immediate (a full session queue is
+    /// [`EnqueueError::QueueFull`]: nothing was queued, try again on a later turn);
+    /// otherwise through the owner's command queue, where only what the handle
+    /// refuses is reported here ([`EnqueueError::CommandQueueFull`] when that
+    /// queue is full).
     pub fn enqueue_data_on(
         &mut self,
         remote: &SocketAddr,
@@ -117,38 +119,43 @@ impl ShardContext<'_> {
         channel: Channel,
     ) -> Result<(), EnqueueError> {
         if self.is_local(remote) {
-            return self.mux.enqueue_data_on(remote, data, channel);
+            return self.driver.mux_mut().enqueue_data_on(remote, data, channel);
         }
-        let command = Command::Send {
-            remote: *remote,
-            data: Bytes::copy_from_slice(data),
-            channel,
-        };
         self.handle
-            .push(self.handle.shard_of(remote), command)
+            .enqueue_data_on(*remote, Bytes::copy_from_slice(data), channel)
             .map_err(|e| match e {
-                SendError::Full(_) => EnqueueError::QueueFull,
+                SendError::Full(_) => EnqueueError::CommandQueueFull,
                 SendError::Stopped(_) => EnqueueError::NotRunning,
+                SendError::Invalid(data) => match channel {
+                    Channel::Reliable(n) if n >= crate::protocol::RELIABLE_CHANNEL_COUNT => {
+                        EnqueueError::InvalidChannel
+                    }
+                    _ if data.is_empty() => EnqueueError::Empty,
+                    _ => EnqueueError::TooLarge,
+                },
             })
     }
 
     /// Ends the session with `remote`.
     pub fn terminate(&mut self, remote: &SocketAddr, reason: DisconnectReason) {
         if self.is_local(remote) {
-            self.mux.terminate(remote, reason, self.now);
+            self.driver.mux_mut().terminate(remote, reason, self.now);
         } else {
             let _ = self.handle.terminate(*remote, reason);
         }
     }
 
-    /// Opens a client session to `remote` (from the shard that owns it).
+    /// Opens a client session to `remote` (from the shard that owns it); for another
+    /// shard's address, only a refusal of its command queue is reported here
+    /// ([`ConnectError::CommandQueueFull`], [`ConnectError::Stopped`]).
     pub fn connect(&mut self, remote: SocketAddr) -> Result<(), ConnectError> {
         if self.is_local(&remote) {
-            self.mux.connect(remote, self.now)
+            self.driver.mux_mut().connect(remote, self.now)
         } else {
-            self.handle
-                .connect(remote)
-                .map_err(|_| ConnectError::TooManySessions)
+            self.handle.connect(remote).map_err(|e| match e {
+                SendError::Full(()) => ConnectError::CommandQueueFull,
+                _ => ConnectError::Stopped,
+            })
         }
     }
 }

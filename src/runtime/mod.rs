@@ -1,10 +1,13 @@
-//! The thread-per-core server (Linux, glommio/io_uring).
+//! The thread-per-core server (Linux).
 //!
-//! [`SoeServer`] runs one shard per core. A shard is a pinned glommio executor that
-//! owns one `SO_REUSEPORT` UDP socket and one [`crate::SoeMultiplexer`] holding only its own
-//! sessions; nothing on the per-datagram path is shared between shards. The kernel
-//! steers each remote's datagrams to the shard that owns it ([`shard_of`], mirrored
-//! by a classic-BPF program), and a shard forwards what it receives for another.
+//! [`SoeServer`] runs one shard per core. A shard is a pinned thread that owns one
+//! `SO_REUSEPORT` UDP socket and one [`crate::SoeMultiplexer`] (inside the shared
+//! sans-IO driver) holding only its own sessions; nothing on the per-datagram path
+//! is shared between shards. The kernel steers each remote's datagrams to the
+//! shard that owns it ([`shard_of`], mirrored by a classic-BPF program), and a
+//! shard forwards what it receives for another. Datagrams move in batches
+//! (`recvmmsg`/`sendmmsg`); an idle shard sleeps in `ppoll` on its socket and a
+//! doorbell, so a datagram, a command or its next deadline always wakes it.
 //!
 //! Two ways to handle events:
 //! * **Shard-local handler** ([`SoeServerBuilder::handler`]): your code runs on the
@@ -20,13 +23,20 @@
 //! * `SoeServer` for dedicated Linux game servers that need many sessions per core
 //!   and the lowest CPU per message.
 //! * [`crate::tokio_rt::TokioSoeServer`] (feature `tokio`) when the game already
-//!   lives in a Tokio runtime, on non-Linux systems, or where io_uring is not
-//!   available (containers with the default seccomp profile, `kernel.io_uring_disabled`).
+//!   lives in a Tokio runtime, or on other systems.
+//!
+//! # Supervision
+//! [`SoeServer::health`] reads each shard's state without asking it (serving,
+//! stopped, failed; the age of its last turn; whether it is late for a planned
+//! wake-up; whether it is at capacity). A shard that ends unexpectedly (a panic in
+//! a handler, say) closes its sessions towards the application (`SessionClosed`
+//! with `ManagerDeleted`) and the peers, logs an error, shows as
+//! [`ShardState::Failed`], and makes [`SoeServer::shutdown`] return an error. Its
+//! socket stays bound, so steering of the other shards is unchanged.
 //!
 //! # Requirements
-//! Linux ≥ 5.8 with io_uring permitted; each shard locks a little memory for its
-//! ring (64 KiB of I/O memory), well inside the usual 8 MiB `RLIMIT_MEMLOCK`.
-//! Start-up failures are reported as [`ServerError`]s that name the fix.
+//! Linux ≥ 4.5 (`SO_ATTACH_REUSEPORT_CBPF`; without it shards forward). Start-up
+//! failures are reported as [`ServerError`]s that name the fix.
 //!
 //! ```no_run
 //! use soe_uring::{SocketConfig, SocketEvent, SoeServer};
@@ -50,31 +60,39 @@
 
 mod handle;
 mod handler;
+mod health;
 mod shard;
 mod stats;
 mod steer;
-mod udp;
+mod sys;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use glommio::{GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 
 use self::handle::{Inbox, Shared};
 use self::shard::{EventTarget, HandlerFactory, ShardSetup};
+use crate::driver::Limits;
 use crate::mux::{SocketConfig, SocketEvent};
 
 pub use self::handle::SoeHandle;
 pub use self::handler::{ShardContext, ShardHandler, ShardInfo};
+pub use self::health::{ShardHealth, ShardState};
 pub use self::stats::{ServerStats, ShardStats};
 pub use self::steer::shard_of;
 
-/// Why the server could not start. Each message names the fix.
+/// How long [`SoeServer::shutdown`] waits for the shards to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the server could not start, or did not stop cleanly. Each message names the
+/// fix where there is one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// Binding the sockets failed.
     #[error("cannot bind {addr}: {source}")]
@@ -82,75 +100,48 @@ pub enum ServerError {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
-    /// The memlock limit is too low for the io_uring rings.
+    /// A CPU in the CPU list is not one this process may run on.
     #[error(
-        "io_uring needs locked memory but RLIMIT_MEMLOCK is too low ({detail}); raise it \
-         (`ulimit -l 65536`, systemd `LimitMEMLOCK=`, docker `--ulimit memlock=-1`) or use \
-         fewer shards"
-    )]
-    MemLock {
-        /// What the OS reported.
-        detail: String,
-    },
-    /// io_uring is not available.
-    #[error(
-        "io_uring is not available ({detail}): Linux ≥ 5.8 is required, \
-         `sysctl kernel.io_uring_disabled` must be 0, and containers need a seccomp \
-         profile that allows io_uring (docker: `--security-opt seccomp=unconfined` or a \
-         custom profile); otherwise use the Tokio backend (feature `tokio`, TokioSoeServer)"
-    )]
-    IoUringUnavailable {
-        /// What the OS reported.
-        detail: String,
-    },
-    /// A CPU in the CPU list does not exist or is not allowed for this process.
-    #[error(
-        "CPU {cpu} is not available (this machine has {available} usable CPUs); fix the CPU list or disable pinning"
+        "CPU {cpu} is not available to this process (allowed: {allowed:?}; see `taskset`, \
+         cgroup cpusets, `docker --cpuset-cpus`); fix the CPU list or disable pinning"
     )]
     BadCpu {
         /// The CPU asked for.
         cpu: usize,
-        /// How many CPUs are usable.
-        available: usize,
+        /// The CPUs this process may use.
+        allowed: Vec<usize>,
     },
     /// Zero shards were requested.
     #[error("a server needs at least one shard")]
     NoShards,
-    /// A shard failed to start for another reason.
-    #[error("shard {shard} failed to start: {detail}")]
-    Shard {
+    /// A system resource a shard needs could not be created.
+    #[error("shard {shard} could not start: {source}")]
+    Start {
         /// Which shard.
         shard: usize,
-        /// What failed.
-        detail: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
-    /// A shard thread panicked or failed while stopping.
-    #[error("shard {shard} did not stop cleanly: {detail}")]
-    Stop {
+    /// A shard ended unexpectedly while the server ran; see [`ShardState::Failed`].
+    #[error("shard {shard} failed: {detail}")]
+    ShardFailed {
         /// Which shard.
         shard: usize,
         /// What happened.
         detail: String,
     },
-}
-
-fn classify<T>(shard: usize, error: GlommioError<T>) -> ServerError {
-    let detail = error.to_string();
-    match &error {
-        GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(..)) => {
-            ServerError::MemLock { detail }
-        }
-        GlommioError::IoError(e) => match e.raw_os_error() {
-            Some(libc::ENOMEM) => ServerError::MemLock { detail },
-            Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => {
-                ServerError::IoUringUnavailable { detail }
-            }
-            _ => ServerError::Shard { shard, detail },
-        },
-        _ => ServerError::Shard { shard, detail },
-    }
+    /// A shard did not finish within the shutdown timeout; its thread was left.
+    #[error("shard {shard} did not stop within {timeout:?}")]
+    StopTimeout {
+        /// Which shard.
+        shard: usize,
+        /// How long it had.
+        timeout: Duration,
+    },
 }
 
 /// Configures and starts a [`SoeServer`]. Created by [`SoeServer::builder`].
@@ -158,7 +149,7 @@ fn classify<T>(shard: usize, error: GlommioError<T>) -> ServerError {
 pub struct SoeServerBuilder {
     bind: SocketAddr,
     config: SocketConfig,
-    shards: usize,
+    shards: Option<usize>,
     pin: bool,
     cpus: Option<Vec<usize>>,
     tick: Duration,
@@ -181,42 +172,48 @@ impl fmt::Debug for SoeServerBuilder {
     }
 }
 
-fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+/// The CPUs this process may run on, or CPU 0.. when the OS does not say.
+fn allowed_cpus() -> Vec<usize> {
+    match sys::allowed_cpus() {
+        Ok(cpus) if !cpus.is_empty() => cpus,
+        _ => (0..std::thread::available_parallelism().map_or(1, usize::from)).collect(),
+    }
 }
 
 impl SoeServerBuilder {
-    /// Number of shards (default: the available cores). More shards than cores
-    /// works, with several shards per core.
+    /// Number of shards (default: one per CPU this process may run on). More
+    /// shards than CPUs works, with several shards per CPU.
     pub fn shards(mut self, shards: usize) -> Self {
-        self.shards = shards;
+        self.shards = Some(shards);
         self
     }
 
-    /// Pin shard `i` to a CPU (default on): the `i`-th of [`Self::cpus`], or CPU
-    /// `i % cores`.
+    /// Pin shard `i` to a CPU (default on): the `i`-th of [`Self::cpus`], or the
+    /// `i`-th CPU this process may run on (its affinity mask, as `taskset`, cgroup
+    /// cpusets and `docker --cpuset-cpus` set it), cycling.
     pub fn pin_cpus(mut self, pin: bool) -> Self {
         self.pin = pin;
         self
     }
 
-    /// The CPUs to pin shards to, in shard order (cycled if shorter).
+    /// The CPUs to pin shards to, in shard order (cycled if shorter). Each must be
+    /// in the process's affinity mask.
     pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
         self.cpus = Some(cpus);
         self
     }
 
-    /// How long a shard with traffic waits between loop turns (default 500 µs): the
-    /// trade between latency and wake-ups per second. Measured on a 2-core VM,
-    /// 1 ms cost 6.4 µs of CPU per message at 20 000 messages/s (p50 RTT 1.2 ms),
-    /// 500 µs 8.2 µs (0.6 ms), 250 µs 11.4 µs (0.3 ms). Idle shards sleep until the
-    /// next datagram or deadline regardless.
+    /// Period of a shard-local handler's [`ShardHandler::on_tick`] while its shard
+    /// has sessions, and of the checks for room in a full event stream (default
+    /// 500 µs). Shards otherwise wake for datagrams, commands and session
+    /// deadlines only.
     pub fn tick_period(mut self, tick: Duration) -> Self {
         self.tick = tick.max(Duration::from_micros(50));
         self
     }
 
-    /// Capacity of each shard's command queue (default 65 536).
+    /// Capacity of each shard's command queue (default 65 536). It also bounds the
+    /// messages a shard holds back for sessions whose queues are full.
     pub fn command_queue(mut self, capacity: usize) -> Self {
         self.command_queue = capacity.max(1);
         self
@@ -262,26 +259,49 @@ impl SoeServerBuilder {
         self
     }
 
+    /// The CPU of each shard (`None`: unpinned), checked against the affinity mask.
+    fn placement(
+        &self,
+        shards: usize,
+        allowed: &[usize],
+    ) -> Result<Vec<Option<usize>>, ServerError> {
+        if !self.pin {
+            return Ok(vec![None; shards]);
+        }
+        let list = match &self.cpus {
+            Some(list) if !list.is_empty() => list.clone(),
+            _ => allowed.to_vec(),
+        };
+        if let Some(&cpu) = list.iter().find(|cpu| !allowed.contains(cpu)) {
+            return Err(ServerError::BadCpu {
+                cpu,
+                allowed: allowed.to_vec(),
+            });
+        }
+        Ok((0..shards).map(|i| Some(list[i % list.len()])).collect())
+    }
+
     /// Binds the sockets, starts the shards and waits until each is serving.
     pub fn start(self) -> Result<SoeServer, ServerError> {
-        if self.shards == 0 {
+        let allowed = allowed_cpus();
+        let shards = self.shards.unwrap_or(allowed.len());
+        if shards == 0 {
             return Err(ServerError::NoShards);
         }
-        let sockets =
-            udp::bind_group(self.bind, self.shards, self.socket_buffer).map_err(|source| {
-                ServerError::Bind {
-                    addr: self.bind,
-                    source,
-                }
-            })?;
+        let placement = self.placement(shards, &allowed)?;
+        let bind_error = |source| ServerError::Bind {
+            addr: self.bind,
+            source,
+        };
+        let sockets = sys::bind_group(self.bind, shards, self.socket_buffer).map_err(bind_error)?;
         let local_addr = sockets[0]
             .local_addr()
             .map_err(|source| ServerError::Bind {
                 addr: self.bind,
                 source,
             })?;
-        let steering = if self.kernel_steering && self.shards > 1 {
-            match udp::attach_steering(&sockets[0], self.shards) {
+        let steering = if self.kernel_steering && shards > 1 {
+            match sys::attach_steering(&sockets[0], shards) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot attach the reuseport steering program; shards will forward");
@@ -292,10 +312,11 @@ impl SoeServerBuilder {
             false
         };
 
-        let mut inboxes = Vec::with_capacity(self.shards);
-        let mut receivers = Vec::with_capacity(self.shards);
-        for _ in 0..self.shards {
-            let (inbox, rx) = Inbox::new(self.command_queue);
+        let mut inboxes = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let (inbox, rx) = Inbox::new(self.command_queue, self.command_queue)
+                .map_err(|source| ServerError::Start { shard, source })?;
             inboxes.push(inbox);
             receivers.push(rx);
         }
@@ -304,31 +325,26 @@ impl SoeServerBuilder {
                 inboxes,
                 local_addr,
                 stopping: AtomicBool::new(false),
+                max_message: self.config.default_session_params.max_pending_bytes,
+                epoch: clock(),
             }),
         };
         let (events_tx, events_rx) = crossbeam_channel::bounded(self.event_queue);
         let events = self.factory.is_none().then_some(events_rx);
-        let cores = available_cpus();
         let slot = (self.config.default_session_params.udp_length as usize).clamp(2048, 65_536);
+        let limits = Limits {
+            max_parked: self.command_queue,
+            ..Limits::default()
+        };
 
-        let mut threads = Vec::with_capacity(self.shards);
-        let mut readiness = Vec::with_capacity(self.shards);
-        for (index, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
-            let cpu = match &self.cpus {
-                Some(list) if !list.is_empty() => list[index % list.len()],
-                _ => index % cores,
-            };
-            let placement = if self.pin {
-                Placement::Fixed(cpu)
-            } else {
-                Placement::Unbound
-            };
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(shards);
+        let mut readiness = Vec::with_capacity(shards);
+        for (index, (socket, queues)) in sockets.into_iter().zip(receivers).enumerate() {
             let setup = ShardSetup {
                 index,
                 socket,
                 config: self.config.clone(),
-                inbox,
+                queues,
                 handle: handle.clone(),
                 events: match &self.factory {
                     Some(f) => EventTarget::Factory(f.clone()),
@@ -337,72 +353,77 @@ impl SoeServerBuilder {
                 tick: self.tick,
                 batch: self.batch,
                 slot,
-                ready: ready_tx,
+                limits,
             };
-            let spawned = LocalExecutorBuilder::new(placement)
-                .name(&format!("soe-shard-{index}"))
-                .io_memory(64 << 10)
-                .ring_depth(128)
-                .preempt_timer(Duration::from_millis(2))
-                .spawn(move || shard::run(setup));
-            let thread = match spawned {
-                Ok(t) => t,
-                Err(e) => {
-                    let error = match e {
-                        GlommioError::BuilderError(_) => ServerError::BadCpu {
-                            cpu,
-                            available: cores,
-                        },
-                        other => classify(index, other),
-                    };
-                    stop_all(&handle, threads);
-                    return Err(error);
-                }
-            };
-            threads.push(thread);
+            let cpu = placement[index];
+            let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             readiness.push(ready_rx);
-        }
-        drop(events_tx);
-        for (index, ready) in readiness.into_iter().enumerate() {
-            if ready.recv_timeout(Duration::from_secs(10)).is_err() {
-                // The shard ended early: its join result says why.
-                handle.shutdown();
-                let mut error = ServerError::Shard {
-                    shard: index,
-                    detail: "did not start within 10 s".into(),
-                };
-                for (i, thread) in threads.into_iter().enumerate() {
-                    let joined = thread.join();
-                    if i == index {
-                        error = match joined {
-                            Err(e) => classify(index, e),
-                            Ok(Err(e)) => ServerError::Shard {
-                                shard: index,
-                                detail: e.to_string(),
-                            },
-                            Ok(Ok(())) => error,
-                        };
+            let spawned = std::thread::Builder::new()
+                .name(format!("soe-shard-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu
+                        && let Err(e) = sys::pin_current_thread(cpu)
+                    {
+                        tracing::warn!(shard = index, cpu, error = %e, "cannot pin the shard");
                     }
+                    let outcome = shard::run(setup, ready_tx);
+                    let _ = done_tx.send(());
+                    outcome
+                });
+            match spawned {
+                Ok(thread) => threads.push(ShardThread {
+                    thread: Some(thread),
+                    done: done_rx,
+                }),
+                Err(source) => {
+                    let mut partial = SoeServer {
+                        handle,
+                        events: None,
+                        threads,
+                        local_addr,
+                        steering,
+                    };
+                    let _ = partial.stop();
+                    return Err(ServerError::Start {
+                        shard: index,
+                        source,
+                    });
                 }
-                return Err(error);
             }
         }
-        tracing::info!(%local_addr, shards = self.shards, steering, "soe server started");
-        Ok(SoeServer {
+        drop(events_tx);
+        let mut server = SoeServer {
             handle,
             events,
             threads,
             local_addr,
             steering,
-        })
+        };
+        for (shard, ready) in readiness.into_iter().enumerate() {
+            if ready.recv_timeout(Duration::from_secs(10)).is_err() {
+                let detail = server.handle.shared.inboxes[shard]
+                    .liveness
+                    .failure()
+                    .unwrap_or_else(|| "did not start within 10 s".into());
+                let _ = server.stop();
+                return Err(ServerError::ShardFailed { shard, detail });
+            }
+        }
+        tracing::info!(%local_addr, shards, steering, "soe server started");
+        Ok(server)
     }
 }
 
-fn stop_all(handle: &SoeHandle, threads: Vec<glommio::ExecutorJoinHandle<std::io::Result<()>>>) {
-    handle.shutdown();
-    for t in threads {
-        let _ = t.join();
-    }
+#[allow(clippy::disallowed_methods)] // the runtime is where the clock is read
+fn clock() -> Instant {
+    Instant::now()
+}
+
+/// A shard's thread and the signal that it finished.
+struct ShardThread {
+    thread: Option<JoinHandle<Result<(), String>>>,
+    done: Receiver<()>,
 }
 
 /// A running thread-per-core SOE server. See the [module docs](self).
@@ -411,7 +432,7 @@ fn stop_all(handle: &SoeHandle, threads: Vec<glommio::ExecutorJoinHandle<std::io
 pub struct SoeServer {
     handle: SoeHandle,
     events: Option<Receiver<SocketEvent<SocketAddr>>>,
-    threads: Vec<glommio::ExecutorJoinHandle<std::io::Result<()>>>,
+    threads: Vec<ShardThread>,
     local_addr: SocketAddr,
     steering: bool,
 }
@@ -432,7 +453,7 @@ impl SoeServer {
         SoeServerBuilder {
             bind,
             config,
-            shards: available_cpus(),
+            shards: None,
             pin: true,
             cpus: None,
             tick: Duration::from_micros(500),
@@ -465,9 +486,21 @@ impl SoeServer {
         self.handle.clone()
     }
 
-    /// Counters of every shard.
+    /// Counters of every shard (see [`SoeHandle::stats`]).
     pub fn stats(&self) -> ServerStats {
         self.handle.stats()
+    }
+
+    /// Each shard's health, read without asking the shards (see [`ShardHealth`]).
+    pub fn health(&self) -> Vec<ShardHealth> {
+        let now = clock().saturating_duration_since(self.handle.shared.epoch);
+        self.handle
+            .shared
+            .inboxes
+            .iter()
+            .enumerate()
+            .map(|(shard, inbox)| inbox.liveness.health(shard, now))
+            .collect()
     }
 
     /// The merged event stream (`None` when a shard-local handler is configured).
@@ -493,34 +526,47 @@ impl SoeServer {
 
     /// Stops every shard: each terminates its sessions (Disconnect with
     /// `ManagerDeleted` to every peer), flushes, and exits; then joins the threads.
+    /// Returns within about five seconds whatever the shards do: an error names a
+    /// shard that failed while the server ran, or one that did not stop in time.
     pub fn shutdown(mut self) -> Result<(), ServerError> {
         self.stop()
     }
 
     fn stop(&mut self) -> Result<(), ServerError> {
         self.handle.shutdown();
-        // Keep draining the stream so no shard blocks on a full event queue.
         let events = self.events.take();
+        let deadline = clock() + STOP_TIMEOUT;
         let mut result = Ok(());
-        for (shard, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            if let Some(rx) = &events {
-                while rx.try_recv().is_ok() {}
-            }
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    result = Err(ServerError::Stop {
-                        shard,
-                        detail: e.to_string(),
-                    })
+        for (shard, slot) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            // Keep taking events so no shard waits for room in the stream.
+            let finished = loop {
+                if let Some(rx) = &events {
+                    while rx.try_recv().is_ok() {}
                 }
-                Err(e) => {
-                    result = Err(ServerError::Stop {
-                        shard,
-                        detail: e.to_string(),
-                    })
+                let left = deadline.saturating_duration_since(clock());
+                match slot.done.recv_timeout(left.min(Duration::from_millis(10))) {
+                    Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break true,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) if left.is_zero() => {
+                        break false;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 }
+            };
+            let Some(thread) = slot.thread else { continue };
+            if !finished {
+                tracing::error!(shard, "shard did not stop in time; leaving its thread");
+                result = result.and(Err(ServerError::StopTimeout {
+                    shard,
+                    timeout: STOP_TIMEOUT,
+                }));
+                continue;
             }
+            let detail = match thread.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(detail)) => detail,
+                Err(_) => "the shard thread panicked".into(),
+            };
+            result = result.and(Err(ServerError::ShardFailed { shard, detail }));
         }
         result
     }

@@ -1,49 +1,44 @@
-//! One shard: a pinned glommio executor owning a socket and a multiplexer.
+//! One shard: a pinned thread owning a socket and a [`Driver`].
 //!
-//! The loop, once per turn:
-//! 1. drain the socket with `recvmmsg` until it would block (bounded), feeding the
-//!    multiplexer in place; datagrams for another shard's sessions are forwarded;
-//! 2. apply queued commands from [`SoeHandle`]s and forwarded datagrams;
-//! 3. hand the turn's events to the shard-local handler or the merged stream;
-//! 4. `run_tick`: due timers, then one flush of every touched session, which is
-//!    where replies, acks and retransmissions are coalesced;
-//! 5. one `sendmmsg` flush of everything produced.
+//! The shard is the driver's I/O shell. Per turn it reads the socket with
+//! `recvmmsg` (forwarding datagrams that belong to another shard), answers control
+//! requests, applies commands from handles and datagrams forwarded by other
+//! shards, hands events to the shard-local handler or the merged stream, runs the
+//! driver's tick and writes what it produced with `sendmmsg`. Every step is bounded
+//! by the driver's [`crate::driver::Limits`].
 //!
-//! Then it waits: not at all when the last receive batch was full (after
-//! `yield_if_needed`); for one tick when the turn saw traffic (so a busy shard
-//! wakes per tick, not per datagram); otherwise until a datagram, a command or the
-//! next session deadline arrives, which costs nothing while idle.
+//! Then it sleeps in `ppoll` on its socket and its doorbell (an `eventfd` that
+//! handles ring when they queue something for a sleeping shard), with the
+//! driver's next deadline as the timeout. No user-space timer has to fire for a
+//! shard to wake: a readable socket, a queued command or the kernel's own timeout
+//! each end the sleep. (An earlier design parked glommio executors on io_uring; on
+//! a 2-vCPU VM with Linux 6.18 their timer wake-ups were lost within seconds, and
+//! a shard that slept one tick without watching its socket never woke again.)
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tracing::{debug, info_span, trace, warn};
+use crossbeam_channel::{Sender, TrySendError};
+use tracing::{debug, error, trace};
 
-use super::handle::{Command, SoeHandle};
+use super::handle::{Control, Forwarded, InboxReceivers, SoeHandle};
 use super::handler::{ShardContext, ShardHandler, ShardInfo};
-use super::stats::ShardStats;
 use super::steer::shard_of;
-use super::udp::{RecvBatch, RecvDrop, SendBatch};
+use super::sys::{self, RecvBatch, RecvDrop, SendBatch};
+use crate::driver::{Delivery, Driver, EventSink, Limits, Offer};
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
 use crate::protocol::DisconnectReason;
-use crate::session::EnqueueError;
 
 /// Builds a shard's handler on the shard's thread.
 pub(crate) type HandlerFactory = dyn Fn(ShardInfo) -> Box<dyn ShardHandler> + Send + Sync;
 
-/// Receive batches per turn before the loop moves on to commands and timers.
-const MAX_BATCHES_PER_TURN: usize = 16;
-/// Commands applied per turn (the rest wait for the next turn).
-const MAX_COMMANDS_PER_TURN: usize = 4096;
-/// Outgoing datagrams kept when the socket stays full; older ones are dropped
-/// (and retransmitted by the reliability layer).
-const MAX_PENDING_OUT: usize = 1 << 16;
+/// Control requests answered per turn.
+const CONTROL_PER_TURN: usize = 64;
+/// How long a stopping shard tries to hand its last datagrams to the socket.
+const FAREWELL_TIME: Duration = Duration::from_millis(200);
 
 /// Where a shard's events go.
 pub(crate) enum EventTarget {
@@ -51,9 +46,22 @@ pub(crate) enum EventTarget {
     Stream(Sender<SocketEvent<SocketAddr>>),
 }
 
+/// The merged stream as a driver's event sink.
+struct StreamSink(Sender<SocketEvent<SocketAddr>>);
+
+impl EventSink for StreamSink {
+    fn offer(&mut self, event: SocketEvent<SocketAddr>) -> Offer {
+        match self.0.try_send(event) {
+            Ok(()) => Offer::Taken,
+            Err(TrySendError::Full(event)) => Offer::Full(event),
+            Err(TrySendError::Disconnected(_)) => Offer::Closed,
+        }
+    }
+}
+
 enum Sink {
     Handler(Box<dyn ShardHandler>),
-    Stream(Sender<SocketEvent<SocketAddr>>),
+    Stream(StreamSink),
 }
 
 /// Everything a shard needs, moved onto its thread.
@@ -61,34 +69,26 @@ pub(crate) struct ShardSetup {
     pub(crate) index: usize,
     pub(crate) socket: std::net::UdpSocket,
     pub(crate) config: SocketConfig,
-    pub(crate) inbox: Receiver<Command>,
+    pub(crate) queues: InboxReceivers,
     pub(crate) handle: SoeHandle,
     pub(crate) events: EventTarget,
     pub(crate) tick: Duration,
     pub(crate) batch: usize,
     pub(crate) slot: usize,
-    pub(crate) ready: std::sync::mpsc::Sender<()>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    Socket,
-    Inbox,
-    Timer,
+    pub(crate) limits: Limits,
 }
 
 struct Shard {
     index: usize,
     shards: usize,
-    fd: std::os::fd::RawFd,
-    mux: SoeMultiplexer<SocketAddr>,
+    socket: std::net::UdpSocket,
+    driver: Driver,
     handle: SoeHandle,
-    rx: Receiver<Command>,
+    queues: InboxReceivers,
     sink: Sink,
-    pending_event: Option<SocketEvent<SocketAddr>>,
     recv: RecvBatch,
     send: SendBatch,
-    stats: ShardStats,
+    tick: Duration,
     stop: bool,
 }
 
@@ -97,305 +97,331 @@ fn clock() -> Instant {
     Instant::now()
 }
 
-/// Runs one shard until shutdown.
-pub(crate) async fn run(setup: ShardSetup) -> io::Result<()> {
-    let span = info_span!("shard", index = setup.index);
+/// Runs one shard until shutdown, on its own thread. A panic anywhere in the loop
+/// (the handler's included) ends the shard, which then closes its sessions towards
+/// the application and the peers and reports the failure.
+pub(crate) fn run(setup: ShardSetup, ready: Sender<()>) -> Result<(), String> {
+    let index = setup.index;
+    let span = tracing::info_span!("shard", index);
     let _entered = span.enter();
-    let socket = super::udp::into_glommio(setup.socket);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-    let shards = setup.handle.shards();
-    let sink = match setup.events {
-        EventTarget::Factory(factory) => Sink::Handler(factory(ShardInfo {
-            index: setup.index,
-            shards,
-            local_addr: setup.handle.local_addr(),
-            handle: setup.handle.clone(),
-        })),
-        EventTarget::Stream(tx) => Sink::Stream(tx),
-    };
-    let mut shard = Shard {
-        index: setup.index,
-        shards,
-        fd,
-        mux: SoeMultiplexer::new(setup.config),
-        handle: setup.handle,
-        rx: setup.inbox,
-        sink,
-        pending_event: None,
-        recv: RecvBatch::new(setup.batch, setup.slot),
-        send: SendBatch::new(setup.batch),
-        stats: ShardStats {
-            shard: setup.index,
-            ..ShardStats::default()
-        },
-        stop: false,
-    };
-    // glommio's first park can stall for tens of milliseconds: take it now.
-    glommio::timer::sleep(Duration::from_millis(1)).await;
-    let _ = setup.ready.send(());
-    debug!("shard ready");
-
-    while !shard.stop {
-        let now = clock();
-        shard.stats.turns += 1;
-        let (received, busy) = shard.receive(now);
-        shard.apply_commands(now);
-        shard.deliver_events(now);
-        shard.mux.run_tick(now);
-        shard.transmit();
-        if shard.stop {
-            break;
-        }
-        if busy {
-            glommio::yield_if_needed().await;
-            continue;
-        }
-        // Traffic (or a full event stream) means more soon: wait one tick without
-        // watching the socket, so a busy shard wakes per tick, not per datagram.
-        let traffic = received > 0 || shard.mux.outgoing_len() > 0;
-        let (timeout, watch_socket) = if traffic || shard.pending_event.is_some() {
-            (Some(setup.tick), false)
-        } else {
-            let deadline = shard
-                .mux
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(clock()));
-            (deadline, true)
+    let handle = setup.handle.clone();
+    let liveness = &handle.shared.inboxes[index].liveness;
+    let mut shard =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Shard::new(setup))) {
+            Ok(shard) => shard,
+            Err(panic) => {
+                let why = format!("the handler factory panicked: {}", panic_message(&*panic));
+                liveness.failed(why.clone());
+                return Err(why);
+            }
         };
-        let wake = wait(&socket, &shard, timeout, watch_socket).await;
-        trace!(?wake, "woke");
+    liveness.serving();
+    let _ = ready.send(());
+    debug!("shard ready");
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.serve()));
+    let outcome = match served {
+        Ok(Ok(())) => {
+            shard.shutdown();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("socket error: {e}")),
+        Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
+    };
+    match outcome {
+        Ok(()) => {
+            liveness.stopped();
+            debug!("shard stopped");
+            Ok(())
+        }
+        Err(why) => {
+            error!(shard = index, %why, "shard failed: closing its sessions");
+            liveness.failed(why.clone());
+            // Best effort: tell the peers and the application. The shard's state may
+            // be inconsistent after a panic, so this is guarded too.
+            let closed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.shutdown()));
+            if closed.is_err() {
+                error!(shard = index, "could not close the failed shard's sessions");
+            }
+            Err(why)
+        }
     }
-    shard.shutdown();
-    debug!("shard stopped");
-    Ok(())
 }
 
-/// Waits for a datagram (if `watch_socket`), a command, or `timeout`.
-async fn wait(
-    socket: &glommio::net::UdpSocket,
-    shard: &Shard,
-    timeout: Option<Duration>,
-    watch_socket: bool,
-) -> Wake {
-    let inbox = &shard.handle.shared.inboxes[shard.index];
-    let mut peek_buf = [0u8; 1];
-    let mut peek = pin!(socket.peek_from(&mut peek_buf));
-    let mut timer = pin!(timeout.map(glommio::timer::Timer::new));
-    let wake = std::future::poll_fn(|cx| {
-        if inbox.poll_ready(&shard.rx, cx).is_ready() {
-            return Poll::Ready(Wake::Inbox);
-        }
-        if watch_socket && peek.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wake::Socket);
-        }
-        if let Some(t) = timer.as_mut().as_pin_mut()
-            && t.poll(cx).is_ready()
-        {
-            return Poll::Ready(Wake::Timer);
-        }
-        Poll::Pending
-    })
-    .await;
-    inbox.unpark();
-    wake
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Shard {
-    /// Drains the socket (bounded). Returns datagrams received and whether the last
-    /// batch was full (more may be waiting).
-    fn receive(&mut self, now: Instant) -> (usize, bool) {
-        if self.pending_event.is_some() {
-            // The event stream is full: leave datagrams in the socket (backpressure).
-            return (0, false);
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    fn new(setup: ShardSetup) -> Self {
+        let shards = setup.handle.shards();
+        let sink = match setup.events {
+            EventTarget::Factory(factory) => Sink::Handler(factory(ShardInfo {
+                index: setup.index,
+                shards,
+                local_addr: setup.handle.local_addr(),
+                handle: setup.handle.clone(),
+            })),
+            EventTarget::Stream(tx) => Sink::Stream(StreamSink(tx)),
+        };
+        Self {
+            index: setup.index,
+            shards,
+            socket: setup.socket,
+            driver: Driver::new(SoeMultiplexer::new(setup.config), setup.limits, setup.index),
+            handle: setup.handle,
+            queues: setup.queues,
+            sink,
+            recv: RecvBatch::new(setup.batch, setup.slot),
+            send: SendBatch::new(setup.batch),
+            tick: setup.tick,
+            stop: false,
         }
-        let mut received = 0;
-        let mut full = false;
-        for _ in 0..MAX_BATCHES_PER_TURN {
-            let n = match self.recv.recv(self.fd) {
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let epoch = self.handle.shared.epoch;
+        while !self.stop {
+            let now = clock();
+            let inbox = &self.handle.shared.inboxes[self.index];
+            inbox.liveness.turn(
+                now.saturating_duration_since(epoch),
+                self.driver.overloaded(),
+            );
+            self.stop = inbox.stop_requested();
+            if self.stop {
+                break;
+            }
+            self.driver.begin_turn(now);
+            let saturated = self.receive(now);
+            self.driver.after_receive(saturated, now);
+            let forwarded_left = self.apply_forwarded(now);
+            let commands_left = self.apply_commands(now);
+            self.deliver_events(now);
+            self.driver.tick(now);
+            self.transmit();
+            self.deliver_events(now);
+            self.answer_control();
+            self.sleep(saturated || forwarded_left || commands_left, now)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the socket up to the turn's budget. Returns whether the budget ran out
+    /// before the socket was drained.
+    fn receive(&mut self, now: Instant) -> bool {
+        if !self.driver.reading() {
+            return false;
+        }
+        while self.driver.receive_budget() > 0 {
+            let n = match self.recv.recv(self.socket.as_raw_fd()) {
                 Ok(n) => n,
                 Err(e) => {
                     // ICMP errors surface here (e.g. port unreachable); keep going.
                     trace!(error = %e, "recv error");
-                    self.stats.socket_errors += 1;
-                    break;
+                    self.driver.stats_mut().recv_errors += 1;
+                    return false;
                 }
             };
             if n == 0 {
-                full = false;
-                break;
+                return false;
             }
-            self.stats.recv_batches += 1;
+            self.driver.stats_mut().recv_batches += 1;
             for i in 0..n {
                 match self.recv.get(i) {
                     Ok((from, data)) => {
-                        self.stats.datagrams_in += 1;
-                        self.stats.bytes_in += data.len() as u64;
+                        let stats = self.driver.stats_mut();
+                        stats.datagrams_in += 1;
+                        stats.bytes_in += data.len() as u64;
                         let owner = shard_of(&from, self.shards);
                         if owner == self.index {
-                            self.mux.process_incoming(from, data, now);
+                            self.driver.on_datagram(from, data, now);
                         } else {
-                            let command = Command::Forwarded {
+                            let forwarded = Forwarded {
                                 from,
                                 datagram: data.to_vec(),
                             };
-                            match self.handle.shared.inboxes[owner].push(command) {
-                                Ok(()) => self.stats.forwarded_out += 1,
-                                Err(_) => self.stats.forward_drops += 1,
+                            let pushed =
+                                self.handle.shared.inboxes[owner].push_forwarded(forwarded);
+                            let stats = self.driver.stats_mut();
+                            if pushed {
+                                stats.forwarded_out += 1;
+                            } else {
+                                stats.forward_drops += 1;
                             }
                         }
                     }
-                    Err(RecvDrop::Truncated) => self.stats.truncated += 1,
-                    Err(RecvDrop::BadAddress) => self.stats.socket_errors += 1,
+                    Err(RecvDrop::Truncated) => self.driver.stats_mut().truncated += 1,
+                    Err(RecvDrop::BadAddress) => self.driver.stats_mut().recv_errors += 1,
                 }
             }
-            received += n;
-            full = n == self.recv.capacity();
-            if !full {
-                break;
+            if n < self.recv.capacity() {
+                return false;
             }
         }
-        (received, full)
+        true
     }
 
-    fn apply_commands(&mut self, now: Instant) {
-        for _ in 0..MAX_COMMANDS_PER_TURN {
-            let Ok(command) = self.rx.try_recv() else {
-                break;
+    fn answer_control(&mut self) {
+        for _ in 0..CONTROL_PER_TURN {
+            let Ok(control) = self.queues.control.try_recv() else {
+                return;
             };
-            self.stats.commands += 1;
-            let ok = match command {
-                Command::Connect(remote) => self.mux.connect(remote, now).is_ok(),
-                Command::Send {
-                    remote,
-                    data,
-                    channel,
-                } => match self.mux.enqueue_data_on(&remote, &data, channel) {
-                    Ok(()) => true,
-                    Err(EnqueueError::NoSession | EnqueueError::NotRunning) => false,
-                    Err(_) => false,
-                },
-                Command::Terminate { remote, reason } => {
-                    let known = self.mux.session(&remote).is_some();
-                    self.mux.terminate(&remote, reason, now);
-                    known
-                }
-                Command::Forwarded { from, datagram } => {
-                    self.stats.forwarded_in += 1;
-                    self.mux.process_incoming(from, &datagram, now);
-                    true
-                }
-                Command::Stats(reply) => {
+            match control {
+                Control::Stats(reply) => {
                     let _ = reply.send(self.snapshot());
-                    true
                 }
-                Command::Shutdown => {
-                    self.stop = true;
-                    true
-                }
-            };
-            if !ok {
-                self.stats.command_failures += 1;
             }
         }
     }
 
-    fn snapshot(&self) -> ShardStats {
-        let mut stats = self.stats.clone();
-        stats.mux = self.mux.stats();
-        stats.cpu_time = super::udp::thread_cpu_time();
+    fn snapshot(&self) -> super::ShardStats {
+        let mut stats = self.driver.snapshot();
+        stats.cpu_time = sys::thread_cpu_time();
+        stats.socket_drops = sys::socket_drops(self.fd());
         stats
+    }
+
+    /// Datagrams other shards forwarded (bounded by the receive budget). Returns
+    /// whether some were left.
+    fn apply_forwarded(&mut self, now: Instant) -> bool {
+        for _ in 0..self.driver.limits().datagrams_per_turn {
+            let Ok(f) = self.queues.forwarded.try_recv() else {
+                return false;
+            };
+            self.driver.on_forwarded(f.from, &f.datagram, now);
+        }
+        !self.queues.forwarded.is_empty()
+    }
+
+    /// Commands from handles, while the driver takes them (bounded). Returns
+    /// whether some were left that the driver could take.
+    fn apply_commands(&mut self, now: Instant) -> bool {
+        for _ in 0..self.driver.limits().commands_per_turn {
+            if !self.driver.accepting() {
+                return false;
+            }
+            let Ok(command) = self.queues.commands.try_recv() else {
+                return false;
+            };
+            self.driver.apply(command, now);
+        }
+        self.driver.accepting() && !self.queues.commands.is_empty()
     }
 
     fn deliver_events(&mut self, now: Instant) {
         match &mut self.sink {
             Sink::Handler(handler) => {
+                while let Some(event) = self.driver.poll_event() {
+                    let mut ctx = ShardContext {
+                        shard: self.index,
+                        now,
+                        driver: &mut self.driver,
+                        handle: &self.handle,
+                    };
+                    handler.on_event(event, &mut ctx);
+                }
                 let mut ctx = ShardContext {
                     shard: self.index,
                     now,
-                    mux: &mut self.mux,
+                    driver: &mut self.driver,
                     handle: &self.handle,
-                    stats: &self.stats,
                 };
-                let mut delivered = 0;
-                while let Some(event) = ctx.mux.poll_event() {
-                    delivered += 1;
-                    handler.on_event(event, &mut ctx);
-                }
                 handler.on_tick(&mut ctx);
-                self.stats.events += delivered;
             }
-            Sink::Stream(tx) => {
-                let mut next = self.pending_event.take().or_else(|| self.mux.poll_event());
-                while let Some(event) = next {
-                    match tx.try_send(event) {
-                        Ok(()) => self.stats.events += 1,
-                        Err(TrySendError::Full(event)) => {
-                            self.pending_event = Some(event);
-                            return;
-                        }
-                        // Nobody listens any more: events have nowhere to go.
-                        Err(TrySendError::Disconnected(_)) => {}
-                    }
-                    next = self.mux.poll_event();
+            Sink::Stream(stream) => {
+                if self.driver.deliver(stream) == Delivery::Closed {
+                    // Nobody listens any more (the server is going away).
+                    while self.driver.poll_event().is_some() {}
                 }
             }
         }
     }
 
-    /// Sends what the multiplexer produced, in `sendmmsg` batches.
-    fn transmit(&mut self) {
-        while self.mux.outgoing_len() > 0 {
-            match self.send.send(self.fd, self.mux.outgoing_iter()) {
-                Ok(0) => break,
+    /// Sends what the driver produced, in `sendmmsg` batches, until the socket is
+    /// full. Returns whether everything went out.
+    fn transmit(&mut self) -> bool {
+        while self.driver.outgoing_len() > 0 {
+            match self
+                .send
+                .send(self.socket.as_raw_fd(), self.driver.outgoing())
+            {
+                Ok(0) => {
+                    self.driver.trim_outgoing();
+                    return false;
+                }
                 Ok(n) => {
-                    self.stats.send_batches += 1;
-                    self.stats.datagrams_out += n as u64;
-                    self.stats.bytes_out += self
-                        .mux
-                        .outgoing_iter()
-                        .take(n)
-                        .map(|(_, d)| d.len() as u64)
-                        .sum::<u64>();
-                    self.mux.consume_outgoing(n);
+                    self.driver.stats_mut().send_batches += 1;
+                    self.driver.sent(n);
                 }
                 Err(e) => {
                     // A datagram the kernel refuses (e.g. an unroutable address):
                     // drop it so the queue cannot jam.
                     trace!(error = %e, "send error");
-                    self.stats.socket_errors += 1;
-                    self.stats.send_drops += 1;
-                    self.mux.consume_outgoing(1);
+                    self.driver.send_failed();
                 }
             }
         }
-        let excess = self.mux.outgoing_len().saturating_sub(MAX_PENDING_OUT);
-        if excess > 0 {
-            warn!(excess, "socket send buffer full: dropping oldest datagrams");
-            self.stats.send_drops += excess as u64;
-            self.mux.consume_outgoing(excess);
-        }
+        true
     }
 
+    /// Sleeps until there is work: a datagram (unless the event stream is full), a
+    /// command, room in the socket for queued datagrams, the next session deadline,
+    /// or (with a handler) the next game tick.
+    fn sleep(&mut self, busy: bool, now: Instant) -> io::Result<()> {
+        let plan = self.driver.wait_plan(busy);
+        if plan.again {
+            return Ok(());
+        }
+        let mut deadline = plan.deadline;
+        let tick_due = now + self.tick;
+        let handler_tick =
+            matches!(self.sink, Sink::Handler(_)) && self.driver.mux().session_count() > 0;
+        if handler_tick || plan.event_room {
+            // The handler's tick runs at least every tick period; a full event stream
+            // is checked for room as often.
+            deadline = Some(deadline.map_or(tick_due, |d| d.min(tick_due)));
+        }
+        let inbox = &self.handle.shared.inboxes[self.index];
+        let epoch = self.handle.shared.epoch;
+        if !inbox.prepare_to_sleep(&self.queues) {
+            return Ok(());
+        }
+        let timeout = deadline.map(|d| d.saturating_duration_since(clock()));
+        inbox
+            .liveness
+            .sleep(deadline.map(|d| d.saturating_duration_since(epoch)));
+        let woken = sys::sleep(self.fd(), plan.read, plan.write, inbox.doorbell(), timeout);
+        inbox.woke();
+        self.driver.stats_mut().wakeups += 1;
+        trace!(?woken, "woke");
+        woken.map(|_| ())
+    }
+
+    /// Ends every session (Disconnect with `ManagerDeleted` to each peer), hands the
+    /// application its last events and sends what is left, for a bounded time.
     fn shutdown(&mut self) {
         let now = clock();
-        let out = self
-            .mux
-            .terminate_all(DisconnectReason::ManagerDeleted, now);
+        self.driver.close_all(DisconnectReason::ManagerDeleted, now);
         self.deliver_events(now);
-        let mut sent = 0;
-        for _ in 0..100 {
-            if sent >= out.len() {
-                break;
-            }
-            match self
-                .send
-                .send(self.fd, out[sent..].iter().map(|(a, d)| (a, d.as_ref())))
-            {
-                Ok(0) => std::thread::sleep(Duration::from_micros(200)),
-                Ok(n) => sent += n,
-                Err(_) => sent += 1,
-            }
+        let deadline = now + FAREWELL_TIME;
+        while !self.transmit() && clock() < deadline {
+            let doorbell = self.handle.shared.inboxes[self.index].doorbell();
+            let _ = sys::sleep(
+                self.fd(),
+                false,
+                true,
+                doorbell,
+                Some(Duration::from_millis(10)),
+            );
         }
-        self.stats.datagrams_out += sent as u64;
     }
 }

@@ -152,6 +152,28 @@ impl SessionIo {
         self.arena.split().freeze()
     }
 
+    /// Gives back buffer space a burst left behind, while nothing is queued: what
+    /// stays is enough for the steady state, which does not allocate.
+    pub(crate) fn trim(&mut self) {
+        const KEEP: usize = 256 << 10;
+        if self.datagram_count() == 0 {
+            if self.tx_bytes.capacity() > 4 * KEEP {
+                self.tx_bytes = Vec::with_capacity(KEEP);
+            }
+            if self.tx_ranges.capacity() > KEEP / 64 {
+                self.tx_ranges = Vec::with_capacity(KEEP / 512);
+            }
+        }
+        if self.events.is_empty() && self.events.capacity() > KEEP / 64 {
+            self.events = Vec::new();
+        }
+        for buf in [&mut self.scratch, &mut self.inflated] {
+            if buf.capacity() > 4 * KEEP {
+                *buf = Vec::new();
+            }
+        }
+    }
+
     pub(crate) fn compressor(&mut self, level: u32) -> &mut Compressor {
         if self.compressor.as_ref().is_none_or(|(l, _)| *l != level) {
             self.compressor = Some((level, Compressor::new(level)));

@@ -99,6 +99,7 @@ pub enum SessionEvent {
 
 /// Why a message was not queued. The caller keeps the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnqueueError {
     /// There is no session for that address.
     #[error("no session for this address")]
@@ -115,6 +116,13 @@ pub enum EnqueueError {
     /// `max_pending_bytes` would be exceeded: back off until the peer catches up.
     #[error("outgoing queue full")]
     QueueFull,
+    /// The message is larger than `max_pending_bytes`: no session can ever take it.
+    #[error("message larger than the session's queue (max_pending_bytes)")]
+    TooLarge,
+    /// A shard's command queue is full (from a `ShardContext` for another shard's
+    /// session): back off and retry.
+    #[error("command queue of the owning shard is full")]
+    CommandQueueFull,
 }
 
 /// Per-session counters.
@@ -457,6 +465,9 @@ impl SoeSession {
             && ch >= RELIABLE_CHANNEL_COUNT
         {
             return Err(EnqueueError::InvalidChannel);
+        }
+        if data.len() > self.params.max_pending_bytes {
+            return Err(EnqueueError::TooLarge);
         }
         if self.pending_bytes() + data.len() > self.params.max_pending_bytes {
             return Err(EnqueueError::QueueFull);

@@ -1,15 +1,17 @@
-//! UDP sockets of a shard group, and batched `recvmmsg`/`sendmmsg` with reused
-//! buffers.
+//! The runtime's system calls: the UDP sockets of a shard group, batched
+//! `recvmmsg`/`sendmmsg` with reused buffers, the shard's wait (`ppoll` on its
+//! socket and an `eventfd` that handles signal), CPU affinity, and per-thread CPU
+//! time.
 //!
-//! This is the only module of the crate with `unsafe` code: the three syscalls the
-//! standard library does not wrap (`recvmmsg`, `sendmmsg`, and `setsockopt` with
-//! `SO_ATTACH_REUSEPORT_CBPF`). Each call documents why its pointers are valid.
+//! This is the only module of the crate with `unsafe` code: calls the standard
+//! library does not wrap. Each documents why its pointers are valid.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -305,14 +307,178 @@ impl SendBatch {
     }
 }
 
-/// Hands a configured socket to glommio (used to await readability; the batched
-/// syscalls use the same descriptor).
-pub(crate) fn into_glommio(socket: UdpSocket) -> glommio::net::UdpSocket {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = socket.into_raw_fd();
-    // SAFETY: `fd` is an open UDP socket whose ownership `into_raw_fd` just gave up;
-    // glommio's socket becomes its only owner and closes it on drop.
-    unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
+/// An `eventfd` that wakes a sleeping shard: any thread may [`Doorbell::ring`] it.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall with no pointers; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Wakes the shard if it sleeps, or makes its next sleep return at once.
+    pub(crate) fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live `u64`. The only failure is a counter
+        // at its maximum, which still leaves the descriptor readable.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&raw const one).cast::<libc::c_void>(),
+                8,
+            );
+        }
+    }
+
+    /// Clears the doorbell after a wake-up.
+    pub(crate) fn clear(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live `u64`; non-blocking, so an
+        // already clear doorbell returns EAGAIN, which is fine.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&raw mut value).cast::<libc::c_void>(),
+                8,
+            );
+        }
+    }
+}
+
+/// What ended a [`sleep`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Woken {
+    /// The doorbell rang.
+    pub(crate) doorbell: bool,
+    /// The socket became readable or writable as asked.
+    pub(crate) socket: bool,
+}
+
+/// Sleeps until the doorbell rings, the socket is readable (`read`) or writable
+/// (`write`), or `timeout` passes (`None`: no limit). A signal ends it early, which
+/// is harmless. This is the kernel's own `ppoll`, so no user-space timer or ring
+/// has to fire for the shard to wake.
+pub(crate) fn sleep(
+    socket: RawFd,
+    read: bool,
+    write: bool,
+    doorbell: &Doorbell,
+    timeout: Option<Duration>,
+) -> io::Result<Woken> {
+    let mut events: libc::c_short = 0;
+    if read {
+        events |= libc::POLLIN;
+    }
+    if write {
+        events |= libc::POLLOUT;
+    }
+    let mut fds = [
+        libc::pollfd {
+            fd: doorbell.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: socket,
+            events,
+            revents: 0,
+        },
+    ];
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let count = if events == 0 { 1 } else { 2 };
+    // SAFETY: `fds` holds `count` initialised `pollfd`s and outlives the call;
+    // `ts_ptr` is null or points at a live `timespec`; no signal mask is passed.
+    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), count, ts_ptr, std::ptr::null()) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(Woken {
+                doorbell: false,
+                socket: false,
+            });
+        }
+        return Err(e);
+    }
+    Ok(Woken {
+        doorbell: fds[0].revents != 0,
+        socket: count == 2 && fds[1].revents != 0,
+    })
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`): what `taskset`, cgroup
+/// cpusets and `docker --cpuset-cpus` allow, in ascending order.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: `set` is a live, writable `cpu_set_t` of the size passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `CPU_ISSET` reads the set for indices below its capacity.
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu` is below the set's capacity (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a live `cpu_set_t` of the size passed; 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Datagrams the kernel dropped on `socket` because its receive buffer was full
+/// (`SO_MEMINFO`, `SK_MEMINFO_DROPS`); 0 where the kernel does not say.
+pub(crate) fn socket_drops(socket: RawFd) -> u64 {
+    const SO_MEMINFO: libc::c_int = 55;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a live buffer of `len` bytes that the kernel fills.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc == 0 && len as usize > SK_MEMINFO_DROPS * 4 {
+        u64::from(info[SK_MEMINFO_DROPS])
+    } else {
+        0
+    }
 }
 
 /// CPU time used by the calling thread.

@@ -1,0 +1,496 @@
+//! The loop turn every runtime runs, written once: sans-IO, like the layers below.
+//!
+//! A [`Driver`] owns a [`SoeMultiplexer`] and everything a server or client loop
+//! decides besides moving bytes: how commands from handles are applied, where
+//! messages wait when their session is full, how events reach the application and
+//! what happens when they cannot, how much work one turn may do, when the load is
+//! too much, how many outgoing datagrams may wait for a full socket, and what to
+//! wait for next. The thread-per-core shards (`runtime`) and the Tokio adapter
+//! (`tokio_rt`) are thin shells around it that own the socket, the queues and the
+//! waking; they never decide policy.
+//!
+//! # A turn
+//! 1. [`Driver::begin_turn`].
+//! 2. The shell reads datagrams while [`Driver::reading`], at most
+//!    [`Limits::datagrams_per_turn`], feeding each to [`Driver::on_datagram`], then
+//!    calls [`Driver::after_receive`] (overload accounting, parked messages retried).
+//! 3. The shell applies commands while [`Driver::accepting`], at most
+//!    [`Limits::commands_per_turn`], through [`Driver::apply`].
+//! 4. Events go out through [`Driver::deliver`] (a stream) or
+//!    [`Driver::poll_event`] (a handler on the same thread).
+//! 5. [`Driver::tick`]: due session timers (at most [`Limits::timers_per_turn`]),
+//!    then one coalesced flush.
+//! 6. The shell sends [`Driver::outgoing`], reports [`Driver::sent`], and calls
+//!    [`Driver::trim_outgoing`] when the socket stayed full.
+//! 7. The shell waits as [`Driver::wait_plan`] says.
+//!
+//! # Policies
+//! * **No silent loss after `Ok`.** A message a handle queued is handed to its
+//!   session, or waits here while the session's queue is full (or a client session
+//!   is still connecting), in order with every later command for that session. A
+//!   message for an address without a session is counted in
+//!   [`DriverStats::enqueue_refused`]: that session's `SessionClosed` has told the
+//!   application already.
+//! * **When [`Limits::max_parked`] commands wait**, a server driver ends the
+//!   session with the most bytes waiting if that is more than its
+//!   `max_pending_bytes`: a peer that does not keep up (or never acknowledges)
+//!   ends with [`DisconnectReason::ReliableOverflow`], which the application sees
+//!   as `SessionClosed`, instead of holding up every other session. Otherwise (and
+//!   always in a client, which has one session) the driver takes no more commands
+//!   until some drain, so the handles' queue fills and they see `Full`: end-to-end
+//!   back-pressure.
+//! * **Events are never dropped.** An event the sink cannot take is kept, and the
+//!   socket is not read until it is taken (its datagrams wait in the kernel). One
+//!   exception breaks a cycle: while the driver takes no commands either, it keeps
+//!   reading, since the application may be waiting for room in the command queue
+//!   before it takes events, and only acknowledgements can make that room.
+//! * **Overload.** Each turn does bounded work of every kind, and session timers
+//!   (acknowledgements, heartbeats, retransmissions, timeouts) run every turn, so
+//!   live sessions are served first. A turn that ends with its receive budget spent
+//!   means the driver is at capacity; after two such turns in a row it stops
+//!   admitting new sessions until a turn drains the socket. The excess is shed at
+//!   the edges and counted: datagrams the kernel drops
+//!   ([`DriverStats::socket_drops`]), refused SessionRequests
+//!   ([`crate::MuxStats::refused_admission_closed`]), full queues reported to
+//!   handles, and event back-pressure.
+//! * **Outgoing datagrams** wait for a full socket up to
+//!   [`Limits::max_outgoing`]; older ones are dropped past that and counted
+//!   ([`DriverStats::send_drops`]); reliable data is retransmitted.
+
+mod parked;
+mod stats;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use self::parked::{Parked, ParkedCommand};
+pub use self::stats::DriverStats;
+use crate::mux::{SocketEvent, SoeMultiplexer};
+use crate::protocol::DisconnectReason;
+use crate::session::{Channel, EnqueueError};
+
+/// How often the driver asks the multiplexer to give back memory bursts left.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Consecutive turns with the receive budget spent before admission closes.
+const OVERLOAD_TURNS: u32 = 2;
+
+/// What a handle asks a driver to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Open a client session to the address.
+    Connect(SocketAddr),
+    /// Send a message.
+    Send {
+        remote: SocketAddr,
+        data: Bytes,
+        channel: Channel,
+    },
+    /// End a session, after what was queued for it.
+    Terminate {
+        remote: SocketAddr,
+        reason: DisconnectReason,
+    },
+}
+
+/// What an [`EventSink`] did with an event.
+#[derive(Debug)]
+pub(crate) enum Offer {
+    /// The event is on its way to the application.
+    Taken,
+    /// No room now: the event comes back.
+    Full(SocketEvent<SocketAddr>),
+    /// Nobody listens any more.
+    Closed,
+}
+
+/// Where a driver's events go: a bounded channel to the application.
+pub(crate) trait EventSink {
+    /// Offers one event.
+    fn offer(&mut self, event: SocketEvent<SocketAddr>) -> Offer;
+}
+
+/// Whether the application still listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Events go out (or wait for room).
+    Open,
+    /// The sink is closed.
+    Closed,
+}
+
+/// Per-turn bounds and queue caps of a driver.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Datagrams read per turn.
+    pub(crate) datagrams_per_turn: usize,
+    /// Commands applied per turn.
+    pub(crate) commands_per_turn: usize,
+    /// Session timers run per turn.
+    pub(crate) timers_per_turn: usize,
+    /// Commands that may wait for their sessions before the driver takes no more.
+    pub(crate) max_parked: usize,
+    /// Outgoing datagrams that may wait for a full socket.
+    pub(crate) max_outgoing: usize,
+    /// At [`Limits::max_parked`], end the session that holds the most (servers)
+    /// rather than only stop taking commands (clients).
+    pub(crate) close_overflowing: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            datagrams_per_turn: 1024,
+            commands_per_turn: 4096,
+            timers_per_turn: 4096,
+            max_parked: 1 << 16,
+            max_outgoing: 1 << 16,
+            close_overflowing: true,
+        }
+    }
+}
+
+/// What a shell waits for before the next turn. It wakes on the first of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WaitPlan {
+    /// Work is left over: run the next turn without sleeping.
+    pub(crate) again: bool,
+    /// Wake when a datagram arrives.
+    pub(crate) read: bool,
+    /// Wake when the socket can take the datagrams still queued.
+    pub(crate) write: bool,
+    /// Wake when a command arrives.
+    pub(crate) commands: bool,
+    /// Wake when the event sink has room again (an event is waiting).
+    pub(crate) event_room: bool,
+    /// Wake by then at the latest (a session timer).
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// One runtime's loop state around a multiplexer. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Driver {
+    mux: SoeMultiplexer<SocketAddr>,
+    parked: Parked,
+    /// An event the sink did not take; the socket is not read while it waits.
+    stalled: Option<SocketEvent<SocketAddr>>,
+    limits: Limits,
+    stats: DriverStats,
+    received: usize,
+    saturated_turns: u32,
+    timers_left: bool,
+    last_trim: Option<Instant>,
+}
+
+impl Driver {
+    /// A driver around `mux`; `shard` names it in its stats.
+    pub(crate) fn new(mux: SoeMultiplexer<SocketAddr>, limits: Limits, shard: usize) -> Self {
+        Self {
+            mux,
+            parked: Parked::default(),
+            stalled: None,
+            limits,
+            stats: DriverStats {
+                shard,
+                ..DriverStats::default()
+            },
+            received: 0,
+            saturated_turns: 0,
+            timers_left: false,
+            last_trim: None,
+        }
+    }
+
+    /// The multiplexer.
+    pub(crate) fn mux(&self) -> &SoeMultiplexer<SocketAddr> {
+        &self.mux
+    }
+
+    /// The multiplexer, for shard-local handlers (their errors are immediate).
+    pub(crate) fn mux_mut(&mut self) -> &mut SoeMultiplexer<SocketAddr> {
+        &mut self.mux
+    }
+
+    /// The limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counters the shell keeps (socket-level ones).
+    pub(crate) fn stats_mut(&mut self) -> &mut DriverStats {
+        &mut self.stats
+    }
+
+    /// A copy of every counter, the multiplexer's included.
+    pub(crate) fn snapshot(&self) -> DriverStats {
+        let mut stats = self.stats.clone();
+        stats.mux = self.mux.stats();
+        stats
+    }
+
+    /// Whether the driver is at capacity (new sessions are refused).
+    pub(crate) fn overloaded(&self) -> bool {
+        self.saturated_turns >= OVERLOAD_TURNS
+    }
+
+    /// Starts a turn.
+    pub(crate) fn begin_turn(&mut self, now: Instant) {
+        self.stats.turns += 1;
+        self.received = 0;
+        if self.last_trim.is_none_or(|t| now >= t + TRIM_EVERY) {
+            self.last_trim = Some(now);
+            self.mux.trim_memory();
+        }
+    }
+
+    /// Whether the shell should read the socket now; see the
+    /// [module docs](self#policies) on events.
+    pub(crate) fn reading(&self) -> bool {
+        self.stalled.is_none() || !self.accepting()
+    }
+
+    /// Datagrams the shell may still read this turn.
+    pub(crate) fn receive_budget(&self) -> usize {
+        self.limits.datagrams_per_turn.saturating_sub(self.received)
+    }
+
+    /// One datagram from `from`.
+    pub(crate) fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.received += 1;
+        self.mux.process_incoming(from, datagram, now);
+    }
+
+    /// A datagram that arrived on another shard's socket (counted as received
+    /// there, so not against this turn's budget).
+    pub(crate) fn on_forwarded(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.stats.forwarded_in += 1;
+        self.mux.process_incoming(from, datagram, now);
+    }
+
+    /// Ends the receive step: `saturated` when the budget ran out before the socket
+    /// was drained. Then parked messages get another chance, since the
+    /// acknowledgements just read may have made room.
+    pub(crate) fn after_receive(&mut self, saturated: bool, now: Instant) {
+        if saturated {
+            self.saturated_turns = self.saturated_turns.saturating_add(1);
+        } else {
+            self.saturated_turns = 0;
+        }
+        let overloaded = self.overloaded();
+        if overloaded {
+            self.stats.overloaded_turns += 1;
+        }
+        if self.mux.is_admitting() == overloaded {
+            if overloaded {
+                tracing::warn!(
+                    shard = self.stats.shard,
+                    "at capacity: refusing new sessions until the load drops"
+                );
+            } else {
+                tracing::info!(shard = self.stats.shard, "load dropped: admitting sessions");
+            }
+            self.mux.set_admitting(!overloaded);
+        }
+        self.retry_parked(now);
+    }
+
+    /// Whether the driver takes commands now (not while [`Limits::max_parked`]
+    /// commands wait for their sessions).
+    pub(crate) fn accepting(&self) -> bool {
+        self.parked.len() < self.limits.max_parked
+    }
+
+    /// Applies one command from a handle.
+    pub(crate) fn apply(&mut self, command: Command, now: Instant) {
+        self.stats.commands += 1;
+        match command {
+            Command::Connect(remote) => {
+                if self.mux.connect(remote, now).is_err() {
+                    self.stats.connect_refused += 1;
+                }
+            }
+            Command::Send {
+                remote,
+                data,
+                channel,
+            } => self.send(remote, data, channel, now),
+            Command::Terminate { remote, reason } => {
+                if self.parked.holds(&remote) {
+                    self.parked.push(remote, ParkedCommand::Terminate(reason));
+                } else {
+                    self.mux.terminate(&remote, reason, now);
+                }
+            }
+        }
+    }
+
+    /// Hands a message to its session, or parks it (see the
+    /// [module docs](self#policies)).
+    fn send(&mut self, remote: SocketAddr, data: Bytes, channel: Channel, now: Instant) {
+        if !self.parked.holds(&remote) {
+            match self.mux.enqueue_data_on(&remote, &data, channel) {
+                Ok(()) => return,
+                Err(EnqueueError::QueueFull | EnqueueError::NotRunning) => {}
+                Err(_) => {
+                    self.stats.enqueue_refused += 1;
+                    return;
+                }
+            }
+        }
+        self.stats.enqueue_parked += 1;
+        self.parked.push(remote, ParkedCommand::Data(data, channel));
+        if self.parked.len() >= self.limits.max_parked && self.limits.close_overflowing {
+            self.close_largest(now);
+        }
+    }
+
+    /// At the parking bound: ends the session with the most bytes waiting, if that
+    /// is more than a session's queue holds.
+    fn close_largest(&mut self, now: Instant) {
+        let allowance = self.mux.config().default_session_params.max_pending_bytes;
+        let Some((remote, bytes)) = self.parked.largest() else {
+            return;
+        };
+        if bytes <= allowance {
+            return;
+        }
+        let messages = self.parked.take(&remote).map_or(0, |q| q.commands.len());
+        tracing::warn!(
+            %remote,
+            messages,
+            bytes,
+            "peer does not keep up: ending its session (ReliableOverflow)"
+        );
+        self.stats.parked_overflows += 1;
+        self.mux
+            .terminate(&remote, DisconnectReason::ReliableOverflow, now);
+    }
+
+    /// Hands parked commands to their sessions while they have room.
+    fn retry_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let Self {
+            parked, mux, stats, ..
+        } = self;
+        parked.retry(|remote, command| match command {
+            ParkedCommand::Data(data, channel) => {
+                match mux.enqueue_data_on(remote, data, *channel) {
+                    Ok(()) => true,
+                    Err(EnqueueError::QueueFull | EnqueueError::NotRunning) => false,
+                    Err(_) => {
+                        // The session ended; its SessionClosed told the application.
+                        stats.enqueue_refused += 1;
+                        true
+                    }
+                }
+            }
+            ParkedCommand::Terminate(reason) => {
+                mux.terminate(remote, *reason, now);
+                true
+            }
+        });
+    }
+
+    /// Hands waiting events to `sink` until it is full. Returns whether it still
+    /// listens.
+    pub(crate) fn deliver(&mut self, sink: &mut impl EventSink) -> Delivery {
+        let mut next = self.stalled.take().or_else(|| self.mux.poll_event());
+        while let Some(event) = next {
+            match sink.offer(event) {
+                Offer::Taken => self.stats.events += 1,
+                Offer::Full(event) => {
+                    self.stats.event_stalls += 1;
+                    self.stalled = Some(event);
+                    return Delivery::Open;
+                }
+                Offer::Closed => return Delivery::Closed,
+            }
+            next = self.mux.poll_event();
+        }
+        Delivery::Open
+    }
+
+    /// The next event, for a handler running on the driver's own thread.
+    pub(crate) fn poll_event(&mut self) -> Option<SocketEvent<SocketAddr>> {
+        let event = self.mux.poll_event()?;
+        self.stats.events += 1;
+        Some(event)
+    }
+
+    /// Runs due session timers (bounded) and flushes every touched session.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.timers_left = self.mux.run_timers(now, self.limits.timers_per_turn);
+        self.mux.flush(now);
+    }
+
+    /// Outgoing datagrams waiting, oldest first, with their destinations.
+    pub(crate) fn outgoing(&self) -> impl Iterator<Item = (&SocketAddr, &[u8])> {
+        self.mux.outgoing_iter()
+    }
+
+    /// Outgoing datagrams waiting.
+    pub(crate) fn outgoing_len(&self) -> usize {
+        self.mux.outgoing_len()
+    }
+
+    /// The oldest `n` outgoing datagrams went out.
+    pub(crate) fn sent(&mut self, n: usize) {
+        let bytes: usize = self.mux.outgoing_iter().take(n).map(|(_, d)| d.len()).sum();
+        self.stats.datagrams_out += n as u64;
+        self.stats.bytes_out += bytes as u64;
+        self.mux.consume_outgoing(n);
+    }
+
+    /// The oldest outgoing datagram was refused by the OS: it is dropped.
+    pub(crate) fn send_failed(&mut self) {
+        self.stats.send_errors += 1;
+        self.mux.consume_outgoing(1);
+    }
+
+    /// The socket is full: drops the oldest datagrams beyond
+    /// [`Limits::max_outgoing`] (reliable data is retransmitted).
+    pub(crate) fn trim_outgoing(&mut self) {
+        self.stats.send_waits += 1;
+        let excess = self
+            .mux
+            .outgoing_len()
+            .saturating_sub(self.limits.max_outgoing);
+        if excess > 0 {
+            tracing::warn!(
+                shard = self.stats.shard,
+                excess,
+                "socket send buffer stays full: dropping the oldest datagrams"
+            );
+            self.stats.send_drops += excess as u64;
+            self.mux.consume_outgoing(excess);
+        }
+    }
+
+    /// What to wait for before the next turn. `busy`: the shell left work of its
+    /// own (a spent receive or command budget).
+    pub(crate) fn wait_plan(&self, busy: bool) -> WaitPlan {
+        let events_waiting = self.stalled.is_none() && self.mux.event_count() > 0;
+        WaitPlan {
+            again: busy || self.timers_left || self.mux.needs_flush() || events_waiting,
+            read: self.reading(),
+            write: self.mux.outgoing_len() > 0,
+            commands: self.accepting(),
+            event_room: self.stalled.is_some(),
+            deadline: self.mux.next_deadline(),
+        }
+    }
+
+    /// Ends every session with `reason` (a Disconnect to each peer goes into the
+    /// outgoing queue). Parked commands are applied first where they fit; the rest
+    /// end with their sessions.
+    pub(crate) fn close_all(&mut self, reason: DisconnectReason, now: Instant) {
+        self.retry_parked(now);
+        self.mux.flush(now);
+        self.mux.close_all(reason, now);
+        self.parked = Parked::default();
+    }
+}
