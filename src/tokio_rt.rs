@@ -299,7 +299,7 @@ fn queues(
     let handles = Commands {
         commands,
         control,
-        max_message: config.default_session_params.max_pending_bytes,
+        max_message: config.default_session_params.max_message_len(),
     };
     (handles, commands_rx, control_rx)
 }

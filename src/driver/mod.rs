@@ -31,14 +31,13 @@
 //!   message for an address without a session is counted in
 //!   [`DriverStats::enqueue_refused`]: that session's `SessionClosed` has told the
 //!   application already.
-//! * **When [`Limits::max_parked`] commands wait**, a server driver ends the
-//!   session with the most bytes waiting if that is more than its
-//!   `max_pending_bytes`: a peer that does not keep up (or never acknowledges)
+//! * **While [`Limits::max_parked`] commands wait**, the driver takes no more, so
+//!   the handles' queue fills and they see `Full`: end-to-end back-pressure. A
+//!   server does not let one peer hold every session up for long: when the driver
+//!   has taken no command for [`Limits::overflow_grace`], the session with the
+//!   most commands waiting (a peer that does not keep up, or never acknowledges)
 //!   ends with [`DisconnectReason::ReliableOverflow`], which the application sees
-//!   as `SessionClosed`, instead of holding up every other session. Otherwise (and
-//!   always in a client, which has one session) the driver takes no more commands
-//!   until some drain, so the handles' queue fills and they see `Full`: end-to-end
-//!   back-pressure.
+//!   as `SessionClosed`. A client, with one session, only back-pressures.
 //! * **Events are never dropped.** An event the sink cannot take is kept, and the
 //!   socket is not read until it is taken (its datagrams wait in the kernel). One
 //!   exception breaks a cycle: while the driver takes no commands either, it keeps
@@ -134,9 +133,12 @@ pub(crate) struct Limits {
     pub(crate) max_parked: usize,
     /// Outgoing datagrams that may wait for a full socket.
     pub(crate) max_outgoing: usize,
-    /// At [`Limits::max_parked`], end the session that holds the most (servers)
-    /// rather than only stop taking commands (clients).
+    /// At [`Limits::max_parked`] for longer than [`Limits::overflow_grace`], end
+    /// the session that holds the most (servers) rather than only wait (clients).
     pub(crate) close_overflowing: bool,
+    /// How long a server driver may stay unable to take commands before it ends
+    /// the session holding it up.
+    pub(crate) overflow_grace: Duration,
 }
 
 impl Default for Limits {
@@ -148,6 +150,7 @@ impl Default for Limits {
             max_parked: 1 << 16,
             max_outgoing: 1 << 16,
             close_overflowing: true,
+            overflow_grace: Duration::from_secs(1),
         }
     }
 }
@@ -182,6 +185,8 @@ pub(crate) struct Driver {
     saturated_turns: u32,
     timers_left: bool,
     last_trim: Option<Instant>,
+    /// Since when the driver has been unable to take commands.
+    blocked_since: Option<Instant>,
 }
 
 impl Driver {
@@ -200,6 +205,7 @@ impl Driver {
             saturated_turns: 0,
             timers_left: false,
             last_trim: None,
+            blocked_since: None,
         }
     }
 
@@ -294,6 +300,21 @@ impl Driver {
             self.mux.set_admitting(!overloaded);
         }
         self.retry_parked(now);
+        self.check_blocked(now);
+    }
+
+    /// Ends the session holding the driver up once it has taken no command for
+    /// [`Limits::overflow_grace`] (servers only).
+    fn check_blocked(&mut self, now: Instant) {
+        if self.accepting() {
+            self.blocked_since = None;
+            return;
+        }
+        let since = *self.blocked_since.get_or_insert(now);
+        if self.limits.close_overflowing && now >= since + self.limits.overflow_grace {
+            self.close_largest(now);
+            self.blocked_since = None;
+        }
     }
 
     /// Whether the driver takes commands now (not while [`Limits::max_parked`]
@@ -315,7 +336,7 @@ impl Driver {
                 remote,
                 data,
                 channel,
-            } => self.send(remote, data, channel, now),
+            } => self.send(remote, data, channel),
             Command::Terminate { remote, reason } => {
                 if self.parked.holds(&remote) {
                     self.parked.push(remote, ParkedCommand::Terminate(reason));
@@ -328,7 +349,7 @@ impl Driver {
 
     /// Hands a message to its session, or parks it (see the
     /// [module docs](self#policies)).
-    fn send(&mut self, remote: SocketAddr, data: Bytes, channel: Channel, now: Instant) {
+    fn send(&mut self, remote: SocketAddr, data: Bytes, channel: Channel) {
         if !self.parked.holds(&remote) {
             match self.mux.enqueue_data_on(&remote, &data, channel) {
                 Ok(()) => return,
@@ -341,28 +362,21 @@ impl Driver {
         }
         self.stats.enqueue_parked += 1;
         self.parked.push(remote, ParkedCommand::Data(data, channel));
-        if self.parked.len() >= self.limits.max_parked && self.limits.close_overflowing {
-            self.close_largest(now);
-        }
     }
 
-    /// At the parking bound: ends the session with the most bytes waiting, if that
-    /// is more than a session's queue holds.
+    /// Ends the session with the most commands waiting.
     fn close_largest(&mut self, now: Instant) {
-        let allowance = self.mux.config().default_session_params.max_pending_bytes;
-        let Some((remote, bytes)) = self.parked.largest() else {
+        let Some(remote) = self.parked.largest() else {
             return;
         };
-        if bytes <= allowance {
-            return;
+        if let Some(queue) = self.parked.take(&remote) {
+            tracing::warn!(
+                %remote,
+                commands = queue.commands.len(),
+                bytes = queue.bytes,
+                "peer does not keep up: ending its session (ReliableOverflow)"
+            );
         }
-        let messages = self.parked.take(&remote).map_or(0, |q| q.commands.len());
-        tracing::warn!(
-            %remote,
-            messages,
-            bytes,
-            "peer does not keep up: ending its session (ReliableOverflow)"
-        );
         self.stats.parked_overflows += 1;
         self.mux
             .terminate(&remote, DisconnectReason::ReliableOverflow, now);
@@ -474,13 +488,20 @@ impl Driver {
     /// own (a spent receive or command budget).
     pub(crate) fn wait_plan(&self, busy: bool) -> WaitPlan {
         let events_waiting = self.stalled.is_none() && self.mux.event_count() > 0;
+        let mut deadline = self.mux.next_deadline();
+        if let Some(since) = self.blocked_since
+            && self.limits.close_overflowing
+        {
+            let overflow = since + self.limits.overflow_grace;
+            deadline = Some(deadline.map_or(overflow, |d| d.min(overflow)));
+        }
         WaitPlan {
             again: busy || self.timers_left || self.mux.needs_flush() || events_waiting,
             read: self.reading(),
             write: self.mux.outgoing_len() > 0,
             commands: self.accepting(),
             event_room: self.stalled.is_some(),
-            deadline: self.mux.next_deadline(),
+            deadline,
         }
     }
 
@@ -494,3 +515,6 @@ impl Driver {
         self.parked = Parked::default();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -68,12 +68,12 @@ impl Parked {
         queue.bytes
     }
 
-    /// The session with the most bytes parked, and how many.
-    pub(crate) fn largest(&self) -> Option<(SocketAddr, usize)> {
+    /// The session with the most commands parked.
+    pub(crate) fn largest(&self) -> Option<SocketAddr> {
         self.queues
             .iter()
-            .map(|(remote, queue)| (*remote, queue.bytes))
-            .max_by_key(|&(_, bytes)| bytes)
+            .max_by_key(|(_, queue)| (queue.commands.len(), queue.bytes))
+            .map(|(remote, _)| *remote)
     }
 
     /// Takes every command parked for `remote`.

@@ -174,8 +174,9 @@ pub(crate) struct Shared {
     pub(crate) inboxes: Vec<Inbox>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) stopping: AtomicBool,
-    /// Largest message a session can take (`max_pending_bytes`): larger ones are
-    /// refused by the handle.
+    /// Largest message a session can take (see
+    /// [`crate::SessionParameters::max_message_len`]): larger ones are refused by
+    /// the handle.
     pub(crate) max_message: usize,
     /// When the server started: liveness times count from it.
     pub(crate) epoch: Instant,

@@ -325,7 +325,7 @@ impl SoeServerBuilder {
                 inboxes,
                 local_addr,
                 stopping: AtomicBool::new(false),
-                max_message: self.config.default_session_params.max_pending_bytes,
+                max_message: self.config.default_session_params.max_message_len(),
                 epoch: clock(),
             }),
         };

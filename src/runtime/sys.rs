@@ -542,6 +542,73 @@ mod tests {
         assert_eq!(recv.get(0), Err(RecvDrop::Truncated));
     }
 
+    /// The shard's sleep ends for each of its three reasons, with no user-space
+    /// timer involved: a datagram (even with no timeout at all), the doorbell rung
+    /// from another thread, and the kernel's own timeout.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // measures how long the sleep took
+    fn sleep_wakes_for_a_datagram_the_doorbell_or_the_timeout() {
+        use std::sync::Arc;
+        use std::time::Instant;
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 1 << 16).unwrap();
+        let server = &group[0];
+        let to = server.local_addr().unwrap();
+        let doorbell = Arc::new(Doorbell::new().unwrap());
+
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .send_to(b"x", to)
+                .unwrap();
+        });
+        let woken = sleep(server.as_raw_fd(), true, false, &doorbell, None).unwrap();
+        assert!(woken.socket && !woken.doorbell, "{woken:?}");
+        sender.join().unwrap();
+        // Not watching the socket: the doorbell still wakes it.
+        let ringer = {
+            let doorbell = doorbell.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                doorbell.ring();
+            })
+        };
+        let woken = sleep(server.as_raw_fd(), false, false, &doorbell, None).unwrap();
+        assert!(woken.doorbell && !woken.socket, "{woken:?}");
+        ringer.join().unwrap();
+        doorbell.clear();
+        // A rung doorbell makes the next sleep return at once.
+        doorbell.ring();
+        let start = Instant::now();
+        assert!(
+            sleep(server.as_raw_fd(), false, false, &doorbell, None)
+                .unwrap()
+                .doorbell
+        );
+        assert!(start.elapsed() < Duration::from_secs(1));
+        doorbell.clear();
+        // Nothing to wake it: the timeout does.
+        let start = Instant::now();
+        let woken = sleep(
+            server.as_raw_fd(),
+            false,
+            false,
+            &doorbell,
+            Some(Duration::from_millis(20)),
+        )
+        .unwrap();
+        assert!(!woken.doorbell && !woken.socket);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn the_allowed_cpu_set_is_known() {
+        let allowed = allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        pin_current_thread(allowed[0]).unwrap();
+        assert_eq!(allowed_cpus().unwrap(), vec![allowed[0]]);
+    }
+
     #[test]
     fn group_shares_one_port() {
         let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 1 << 16).unwrap();

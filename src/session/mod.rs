@@ -29,7 +29,9 @@ use bytes::Bytes;
 
 use self::assembler::{Assembler, Compression};
 use self::reliable_rx::{AckPolicy, ReliableReceiver, RxCounters, RxError};
-use self::reliable_tx::{AckOutcome, PacketRules, RELIABLE_HEADER_LEN, ReliableSender};
+use self::reliable_tx::{
+    AckOutcome, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
+};
 use self::rtt::RttEstimator;
 use crate::protocol::packet::{MultiPacket, SessionRequest, SessionResponse};
 use crate::protocol::{
@@ -382,8 +384,22 @@ impl SoeSession {
         self.open_on_next_packet
     }
 
-    /// Application bytes queued and not yet sent, over all channels.
+    /// Memory this session holds for data the application gave it and the peer
+    /// has not acknowledged: queued messages with their per-message overhead, and
+    /// reliable packets in flight, counted by the buffers' capacity. Capped by
+    /// `max_pending_bytes`.
     pub fn pending_bytes(&self) -> usize {
+        self.senders
+            .iter()
+            .flatten()
+            .map(|s| s.held_bytes())
+            .sum::<usize>()
+            + self.unreliable.buf.capacity()
+            + self.unreliable.items.capacity() * std::mem::size_of::<(u32, bool)>()
+    }
+
+    /// Application bytes queued and not yet cut into packets, over all channels.
+    pub fn queued_bytes(&self) -> usize {
         self.senders
             .iter()
             .flatten()
@@ -466,12 +482,26 @@ impl SoeSession {
         {
             return Err(EnqueueError::InvalidChannel);
         }
-        if data.len() > self.params.max_pending_bytes {
+        let cost = data.len() + MESSAGE_OVERHEAD;
+        let cap = self.params.max_pending_bytes;
+        if cost > cap {
             return Err(EnqueueError::TooLarge);
         }
-        if self.pending_bytes() + data.len() > self.params.max_pending_bytes {
-            return Err(EnqueueError::QueueFull);
+        let mut held = self.pending_bytes();
+        if held + cost > cap {
+            // Idle capacity counts too; give back what is cheap before saying no.
+            for s in self.senders.iter_mut().flatten() {
+                s.compact();
+            }
+            if self.unreliable.items.is_empty() {
+                self.unreliable = UnreliableQueue::default();
+            }
+            held = self.pending_bytes();
+            if held + cost > cap {
+                return Err(EnqueueError::QueueFull);
+            }
         }
+        let room = cap - held - cost;
         let send_len = self.send_datagram_len();
         let channel = match channel {
             Channel::Unreliable => {
@@ -502,7 +532,7 @@ impl SoeSession {
             }
             Channel::Reliable(ch) => ch,
         };
-        self.sender(channel).enqueue(data);
+        self.sender(channel).enqueue(data, room);
         self.stats.messages_enqueued += 1;
         Ok(())
     }

@@ -53,8 +53,9 @@ pub enum MultiLength {
 /// * selective acks owed to the peer: one per stashed packet.
 ///
 /// Across sessions, the multiplexer's `SocketConfig::max_buffered_bytes` bounds
-/// what all stashes and reassemblies hold together. What the local application can
-/// grow is capped by `max_pending_bytes`.
+/// what all stashes and reassemblies hold together. What the local application
+/// gives a session and the peer has not acknowledged yet is capped by
+/// `max_pending_bytes`, which a peer that never acknowledges cannot push past.
 #[derive(Debug, Clone)]
 pub struct SessionParameters {
     /// Application protocol name; both sides must agree (v3 handshake).
@@ -113,11 +114,20 @@ pub struct SessionParameters {
     /// At most this many packets are retransmitted per flush (over all channels), so a
     /// timeout never turns into a burst of a whole window.
     pub max_resends_per_flush: u16,
-    /// Cap on application bytes queued but not yet sent (all channels). Beyond it
-    /// `enqueue` fails with `QueueFull` and hands the payload back.
+    /// Cap on the memory a session holds for data the application gave it and the
+    /// peer has not acknowledged: queued messages (5 bytes of overhead each) and
+    /// reliable packets in flight, counted by the capacity of their buffers, over
+    /// all channels (see [`crate::SoeSession::pending_bytes`]). Beyond it `enqueue`
+    /// fails with `QueueFull`; a message that could never fit is `TooLarge`.
+    ///
+    /// Default 1 MiB: many times a zone-in burst (20–100 KB), while a peer that
+    /// stops acknowledging (or never does, on purpose) can make the server hold at
+    /// most that much until `unacknowledged_timeout` ends its session. Raise it for
+    /// bulk transfers to trusted peers.
     pub max_pending_bytes: usize,
     /// Largest reassembled reliable message accepted; a larger declared length ends
-    /// the session with `ReliableOverflow`.
+    /// the session with `ReliableOverflow`. Default 1 MiB, for the same reason as
+    /// `max_pending_bytes`: a peer decides how much of it we hold.
     pub max_reassembly_len: usize,
     /// Largest inflated contextual packet; a larger one ends the session with
     /// `CorruptPacket`.
@@ -165,8 +175,8 @@ impl Default for SessionParameters {
             max_rto: Duration::from_secs(8),
             unacknowledged_timeout: Duration::from_secs(60),
             max_resends_per_flush: 64,
-            max_pending_bytes: 4 << 20,
-            max_reassembly_len: 4 << 20,
+            max_pending_bytes: 1 << 20,
+            max_reassembly_len: 1 << 20,
             max_inflated_len: 16 << 10,
             coalesce: true,
             multi_length: MultiLength::OneByte,
@@ -180,6 +190,12 @@ impl Default for SessionParameters {
 }
 
 impl SessionParameters {
+    /// The largest message a session with these parameters can ever queue.
+    pub fn max_message_len(&self) -> usize {
+        self.max_pending_bytes
+            .saturating_sub(super::reliable_tx::MESSAGE_OVERHEAD)
+    }
+
     /// The datagram length used for sending: the smaller of both sides' limits, and
     /// never below 64 bytes (the UdpLibrary minimum).
     pub(crate) fn send_datagram_len(&self) -> usize {

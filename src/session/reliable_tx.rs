@@ -22,7 +22,18 @@ pub(crate) const RELIABLE_HEADER_LEN: usize = 4;
 /// The total-length field of a first fragment.
 const FRAGMENT_TOTAL_LEN: usize = 4;
 
+/// Memory a queued message costs besides its payload: its length entry and a
+/// possible escape byte. Counted against `max_pending_bytes`.
+pub(crate) const MESSAGE_OVERHEAD: usize = 5;
+
+/// A queue buffer that empties with more capacity than this gives it back at once.
+const KEEP_EMPTY_CAPACITY: usize = 16 << 10;
+
 /// Messages waiting for a sequence number, stored back to back.
+///
+/// Its buffers grow by at most half their length at a time and never past the room
+/// the session allows, so the memory it holds tracks what it queues: a peer that
+/// never acknowledges cannot make it hold more than `max_pending_bytes`.
 #[derive(Debug, Default)]
 struct MessageQueue {
     buf: Vec<u8>,
@@ -37,6 +48,43 @@ impl MessageQueue {
 
     fn bytes(&self) -> usize {
         self.buf.len() - self.head
+    }
+
+    /// Memory the queue holds: its buffers' capacity.
+    fn memory(&self) -> usize {
+        self.buf.capacity() + self.lens.capacity() * std::mem::size_of::<u32>()
+    }
+
+    /// Makes room for `needed` more bytes and one more message, growing by at most
+    /// `room` bytes of memory beyond that.
+    fn reserve(&mut self, needed: usize, room: usize) {
+        if self.buf.capacity() - self.buf.len() < needed && self.head > 0 {
+            // The consumed front is reused before anything grows.
+            self.compact();
+        }
+        let mut room = room;
+        let free = self.buf.capacity() - self.buf.len();
+        if free < needed {
+            let extra = (self.buf.len() / 2).min(room);
+            self.buf.reserve_exact(needed - free + extra);
+            room -= extra;
+        }
+        if self.lens.len() == self.lens.capacity() {
+            let entry = std::mem::size_of::<u32>();
+            self.lens
+                .reserve_exact((self.lens.len() / 2).min(room / entry).max(1));
+        }
+    }
+
+    /// Gives back what it can cheaply: everything when empty, otherwise the
+    /// consumed front (moved out of the way, so new messages reuse it).
+    fn compact(&mut self) {
+        if self.lens.is_empty() {
+            *self = Self::default();
+        } else if self.head > 0 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
     }
 
     /// Appends a message written by `write` into the buffer's tail.
@@ -68,6 +116,10 @@ impl MessageQueue {
         if self.lens.is_empty() {
             self.buf.clear();
             self.head = 0;
+            if self.buf.capacity() > KEEP_EMPTY_CAPACITY {
+                // A burst went out: give its memory back.
+                *self = Self::default();
+            }
         } else if self.head >= (64 << 10) && self.head * 2 >= self.buf.len() {
             self.buf.drain(..self.head);
             self.head = 0;
@@ -162,6 +214,23 @@ impl ReliableSender {
         self.queue.bytes()
     }
 
+    /// Gives back the queue's spare capacity (when the session is at its cap).
+    pub(crate) fn compact(&mut self) {
+        self.queue.compact();
+    }
+
+    /// Memory held for data not yet acknowledged: the queue's buffers, and the
+    /// packets in flight. (The slot ring itself, at most a window of datagrams, is
+    /// reused working memory and released when the session goes quiet.)
+    pub(crate) fn held_bytes(&self) -> usize {
+        let in_flight: usize = (self.unacked_from..self.next_seq)
+            .map(|seq| &self.slots[self.slot_index(seq)])
+            .filter(|slot| !slot.acked)
+            .map(|slot| slot.packet.capacity())
+            .sum();
+        self.queue.memory() + in_flight
+    }
+
     /// Whether anything is queued or unacknowledged.
     pub(crate) fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.unacked_from == self.next_seq
@@ -188,9 +257,11 @@ impl ReliableSender {
     }
 
     /// Queues one application message: encrypts it and escapes a leading `00`.
-    pub(crate) fn enqueue(&mut self, data: &[u8]) {
+    /// The queue may grow by `room` bytes of memory beyond what the message needs.
+    pub(crate) fn enqueue(&mut self, data: &[u8], room: usize) {
         let escape_plain = self.escape_plain;
         let cipher = self.cipher.as_mut();
+        self.queue.reserve(data.len() + 1, room);
         self.queue.push_with(|buf| {
             let start = buf.len();
             match cipher {
@@ -569,7 +640,7 @@ mod tests {
     fn small_messages_share_a_bundle() {
         let mut s = ReliableSender::new(0, None, false, 196);
         for i in 0..5u8 {
-            s.enqueue(&[i; 10]);
+            s.enqueue(&[i; 10], usize::MAX);
         }
         let packets = drain(&mut s, rules(100), Instant::now());
         assert_eq!(packets.len(), 1);
@@ -597,11 +668,11 @@ mod tests {
         // then a 1-byte and a 10-byte item (2 + 2 + 11 = 15), then a lone 12-byte
         // message goes out plain.
         let mut s = ReliableSender::new(0, None, false, 196);
-        s.enqueue(&[0, 1, 2, 3, 4]);
-        s.enqueue(&[0, 1, 2, 3, 4]);
-        s.enqueue(&[1]);
-        s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-        s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        s.enqueue(&[0, 1, 2, 3, 4], usize::MAX);
+        s.enqueue(&[0, 1, 2, 3, 4], usize::MAX);
+        s.enqueue(&[1], usize::MAX);
+        s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], usize::MAX);
+        s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], usize::MAX);
         let packets = drain(&mut s, rules(15), Instant::now());
         assert_eq!(packets.len(), 3);
         assert_eq!(
@@ -619,7 +690,7 @@ mod tests {
     fn large_messages_fragment_with_a_total_length() {
         let mut s = ReliableSender::new(2, None, false, 196);
         let msg: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
-        s.enqueue(&msg);
+        s.enqueue(&msg, usize::MAX);
         let packets = drain(&mut s, rules(500), Instant::now());
         assert_eq!(packets.len(), 3);
         assert!(packets.iter().all(|p| p.0));
@@ -644,12 +715,12 @@ mod tests {
         // Unencrypted, unescaped data starting `00 19` travels in a one-item bundle,
         // small or fragmented, so receivers never split it.
         let mut s = ReliableSender::new(0, None, false, 196);
-        s.enqueue(&[0x00, 0x19, 7, 7]);
+        s.enqueue(&[0x00, 0x19, 7, 7], usize::MAX);
         let big: Vec<u8> = [0x00, 0x19]
             .into_iter()
             .chain(std::iter::repeat_n(9, 1000))
             .collect();
-        s.enqueue(&big);
+        s.enqueue(&big, usize::MAX);
         let packets = drain(
             &mut s,
             PacketRules {
@@ -679,7 +750,7 @@ mod tests {
         // Key 01..05's first keystream byte is 0xB2 (V23): plaintext 0xB2 encrypts to 0x00.
         let key = Rc4KeyState::new(&[1, 2, 3, 4, 5]);
         let mut s = ReliableSender::new(0, Some(key), false, 196);
-        s.enqueue(&[0xB2, 0x01]);
+        s.enqueue(&[0xB2, 0x01], usize::MAX);
         let packets = drain(
             &mut s,
             PacketRules {
@@ -696,7 +767,7 @@ mod tests {
     fn window_limits_packets_in_flight_and_acks_release_them() {
         let mut s = ReliableSender::new(0, None, false, 4);
         for i in 0..10u8 {
-            s.enqueue(&[i; 300]);
+            s.enqueue(&[i; 300], usize::MAX);
         }
         let t = Instant::now();
         let mut r = rtt();
@@ -725,7 +796,7 @@ mod tests {
         let t = Instant::now();
         for round in 0..700u32 {
             for _ in 0..100 {
-                s.enqueue(&[round as u8]);
+                s.enqueue(&[round as u8], usize::MAX);
             }
             let built = drain(
                 &mut s,
@@ -748,7 +819,7 @@ mod tests {
     fn timeouts_resend_within_budget_and_give_up() {
         let mut s = ReliableSender::new(0, None, false, 196);
         for i in 0..10u8 {
-            s.enqueue(&[i; 300]);
+            s.enqueue(&[i; 300], usize::MAX);
         }
         let t = Instant::now();
         let sent = drain(&mut s, rules(400), t).len();
