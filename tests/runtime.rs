@@ -547,3 +547,231 @@ fn bad_cpu_list_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(e, ServerError::NoShards));
 }
+
+/// Sends a SessionRequest for `protocol` from a fresh source address each time
+/// (127.<a>.<b>.<c>, ephemeral port), as a flood of forged clients would.
+fn request_flood(server: SocketAddr, count: u32, seed: u32) {
+    let request = |id: u32| {
+        let mut r = vec![0, 1, 0, 0, 0, 3];
+        r.extend_from_slice(&id.to_be_bytes());
+        r.extend_from_slice(&512u32.to_be_bytes());
+        r.extend_from_slice(PROTOCOL.as_bytes());
+        r.push(0);
+        r
+    };
+    for i in 0..count {
+        let n = seed.wrapping_mul(1_000_003).wrapping_add(i);
+        let ip = [
+            127,
+            10 + (n >> 16) as u8 % 200,
+            (n >> 8) as u8,
+            1 + (n as u8 % 250),
+        ];
+        let Ok(s) = UdpSocket::bind(SocketAddr::from((ip, 0))) else {
+            continue;
+        };
+        let _ = s.send_to(&request(n), server);
+    }
+}
+
+/// A flood of SessionRequests, each from a new address, churns through the
+/// half-open pool; once they have expired, the session table and the timer heap
+/// are back to their size before the flood.
+#[test]
+fn a_request_flood_leaves_nothing_behind() {
+    let mut c = config();
+    c.default_session_params.inactivity_timeout = Duration::from_millis(500);
+    c.max_half_open_sessions = 1024;
+    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), c)
+        .shards(1)
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let flooders: Vec<_> = (0..2)
+        .map(|seed| std::thread::spawn(move || request_flood(addr, 10_000, seed)))
+        .collect();
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let peak = server.stats().total.mux;
+    assert!(peak.evicted_half_open > 0, "{peak:?}");
+    // Half-open sessions expire after 500 ms of silence.
+    let start = Instant::now();
+    let after = loop {
+        let mux = server.stats().total.mux;
+        if mux.sessions_live == 0 && mux.timer_entries < 64 || start.elapsed() > LIMIT {
+            break mux;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(after.sessions_live, 0, "{after:?}");
+    assert!(after.timer_entries < 64, "{after:?}");
+    assert!(after.table_slots < 1024, "the table shrank: {after:?}");
+    server.shutdown().unwrap();
+}
+
+/// Two shards under more load than they can take (echoes of large compressed and
+/// encrypted messages from 48 sessions, plus a SessionRequest flood): both keep
+/// turning, answer stats, serve their sessions to the end, and stop within two
+/// seconds.
+#[test]
+fn overloaded_shards_stay_responsive_and_shut_down_promptly() {
+    let mut c = config();
+    c.default_session_params.is_compression_enabled = true;
+    c.app_params.encryption_key_state = Rc4KeyState::try_new(b"0123456789abcdef");
+    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), c.clone())
+        .shards(2)
+        .handler(|_| {
+            |event, ctx: &mut ShardContext<'_>| {
+                if let SocketEvent::DataReceived {
+                    remote,
+                    data,
+                    channel,
+                } = event
+                {
+                    let _ = ctx.enqueue_data_on(&remote, &data, channel);
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seed = 100;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                request_flood(addr, 500, seed);
+                seed += 1;
+            }
+        })
+    };
+    let watcher = {
+        let stop = stop.clone();
+        let handle = server.handle();
+        std::thread::spawn(move || {
+            let mut incomplete = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if !handle.stats_timeout(Duration::from_secs(2)).complete() {
+                    incomplete += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            incomplete
+        })
+    };
+    let mut clients = Clients::new(48, addr);
+    let mut client_config = c;
+    client_config.default_session_params.application_protocol = PROTOCOL.into();
+    clients.mux = SoeMultiplexer::new(client_config);
+    for i in 0..48 {
+        clients.mux.connect(Key(i), Instant::now()).unwrap();
+    }
+    clients.open_all();
+    clients.echo(60);
+    for h in server.health() {
+        assert!(h.alive(Duration::from_secs(2)), "{h:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().unwrap();
+    assert_eq!(watcher.join().unwrap(), 0, "a shard did not answer stats");
+    let start = Instant::now();
+    server.shutdown().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+}
+
+/// A shard whose handler panics ends: its sessions are closed towards the peers,
+/// its health says why, stats name it as missing, the other shard keeps serving,
+/// and shutdown reports the failure.
+#[test]
+fn a_failed_shard_is_reported_and_its_sessions_closed() {
+    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+        .shards(2)
+        .handler(|_| {
+            |event, ctx: &mut ShardContext<'_>| {
+                if let SocketEvent::DataReceived {
+                    remote,
+                    data,
+                    channel,
+                } = event
+                {
+                    assert_ne!(&data[..], b"boom", "the game logic fails");
+                    let _ = ctx.enqueue_data_on(&remote, &data, channel);
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    let mut clients = Clients::new(16, server.local_addr());
+    clients.open_all();
+    // The first client's shard is the one that fails.
+    let doomed = clients.addr(Key(0));
+    let failing = server.handle().shard_of(&doomed);
+    clients.mux.enqueue_data(&Key(0), b"boom").unwrap();
+    let start = Instant::now();
+    let mut closed = Vec::new();
+    while start.elapsed() < LIMIT {
+        clients.drive();
+        while let Some(e) = clients.mux.poll_event() {
+            if let SocketEvent::SessionClosed { remote, reason } = e {
+                closed.push((remote, reason));
+            }
+        }
+        let failed = matches!(server.health()[failing].state, ShardState::Failed(_));
+        let expected = (0..16)
+            .filter(|&i| server.handle().shard_of(&clients.addr(Key(i))) == failing)
+            .count();
+        if failed && closed.len() == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match &server.health()[failing].state {
+        ShardState::Failed(why) => assert!(why.contains("the game logic fails"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!closed.is_empty());
+    for (remote, reason) in &closed {
+        assert_eq!(
+            server.handle().shard_of(&clients.addr(*remote)),
+            failing,
+            "only the failed shard's sessions close"
+        );
+        assert_eq!(*reason, DisconnectReason::ManagerDeleted);
+    }
+    assert_eq!(
+        server
+            .handle()
+            .stats_timeout(Duration::from_millis(300))
+            .missing,
+        [failing]
+    );
+    // The other shard's sessions still echo.
+    let healthy: Vec<usize> = (0..16)
+        .filter(|&i| server.handle().shard_of(&clients.addr(Key(i))) != failing)
+        .collect();
+    for &i in &healthy {
+        clients.mux.enqueue_data(&Key(i), b"still here").unwrap();
+    }
+    let mut echoed = 0;
+    let start = Instant::now();
+    while echoed < healthy.len() && start.elapsed() < LIMIT {
+        clients.drive();
+        while let Some(e) = clients.mux.poll_event() {
+            if matches!(e, SocketEvent::DataReceived { .. }) {
+                echoed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(echoed, healthy.len());
+    match server.shutdown() {
+        Err(ServerError::ShardFailed { shard, .. }) => assert_eq!(shard, failing),
+        other => panic!("{other:?}"),
+    }
+}

@@ -185,6 +185,11 @@ pub struct MuxStats {
     pub remaps: u64,
     /// RemapConnection requests refused.
     pub remaps_refused: u64,
+    /// Gauge: entries in the timer heap now (about one per live session).
+    pub timer_entries: u64,
+    /// Gauge: slots of the session table now (live and free); it shrinks back
+    /// after a flood of short-lived sessions.
+    pub table_slots: u64,
 }
 
 impl MuxStats {
@@ -203,6 +208,8 @@ impl MuxStats {
         self.unknown_sender_datagrams += other.unknown_sender_datagrams;
         self.remaps += other.remaps;
         self.remaps_refused += other.remaps_refused;
+        self.timer_entries += other.timer_entries;
+        self.table_slots += other.table_slots;
     }
 
     /// Sessions closed for `reason`.
@@ -339,6 +346,8 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             stats.sessions.add(&entry.session.stats());
         }
         stats.sessions_live = self.index.len() as u64;
+        stats.timer_entries = self.timers.len() as u64;
+        stats.table_slots = self.slots.len() as u64;
         stats
     }
 
@@ -804,17 +813,6 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         if self.by_credentials.capacity() > 4 * credentials + SHRINK_CHECK_EVERY {
             self.by_credentials.shrink_to(credentials * 3 / 2);
         }
-    }
-
-    /// Entries in the timer heap (live and stale), for tests and stats.
-    pub fn timer_entries(&self) -> usize {
-        self.timers.len()
-    }
-
-    /// Capacity of the session table, for tests and stats: it shrinks back after a
-    /// flood of short-lived sessions.
-    pub fn table_capacity(&self) -> usize {
-        self.slots.capacity()
     }
 
     /// Runs due timers, then flushes every session touched since the last flush.
