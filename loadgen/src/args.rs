@@ -34,6 +34,11 @@ pub enum Command {
     /// An echo server: every message is sent back to its sender on the same channel.
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
     Serve(ServeArgs),
+    /// A long run against a `loadgen serve` child process: samples its RSS, CPU,
+    /// sessions and per-shard health through the run, prints a time series (and
+    /// JSON with --json), stops it with SIGTERM, and ends with a pass/fail summary
+    /// (no shard lost, no session closed, no message lost, RSS plateau, prompt stop).
+    Soak(SoakArgs),
 }
 
 /// The embedded server implementations.
@@ -103,6 +108,23 @@ pub struct ServeArgs {
     /// Print the server's counters to stderr every SECS seconds (0: never).
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
     pub stats_every: f64,
+    /// Print those counters as one JSON object per line (soe-uring only: with the
+    /// shards that answered and each shard's health).
+    #[arg(long)]
+    pub stats_json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub server_opts: ServerOpts,
+    #[command(flatten)]
+    pub proto: ProtoOpts,
+    #[command(flatten)]
+    pub workload: Workload,
+    /// Seconds between samples of the server.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub sample_every: f64,
 }
 
 /// Server-side settings.

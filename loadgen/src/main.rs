@@ -17,6 +17,7 @@ mod client;
 mod cpu;
 mod report;
 mod server;
+mod soak;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => bench(a),
         Some(Command::Run(a)) => run(a),
         Some(Command::Serve(a)) => serve(a),
+        Some(Command::Soak(a)) => soak::soak(a),
     };
     match result {
         Ok(code) => code,
@@ -53,7 +55,12 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-fn plan(label: String, target: SocketAddr, w: &Workload, proto: &ProtoOpts) -> ClientPlan {
+pub(crate) fn plan(
+    label: String,
+    target: SocketAddr,
+    w: &Workload,
+    proto: &ProtoOpts,
+) -> ClientPlan {
     let connect_timeout = Duration::from_secs_f64(w.connect_timeout);
     ClientPlan {
         label,
@@ -79,7 +86,7 @@ fn plan(label: String, target: SocketAddr, w: &Workload, proto: &ProtoOpts) -> C
     }
 }
 
-fn setup(
+pub(crate) fn setup(
     server: String,
     shards: Option<usize>,
     target: SocketAddr,
@@ -245,24 +252,38 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         spec.app_protocol
     );
     let every = (a.stats_every > 0.0).then(|| Duration::from_secs_f64(a.stats_every));
-    let mut next = every.map(|e| Instant::now() + e);
+    let started = Instant::now();
+    let mut next = every.map(|e| started + e);
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         if let (Some(at), Some(every)) = (next, every)
             && Instant::now() >= at
         {
-            if let Some(line) = server.summary() {
+            if a.stats_json {
+                if let Some(sample) = server.sample_json(started.elapsed()) {
+                    eprintln!("{sample}");
+                }
+            } else if let Some(line) = server.summary() {
                 eprintln!("loadgen: {line}");
             }
             next = Some(at + every);
         }
     }
     eprintln!("loadgen: stopping");
-    let summary = server.summary();
-    server.stop()?;
+    let summary = if a.stats_json {
+        server.sample_json(started.elapsed()).map(|s| s.to_string())
+    } else {
+        server.summary().map(|line| format!("loadgen: {line}"))
+    };
+    let stopping = Instant::now();
+    let stopped = server.stop();
     if let Some(line) = summary {
-        eprintln!("loadgen: {line}");
+        eprintln!("{line}");
     }
-    eprintln!("loadgen: stopped");
+    stopped?;
+    eprintln!(
+        "loadgen: stopped in {:.0} ms",
+        stopping.elapsed().as_secs_f64() * 1e3
+    );
     Ok(ExitCode::SUCCESS)
 }

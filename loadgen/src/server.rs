@@ -163,10 +163,16 @@ impl RunningServer {
         let Inner::Uring(server) = &self.inner else {
             return None;
         };
-        let t = server.handle().stats().total;
+        let stats = server.handle().stats();
+        let t = &stats.total;
         let s = &t.mux.sessions;
+        let missing = if stats.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" | NOT ANSWERING: shards {:?}", stats.missing)
+        };
         Some(format!(
-            "sessions live {} opened {} | datagrams in {} out {} | messages delivered {} | resends {} | cpu {:.2} s",
+            "sessions live {} opened {} | datagrams in {} out {} | messages delivered {} | resends {} | cpu {:.2} s{missing}",
             t.mux.sessions_live,
             t.mux.sessions_opened,
             t.datagrams_in,
@@ -175,6 +181,56 @@ impl RunningServer {
             s.reliable_packets_resent,
             t.cpu_time.as_secs_f64()
         ))
+    }
+
+    /// The soe-uring server's counters and each shard's health as one JSON object
+    /// (for `serve --stats-json` and `soak`).
+    pub fn sample_json(&self, elapsed: Duration) -> Option<serde_json::Value> {
+        let Inner::Uring(server) = &self.inner else {
+            return None;
+        };
+        let stats = server.handle().stats_timeout(Duration::from_secs(2));
+        let t = &stats.total;
+        let health: Vec<serde_json::Value> = server
+            .health()
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "shard": h.shard,
+                    "state": format!("{:?}", h.state),
+                    "alive": h.alive(Duration::from_secs(2)),
+                    "turns": h.turns,
+                    "last_turn_age_ms": h.last_turn_age.as_secs_f64() * 1e3,
+                    "overdue_ms": h.overdue.as_secs_f64() * 1e3,
+                    "overloaded": h.overloaded,
+                })
+            })
+            .collect();
+        let closed: u64 = t.mux.sessions_closed.iter().sum();
+        Some(serde_json::json!({
+            "t_s": elapsed.as_secs_f64(),
+            "shards": self.shards,
+            "shards_answered": stats.shards.len(),
+            "health": health,
+            "sessions_live": t.mux.sessions_live,
+            "sessions_opened": t.mux.sessions_opened,
+            "sessions_closed": closed,
+            "sessions_closed_by_reason": t.mux.sessions_closed.to_vec(),
+            "messages_delivered": t.mux.sessions.messages_delivered,
+            "resends": t.mux.sessions.reliable_packets_resent,
+            "datagrams_in": t.datagrams_in,
+            "datagrams_out": t.datagrams_out,
+            "socket_drops": t.socket_drops,
+            "send_drops": t.send_drops,
+            "overloaded_turns": t.overloaded_turns,
+            "refused_admission_closed": t.mux.refused_admission_closed,
+            "parked_overflows": t.parked_overflows,
+            "event_stalls": t.event_stalls,
+            "timer_entries": t.mux.timer_entries,
+            "table_slots": t.mux.table_slots,
+            "cpu_s": t.cpu_time.as_secs_f64(),
+            "rss_bytes": rss_bytes(),
+        }))
     }
 
     /// Stops the server gracefully (Disconnect to every peer) and joins its threads.
@@ -389,4 +445,22 @@ pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConf
         .as_ref()
         .and_then(|k| Rc4KeyState::try_new(&k.0));
     c
+}
+
+/// This process's resident set size, from `/proc/self/status` (0 if unknown).
+pub fn rss_bytes() -> u64 {
+    rss_of("self")
+}
+
+/// The resident set size of process `pid` (`"self"` for this one), in bytes.
+pub fn rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }

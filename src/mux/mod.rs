@@ -59,7 +59,7 @@ use self::ids::IdSource;
 ///
 /// `same_host` guards port remapping: a session may move to another port of the
 /// same host, never to another host.
-pub trait RemoteAddr: Clone + Eq + Hash {
+pub trait RemoteAddr: Clone + Eq + Hash + std::fmt::Debug {
     /// Whether both addresses belong to the same host (ignoring ports).
     fn same_host(&self, other: &Self) -> bool;
 }
@@ -397,6 +397,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     pub fn terminate(&mut self, remote: &A, reason: DisconnectReason, now: Instant) {
         if let Some(&slot) = self.index.get(remote) {
             if let Some(entry) = self.slots[slot as usize].as_mut() {
+                self.io.set_owner(slot);
                 entry.session.terminate(reason, true, now, &mut self.io);
             }
             self.mark(slot);
@@ -416,6 +417,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         let slots: Vec<u32> = self.index.values().copied().collect();
         for slot in slots {
             if let Some(entry) = self.slots[slot as usize].as_mut() {
+                self.io.set_owner(slot);
                 entry.session.terminate(reason, true, now, &mut self.io);
             }
             self.mark(slot);
@@ -430,6 +432,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 // The peer restarted with a new session id: the old session is gone
                 // for it, so end ours quietly and treat the request as new.
                 if let Some(entry) = self.slots[slot as usize].as_mut() {
+                    self.io.set_owner(slot);
                     entry.session.terminate(
                         DisconnectReason::NewConnectionAttempt,
                         false,
@@ -440,6 +443,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 self.mark(slot);
             } else {
                 if let Some(entry) = self.slots[slot as usize].as_mut() {
+                    self.io.set_owner(slot);
                     entry.session.handle_datagram(datagram, now, &mut self.io);
                 }
                 self.mark(slot);
@@ -520,6 +524,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         let session = self.new_session(SessionMode::Server, now);
         let slot = self.insert(remote, session);
         if let Some(entry) = self.slots[slot as usize].as_mut() {
+            self.io.set_owner(slot);
             entry.session.handle_datagram(request, now, &mut self.io);
             if entry.session.termination_reason() == DisconnectReason::ProtocolMismatch {
                 self.stats.refused_protocol_mismatch += 1;
@@ -536,6 +541,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                     .is_some_and(|e| e.half_open);
             if live {
                 if let Some(entry) = self.slots[slot as usize].as_mut() {
+                    self.io.set_owner(slot);
                     entry.session.terminate(
                         DisconnectReason::ConnectionRefused,
                         false,
@@ -645,15 +651,14 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         true
     }
 
-    /// Moves session events and datagrams out of the shared io, tagged with `slot`'s
-    /// address.
+    /// Routes what sessions wrote into the shared io since the last call: each
+    /// datagram and event carries the slot of the session that produced it, which
+    /// gives it its address. Then updates `slot`'s half-open bookkeeping.
     fn collect(&mut self, slot: u32) {
+        self.route_outputs();
         let Some(entry) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        while self.out_addrs.len() < self.io.raw_datagram_len() {
-            self.out_addrs.push(entry.addr.clone());
-        }
         let half_open = entry.session.is_half_open();
         if half_open != entry.half_open {
             entry.half_open = half_open;
@@ -665,20 +670,53 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 self.half_open -= 1;
             }
         }
-        for event in self.io.events.drain(..) {
+        // Entries of sessions that opened stay queued until eviction passes them;
+        // compact now and then so the queue tracks the pool's size.
+        if self.half_open_order.len() > 2 * self.half_open + 1024 {
+            let (slots, generations) = (&self.slots, &self.generations);
+            self.half_open_order.retain(|&(slot, generation)| {
+                generations[slot as usize] == generation
+                    && slots[slot as usize].as_ref().is_some_and(|e| e.half_open)
+            });
+        }
+    }
+
+    /// Gives every new datagram its destination and turns every new session event
+    /// into a [`SocketEvent`], each by the slot it is tagged with.
+    fn route_outputs(&mut self) {
+        while self.out_addrs.len() < self.io.raw_datagram_len() {
+            let owner = self.io.owner_of_raw(self.out_addrs.len());
+            let Some(entry) = self.slots[owner as usize].as_ref() else {
+                unreachable!("outputs are routed before their session is removed");
+            };
+            self.out_addrs.push(entry.addr.clone());
+        }
+        let Self {
+            io,
+            slots,
+            events,
+            stats,
+            config,
+            by_credentials,
+            ..
+        } = self;
+        for (owner, event) in io.drain_events() {
+            let Some(entry) = slots[owner as usize].as_mut() else {
+                continue;
+            };
             let remote = entry.addr.clone();
             let event = match event {
                 SessionEvent::Opened => {
                     tracing::debug!(
+                        ?remote,
                         session_id = entry.session.session_id(),
                         mode = ?entry.session.mode(),
                         "session opened"
                     );
                     entry.opened = true;
-                    self.stats.sessions_opened += 1;
-                    if entry.session.mode() == SessionMode::Server && self.config.allow_port_remaps
-                    {
-                        self.by_credentials.insert(
+                    stats.sessions_opened += 1;
+                    if entry.session.mode() == SessionMode::Server && config.allow_port_remaps {
+                        by_credentials.insert(
                             (entry.session.session_id(), entry.session.crc_seed()),
                             remote.clone(),
                         );
@@ -692,28 +730,20 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 },
                 SessionEvent::Closed(reason) => {
                     tracing::debug!(
+                        ?remote,
                         session_id = entry.session.session_id(),
                         ?reason,
                         by_remote = entry.session.terminated_by_remote(),
                         "session closed"
                     );
-                    self.stats.sessions_closed[usize::from(reason.as_u16())] += 1;
+                    stats.sessions_closed[usize::from(reason.as_u16())] += 1;
                     if !entry.opened && entry.session.mode() == SessionMode::Server {
                         continue;
                     }
                     SocketEvent::SessionClosed { remote, reason }
                 }
             };
-            self.events.push_back(event);
-        }
-        // Entries of sessions that opened stay queued until eviction passes them;
-        // compact now and then so the queue tracks the pool's size.
-        if self.half_open_order.len() > 2 * self.half_open + 1024 {
-            let (slots, generations) = (&self.slots, &self.generations);
-            self.half_open_order.retain(|&(slot, generation)| {
-                generations[slot as usize] == generation
-                    && slots[slot as usize].as_ref().is_some_and(|e| e.half_open)
-            });
+            events.push_back(event);
         }
     }
 
@@ -845,6 +875,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             }
             entry.scheduled = None;
             fired += 1;
+            self.io.set_owner(slot);
             entry.session.handle_timeout(now, &mut self.io);
             // Rescheduled by the next flush: what is due now (acks, resends) only
             // clears once flushed.
@@ -861,6 +892,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 continue;
             };
             entry.dirty = false;
+            self.io.set_owner(slot);
             entry.session.flush(now, &mut self.io);
             self.collect(slot);
             if self.slots[slot as usize]
@@ -876,7 +908,10 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
-        if self.removed_since_shrink >= SHRINK_CHECK_EVERY {
+        // Also when the last session went: an idle driver may not turn for a while.
+        if self.removed_since_shrink >= SHRINK_CHECK_EVERY
+            || (self.removed_since_shrink > 0 && self.index.is_empty())
+        {
             self.trim_memory();
         }
     }

@@ -2,8 +2,11 @@
 //!
 //! Sessions keep no output queues of their own: every call that can produce
 //! datagrams or events takes a `&mut SessionIo`, appends to it, and the caller drains
-//! it. Its buffers keep their capacity across calls, so steady-state traffic does
-//! not allocate per datagram:
+//! it. Each datagram and event is tagged with the session that produced it (the
+//! owner the caller named with [`SessionIo::set_owner`] before the call), so a
+//! caller driving many sessions routes outputs by tag, not by call order. Its
+//! buffers keep their capacity across calls, so steady-state traffic does not
+//! allocate per datagram:
 //!
 //! * outgoing datagrams are appended to one byte buffer with a list of ranges;
 //! * delivered application data is copied into a shared receive arena and handed
@@ -27,10 +30,14 @@ const ARENA_MAX_COPY: usize = 16 << 10;
 #[derive(Debug)]
 pub struct SessionIo {
     pub(crate) tx_bytes: Vec<u8>,
-    tx_ranges: Vec<Range<usize>>,
+    /// Each datagram's bytes in `tx_bytes`, and its owner.
+    tx_ranges: Vec<(Range<usize>, u32)>,
     /// Index of the first datagram not yet drained by the caller.
     tx_head: usize,
-    pub(crate) events: Vec<SessionEvent>,
+    /// Events and their owners.
+    events: Vec<(u32, SessionEvent)>,
+    /// Who the next outputs belong to.
+    owner: u32,
     arena: BytesMut,
     pub(crate) scratch: Vec<u8>,
     pub(crate) inflated: Vec<u8>,
@@ -56,6 +63,7 @@ impl SessionIo {
             tx_ranges: Vec::new(),
             tx_head: 0,
             events: Vec::new(),
+            owner: 0,
             arena: BytesMut::new(),
             scratch: Vec::new(),
             inflated: Vec::new(),
@@ -80,11 +88,23 @@ impl SessionIo {
         self.held
     }
 
+    /// Names the session the following outputs belong to (any number the caller
+    /// chooses; 0 by default).
+    pub fn set_owner(&mut self, owner: u32) {
+        self.owner = owner;
+    }
+
     /// Datagrams produced and not yet consumed, oldest first.
     pub fn datagrams(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.tx_ranges[self.tx_head..]
             .iter()
-            .map(|r| &self.tx_bytes[r.clone()])
+            .map(|(r, _)| &self.tx_bytes[r.clone()])
+    }
+
+    /// The owner of the `i`-th datagram ever appended and still in the buffer
+    /// (consumed ones included).
+    pub(crate) fn owner_of_raw(&self, i: usize) -> u32 {
+        self.tx_ranges[i].1
     }
 
     /// Number of datagrams waiting.
@@ -94,7 +114,7 @@ impl SessionIo {
 
     /// The `i`-th waiting datagram.
     pub fn datagram(&self, i: usize) -> &[u8] {
-        &self.tx_bytes[self.tx_ranges[self.tx_head + i].clone()]
+        &self.tx_bytes[self.tx_ranges[self.tx_head + i].0.clone()]
     }
 
     /// Marks the oldest `n` waiting datagrams as sent.
@@ -112,14 +132,19 @@ impl SessionIo {
         self.consume_datagrams(usize::MAX);
     }
 
-    /// Session events produced and not yet taken.
-    pub fn events(&self) -> &[SessionEvent] {
+    /// Session events produced and not yet taken, with their owners.
+    pub fn events(&self) -> &[(u32, SessionEvent)] {
         &self.events
     }
 
-    /// Takes the waiting events, keeping the buffer's capacity.
-    pub fn drain_events(&mut self) -> std::vec::Drain<'_, SessionEvent> {
+    /// Takes the waiting events with their owners, keeping the buffer's capacity.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, (u32, SessionEvent)> {
         self.events.drain(..)
+    }
+
+    /// Records an event of the current owner.
+    pub(crate) fn emit(&mut self, event: SessionEvent) {
+        self.events.push((self.owner, event));
     }
 
     /// Total datagrams ever appended and still in the buffer (including consumed).
@@ -131,7 +156,7 @@ impl SessionIo {
     pub(crate) fn end_datagram(&mut self, start: usize) {
         let end = self.tx_bytes.len();
         debug_assert!(end > start);
-        self.tx_ranges.push(start..end);
+        self.tx_ranges.push((start..end, self.owner));
     }
 
     /// Copies `bytes` (transformed in place by `transform`) into the receive arena

@@ -49,6 +49,44 @@ const QUIET_RELEASE: Duration = Duration::from_secs(1);
 /// Nesting limit for multi-packets and bundles inside multi-packets.
 const MAX_NESTING: u8 = 4;
 
+/// A session's timers, by name (see `SoeSession::deadlines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// A client gives up waiting for the SessionResponse (`ConnectFail`).
+    ConnectTimeout,
+    /// A client repeats its SessionRequest.
+    ConnectRetry,
+    /// Nothing heard from the peer for `inactivity_timeout` (`Timeout`).
+    Inactivity,
+    /// A client's keep-alive.
+    Heartbeat,
+    /// A reliable channel's retransmission check (done by the next flush).
+    Retransmit,
+    /// A reliable channel's delayed acknowledgement (sent by the next flush).
+    Ack,
+}
+
+/// Which deadlines have passed, in one call of `handle_timeout`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Due {
+    connect_timeout: bool,
+    connect_retry: bool,
+    inactivity: bool,
+    heartbeat: bool,
+}
+
+impl Due {
+    fn mark(&mut self, deadline: Deadline) {
+        match deadline {
+            Deadline::ConnectTimeout => self.connect_timeout = true,
+            Deadline::ConnectRetry => self.connect_retry = true,
+            Deadline::Inactivity => self.inactivity = true,
+            Deadline::Heartbeat => self.heartbeat = true,
+            Deadline::Retransmit | Deadline::Ack => {}
+        }
+    }
+}
+
 /// Which side of the handshake a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionMode {
@@ -413,37 +451,53 @@ impl SoeSession {
         self.senders.iter().flatten().all(|s| s.is_idle()) && self.unreliable.items.is_empty()
     }
 
+    /// Every deadline the session has now, by name: the one table that
+    /// [`SoeSession::next_deadline`] and [`SoeSession::handle_timeout`] both read.
+    fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> + '_ {
+        let p = &self.params;
+        let (negotiating, running) = match self.state {
+            SessionState::Negotiating => (true, false),
+            SessionState::Running => (false, true),
+            SessionState::Terminated => (false, false),
+        };
+        let connect_timeout = negotiating.then(|| self.created_at + p.connect_timeout);
+        let connect_retry = self
+            .last_request
+            .filter(|_| negotiating)
+            .map(|t| t + p.connect_retry_interval);
+        let inactivity = (running && !p.inactivity_timeout.is_zero())
+            .then(|| self.last_received + p.inactivity_timeout);
+        let heartbeat =
+            (running && self.mode == SessionMode::Client && !p.heartbeat_after.is_zero())
+                .then(|| self.next_heartbeat());
+        let session = [
+            (Deadline::ConnectTimeout, connect_timeout),
+            (Deadline::ConnectRetry, connect_retry),
+            (Deadline::Inactivity, inactivity),
+            (Deadline::Heartbeat, heartbeat),
+        ];
+        let resends = self
+            .senders
+            .iter()
+            .flatten()
+            .filter(move |_| running)
+            .map(|s| (Deadline::Retransmit, s.deadline()));
+        let acks = self
+            .receivers
+            .iter()
+            .flatten()
+            .filter(move |_| running)
+            .map(|r| (Deadline::Ack, r.ack_deadline()));
+        session
+            .into_iter()
+            .chain(resends)
+            .chain(acks)
+            .filter_map(|(name, at)| Some((name, at?)))
+    }
+
     /// When [`SoeSession::handle_timeout`] should next run; `None` when ended.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let p = &self.params;
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        match self.state {
-            SessionState::Terminated => return None,
-            SessionState::Negotiating => {
-                consider(Some(self.created_at + p.connect_timeout));
-                consider(self.last_request.map(|t| t + p.connect_retry_interval));
-            }
-            SessionState::Running => {
-                if !p.inactivity_timeout.is_zero() {
-                    consider(Some(self.last_received + p.inactivity_timeout));
-                }
-                if self.mode == SessionMode::Client && !p.heartbeat_after.is_zero() {
-                    consider(Some(self.next_heartbeat()));
-                }
-                for s in self.senders.iter().flatten() {
-                    consider(s.deadline());
-                }
-                for r in self.receivers.iter().flatten() {
-                    consider(r.ack_deadline());
-                }
-            }
-        }
-        next
+        self.deadlines().map(|(_, at)| at).min()
     }
 
     /// When a client's next heartbeat is due: `heartbeat_after` after the last
@@ -617,7 +671,7 @@ impl SoeSession {
         self.termination_reason = reason;
         self.terminated_by_remote = by_remote;
         self.open_on_next_packet = false;
-        io.events.push(SessionEvent::Closed(reason));
+        io.emit(SessionEvent::Closed(reason));
     }
 
     /// Processes one datagram from the peer.
@@ -679,7 +733,7 @@ impl SoeSession {
         self.last_received = now;
         if self.open_on_next_packet {
             self.open_on_next_packet = false;
-            io.events.push(SessionEvent::Opened);
+            io.emit(SessionEvent::Opened);
         }
     }
 
@@ -834,7 +888,7 @@ impl SoeSession {
         let data = io.deliver(data, |_| {});
         self.stats.messages_delivered += 1;
         self.stats.bytes_delivered += data.len() as u64;
-        io.events.push(SessionEvent::DataReceived { data, channel });
+        io.emit(SessionEvent::DataReceived { data, channel });
     }
 
     fn handle_contextless(
@@ -957,7 +1011,7 @@ impl SoeSession {
         // Rides in the same datagram as any data sent in this turn.
         self.owed.heartbeat = true;
         self.last_received = now;
-        io.events.push(SessionEvent::Opened);
+        io.emit(SessionEvent::Opened);
     }
 
     /// Runs the timers due at `now`: connect retries and timeouts, inactivity,
@@ -973,33 +1027,24 @@ impl SoeSession {
                 r.release_memory();
             }
         }
-        let p = &self.params;
-        match self.state {
-            SessionState::Terminated => {}
-            SessionState::Negotiating => {
-                if now >= self.created_at + p.connect_timeout {
-                    self.end(DisconnectReason::ConnectFail, false, false, now, io);
-                } else if self
-                    .last_request
-                    .is_some_and(|t| now >= t + p.connect_retry_interval)
-                {
-                    self.owed.request = true;
-                }
-            }
-            SessionState::Running => {
-                if !p.inactivity_timeout.is_zero()
-                    && now >= self.last_received + p.inactivity_timeout
-                {
-                    self.end(DisconnectReason::Timeout, false, false, now, io);
-                } else if self.mode == SessionMode::Client
-                    && !p.heartbeat_after.is_zero()
-                    && now >= self.next_heartbeat()
-                {
-                    self.owed.heartbeat = true;
-                    self.last_heartbeat = Some(now);
-                }
+        let mut due = Due::default();
+        for (name, at) in self.deadlines() {
+            if at <= now {
+                due.mark(name);
             }
         }
+        // In the table's order: an ending beats what else is due.
+        if due.connect_timeout {
+            self.end(DisconnectReason::ConnectFail, false, false, now, io);
+        } else if due.connect_retry {
+            self.owed.request = true;
+        } else if due.inactivity {
+            self.end(DisconnectReason::Timeout, false, false, now, io);
+        } else if due.heartbeat {
+            self.owed.heartbeat = true;
+            self.last_heartbeat = Some(now);
+        }
+        // Retransmissions and delayed acks go out in the next flush.
     }
 
     /// Writes every datagram due at `now` into `io`: handshake packets, acks,

@@ -337,7 +337,7 @@ impl ReliableReceiver {
         };
         self.counters.delivered += 1;
         self.counters.delivered_bytes += data.len() as u64;
-        io.events.push(SessionEvent::DataReceived {
+        io.emit(SessionEvent::DataReceived {
             data,
             channel: Channel::Reliable(usize::from(self.channel)),
         });
@@ -462,7 +462,7 @@ mod tests {
         for seq in 0..65_540u32 {
             r.on_packet(seq as u16, b"x", false, t0, POLICY, &mut io)
                 .unwrap();
-            io.events.clear();
+            io.drain_events();
         }
         let later = t0 + Duration::from_millis(10);
         assert_eq!(
@@ -509,7 +509,7 @@ mod tests {
                 sequence: 2
             }]
         );
-        let delivered: Vec<_> = io.drain_events().collect();
+        let delivered: Vec<_> = io.drain_events().map(|(_, e)| e).collect();
         assert_eq!(delivered.len(), 1);
         let mut expected = vec![1u8; 16];
         expected.extend([2; 16]);
