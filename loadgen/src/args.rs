@@ -39,6 +39,9 @@ pub enum Command {
     /// JSON with --json), stops it with SIGTERM, and ends with a pass/fail summary
     /// (no shard lost, no session closed, no message lost, RSS plateau, prompt stop).
     Soak(SoakArgs),
+    /// SessionRequests, each from a new source address, at a steady rate: a flood
+    /// of forged or abandoned clients, to see what a server keeps after one.
+    Flood(FloodArgs),
 }
 
 /// The embedded server implementations.
@@ -112,6 +115,24 @@ pub struct ServeArgs {
     /// shards that answered and each shard's health).
     #[arg(long)]
     pub stats_json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FloodArgs {
+    /// The server to flood (HOST:PORT).
+    #[arg(long, value_parser = parse_target)]
+    pub target: SocketAddr,
+    /// SessionRequests per second.
+    #[arg(long, default_value_t = 10_000.0, value_name = "PER_SEC")]
+    pub rate: f64,
+    /// Seconds to flood.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Varies the session ids and source addresses between runs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u32,
+    #[command(flatten)]
+    pub proto: ProtoOpts,
 }
 
 #[derive(Debug, Clone, Args)]

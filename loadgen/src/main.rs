@@ -15,6 +15,7 @@
 mod args;
 mod client;
 mod cpu;
+mod flood;
 mod report;
 mod server;
 mod soak;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run(a),
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Soak(a)) => soak::soak(a),
+        Some(Command::Flood(a)) => flood::flood(a),
     };
     match result {
         Ok(code) => code,

@@ -118,3 +118,33 @@ fn h1emu_core_reads_every_datagram_at_windows_1_8_32() {
     sigterm(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
 }
+
+/// One short session after another against one shard, from a client that ticks
+/// every 10 ms and packs its own multi-packets: the pattern that once left a shard
+/// asleep with datagrams in its socket. Every session completes.
+#[test]
+fn back_to_back_short_sessions_never_stall_a_shard() {
+    let Some(node) = node() else { return };
+    let (mut server, addr) = serve(&["--crc-length", "2"]);
+    let result = run_client(
+        node,
+        &addr,
+        &[
+            "--sessions",
+            "100",
+            "--messages",
+            "20",
+            "--window",
+            "8",
+            "--max-size",
+            "5000",
+            "--timeout-s",
+            "10",
+            "--seed",
+            "7",
+        ],
+    );
+    assert_eq!(count(&result, "sessions_ok"), 100, "{result:#}");
+    sigterm(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
+}

@@ -65,7 +65,12 @@ impl Bench {
             now,
             server,
             clients: (0..clients)
-                .map(|i| SoeMultiplexer::new(config(100 + i as u64)))
+                .map(|i| {
+                    let mut c = config(100 + i as u64);
+                    // Keep quiet sessions alive against short server timeouts.
+                    c.default_session_params.heartbeat_after = Duration::from_millis(500);
+                    SoeMultiplexer::new(c)
+                })
                 .collect(),
             socket: VecDeque::new(),
             mute: vec![false; clients],
@@ -428,4 +433,141 @@ fn commands_for_unknown_sessions_are_counted_not_parked() {
         now,
     );
     assert_eq!(bench.server.parked.len(), 1);
+}
+
+/// A small deterministic generator for the randomized test below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Random interleavings of what a driver meets, for many seeds: datagrams from
+/// four clients (read from the socket or forwarded by another shard, in any
+/// order with commands), one client that stops acknowledging, commands from
+/// handles whenever the driver takes them, an event sink that fills up and drains,
+/// small queues. Every message the driver accepted arrives, in order, or the
+/// application saw its session's `SessionClosed` with the reason.
+#[test]
+fn every_accepted_message_is_delivered_or_its_session_closed_with_a_reason() {
+    for seed in 1..=24u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut server_config = config(seed);
+        server_config.default_session_params.max_pending_bytes = 2048 + rng.below(30_000) as usize;
+        let max_message = server_config.default_session_params.max_message_len();
+        server_config.default_session_params.inactivity_timeout = Duration::from_secs(2);
+        let limits = Limits {
+            datagrams_per_turn: 2 + rng.below(64) as usize,
+            commands_per_turn: 1 + rng.below(16) as usize,
+            max_parked: 2 + rng.below(64) as usize,
+            overflow_grace: Duration::from_millis(20 + rng.below(300)),
+            ..Limits::default()
+        };
+        let mut bench = Bench::new(4, server_config, limits);
+        bench.open();
+        let mut sink = BoundedSink::default();
+        let mut accepted: Vec<Vec<u32>> = vec![Vec::new(); 4];
+        let mut next_id = 0u32;
+        let sizes = [1usize, 40, 300, 1500, 4000];
+        for turn in 0..4000 {
+            if turn == 500 {
+                bench.mute[3] = true; // client 3 is gone from now on
+            }
+            // Handles queue commands while the driver takes them.
+            let now = bench.now;
+            for _ in 0..rng.below(6) {
+                if !bench.server.accepting() || turn > 2500 {
+                    break;
+                }
+                let to = rng.below(4) as usize;
+                let len = sizes[rng.below(sizes.len() as u64) as usize].max(4);
+                if len > max_message {
+                    continue; // a handle refuses it up front (SendError::Invalid)
+                }
+                bench.server.apply(
+                    Command::Send {
+                        remote: client_addr(to as u16),
+                        data: message(next_id, len),
+                        channel: Channel::Reliable(0),
+                    },
+                    now,
+                );
+                accepted[to].push(next_id);
+                next_id += 1;
+            }
+            // Some datagrams arrive through another shard instead of the socket.
+            if rng.chance(30)
+                && let Some((from, datagram)) = bench.socket.pop_front()
+            {
+                bench.server.on_forwarded(from, &datagram, now);
+            }
+            if rng.chance(40) {
+                sink.room += rng.below(8) as usize;
+            }
+            bench.turn(&mut sink);
+        }
+        // Drain: the application keeps up from now on.
+        sink.room = usize::MAX;
+        for _ in 0..4000 {
+            bench.turn(&mut sink);
+        }
+        let closed: Vec<(SocketAddr, DisconnectReason)> = sink
+            .taken
+            .iter()
+            .filter_map(|e| match e {
+                SocketEvent::SessionClosed { remote, reason } => Some((*remote, *reason)),
+                _ => None,
+            })
+            .collect();
+        for (i, sent) in accepted.iter().enumerate() {
+            let got: Vec<u32> = bench
+                .client_data(i)
+                .iter()
+                .map(|m| u32::from_be_bytes(m[..4].try_into().unwrap()))
+                .collect();
+            let reason = closed
+                .iter()
+                .find(|(remote, _)| *remote == client_addr(i as u16))
+                .map(|(_, reason)| *reason);
+            match reason {
+                None => assert_eq!(&got, sent, "seed {seed}, client {i}: lost or reordered"),
+                Some(reason) => {
+                    assert!(
+                        sent.starts_with(&got),
+                        "seed {seed}, client {i}: delivered out of order before {reason:?}"
+                    );
+                    assert!(
+                        matches!(
+                            reason,
+                            DisconnectReason::ReliableOverflow | DisconnectReason::Timeout
+                        ),
+                        "seed {seed}, client {i}: {reason:?}"
+                    );
+                }
+            }
+            if i < 3 {
+                assert!(
+                    reason.is_none(),
+                    "seed {seed}: live client {i} closed: {reason:?}"
+                );
+            }
+        }
+        assert!(
+            closed.iter().any(|(r, _)| *r == client_addr(3)),
+            "seed {seed}: the silent client's session ended"
+        );
+    }
 }

@@ -508,7 +508,8 @@ impl SoeSession {
         let p = &self.params;
         let first = self.last_received + p.heartbeat_after;
         match self.last_heartbeat {
-            Some(sent) if sent >= self.last_received => {
+            // Silent since the last heartbeat (a reply at the same instant counts).
+            Some(sent) if sent > self.last_received => {
                 let window = p.inactivity_timeout.saturating_sub(p.heartbeat_after);
                 let retry = if window.is_zero() {
                     Duration::from_secs(1)
