@@ -1,5 +1,5 @@
 //! The SOE reliable-UDP protocol (Sony Online Entertainment / Daybreak "UdpLibrary"):
-//! a sans-IO core, a thread-per-core io_uring server, and a Tokio adapter.
+//! a sans-IO core, a thread-per-core server, and a Tokio adapter.
 //!
 //! # Layers
 //! Dependencies flow one way; only the runtimes touch sockets, threads or the clock.

@@ -47,7 +47,7 @@ pub enum Command {
 /// The embedded server implementations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServerKind {
-    /// soe_uring::SoeServer: thread-per-core glommio shards, shard-local echo handler.
+    /// soe_uring::SoeServer: thread-per-core shards, shard-local echo handler.
     #[value(name = "soe-uring")]
     SoeUring,
     /// soe_uring::tokio_rt::TokioSoeServer on its own current-thread runtime.
