@@ -42,6 +42,10 @@ pub enum Command {
     /// SessionRequests, each from a new source address, at a steady rate: a flood
     /// of forged or abandoned clients, to see what a server keeps after one.
     Flood(FloodArgs),
+    /// A chaos relay between clients and a server: seeded loss, duplication,
+    /// reordering, delay, jitter, a rate-limited link, blackouts and NAT rebinding.
+    /// Runs until SIGINT or SIGTERM.
+    Relay(RelayArgs),
 }
 
 /// The embedded server implementations.
@@ -115,6 +119,24 @@ pub struct ServeArgs {
     /// shards that answered and each shard's health).
     #[arg(long)]
     pub stats_json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Address clients send to.
+    #[arg(long, value_parser = parse_target)]
+    pub listen: SocketAddr,
+    /// The server.
+    #[arg(long, value_parser = parse_target)]
+    pub target: SocketAddr,
+    /// Impairments, e.g. `loss=0.1,dup=0.05,reorder=0.05,delay=20ms,jitter=5ms,
+    /// rate=2000000,queue=64,blackhole=10s+2s,rebind=5s,rebind-packets=1000,
+    /// rebind-address,seed=7`.
+    #[arg(long, default_value = "", value_name = "SPEC")]
+    pub chaos: String,
+    /// Print the relay's counters every SECS seconds (0: never).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub stats_every: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -237,6 +259,10 @@ pub struct Workload {
     /// No live progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Put a chaos relay between the clients and the server, with these
+    /// impairments (see `loadgen relay --help`), e.g. `loss=0.1,delay=20ms`.
+    #[arg(long, value_name = "SPEC")]
+    pub relay: Option<String>,
 }
 
 /// Message sizes: fixed (`min == max`) or uniform in `min..=max`.

@@ -16,6 +16,7 @@ mod args;
 mod client;
 mod cpu;
 mod flood;
+mod relay;
 mod report;
 mod server;
 mod soak;
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Soak(a)) => soak::soak(a),
         Some(Command::Flood(a)) => flood::flood(a),
+        Some(Command::Relay(a)) => relay_command(a),
     };
     match result {
         Ok(code) => code,
@@ -131,8 +133,11 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         )?;
         let server = RunningServer::start(&spec)?;
         let target = server.local_addr;
-        let p = plan(kind.to_string(), target, &a.workload, &a.proto);
+        let relay = start_relay(&a.workload, target)?;
+        let client_target = relay.as_ref().map_or(target, |r| r.listen);
+        let p = plan(kind.to_string(), client_target, &a.workload, &a.proto);
         let outcome = run_clients(&p, Some(&server));
+        stop_relay(relay)?;
         let failures = server.echo_failures.load(Ordering::Relaxed);
         let shards = server.shards;
         let stopped = server.stop();
@@ -143,6 +148,58 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         results.push(RunResult::new(s, &outcome));
     }
     output(&results, &a.workload)
+}
+
+/// The chaos relay `--relay` asks for, in front of `target`.
+fn start_relay(w: &Workload, target: SocketAddr) -> Result<Option<relay::Relay>, String> {
+    let Some(spec) = &w.relay else {
+        return Ok(None);
+    };
+    let chaos = relay::Chaos::parse(spec)?;
+    let listen = SocketAddr::new(target.ip(), 0);
+    let relay = relay::Relay::start(listen, target, chaos)
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+    if !w.quiet {
+        eprintln!("loadgen: relay {} → {target} ({spec})", relay.listen);
+    }
+    Ok(Some(relay))
+}
+
+fn stop_relay(relay: Option<relay::Relay>) -> Result<(), String> {
+    if let Some(relay) = relay {
+        let summary = relay.stats.summary();
+        relay.stop().map_err(|e| format!("the relay failed: {e}"))?;
+        eprintln!("loadgen: relay: {summary}");
+    }
+    Ok(())
+}
+
+fn relay_command(a: args::RelayArgs) -> Result<ExitCode, String> {
+    let chaos = relay::Chaos::parse(&a.chaos)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    }
+    let relay = relay::Relay::start(a.listen, normalize(a.target), chaos)
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+    println!("listening on {}", relay.listen);
+    let _ = std::io::stdout().flush();
+    let every = (a.stats_every > 0.0).then(|| Duration::from_secs_f64(a.stats_every));
+    let mut next = every.map(|e| Instant::now() + e);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if let (Some(at), Some(every)) = (next, every)
+            && Instant::now() >= at
+        {
+            eprintln!("loadgen: relay: {}", relay.stats.summary());
+            next = Some(at + every);
+        }
+    }
+    let summary = relay.stats.summary();
+    relay.stop().map_err(|e| format!("the relay failed: {e}"))?;
+    eprintln!("loadgen: relay: {summary}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A target of 0.0.0.0 or :: (as `serve --bind 0.0.0.0:N` prints) means this host.
@@ -164,8 +221,12 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         return Err("--target needs a port".into());
     }
     let target = normalize(a.target);
-    let p = plan(target.to_string(), target, &a.workload, &a.proto);
-    let outcome = run_clients(&p, None)?;
+    let relay = start_relay(&a.workload, target)?;
+    let client_target = relay.as_ref().map_or(target, |r| r.listen);
+    let p = plan(target.to_string(), client_target, &a.workload, &a.proto);
+    let outcome = run_clients(&p, None);
+    stop_relay(relay)?;
+    let outcome = outcome?;
     let result = RunResult::new(
         setup("external".into(), None, target, &p, &a.workload),
         &outcome,
