@@ -411,11 +411,11 @@ impl Worker {
         let old = std::mem::replace(&mut self.mappings[i].upstream, fresh);
         // Replies to the old mapping are no longer read; datagrams that crossed it
         // still leave through it.
-        let mut fd = old.as_raw_fd();
+        let fd = old.as_raw_fd();
         let _ = self
             .poll
             .registry()
-            .deregister(&mut mio::unix::SourceFd(&mut fd));
+            .deregister(&mut mio::unix::SourceFd(&fd));
         let m = &mut self.mappings[i];
         m.created = at;
         m.datagrams = 0;
