@@ -62,6 +62,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     return Ok(());
                 }
+                // Only a server sees its peers move.
+                SocketEvent::SessionRemapped { .. } => {}
             }
         }
         if mux

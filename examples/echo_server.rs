@@ -40,6 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 SocketEvent::SessionClosed { remote, reason } => {
                     println!("shard {}: {remote} closed ({reason})", ctx.shard())
                 }
+                // Its NAT mapping moved; later events come from the new address's shard.
+                SocketEvent::SessionRemapped { old, new } => {
+                    println!("shard {}: {old} moved to {new}", ctx.shard())
+                }
             }
         })
         .start()?;

@@ -92,6 +92,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         println!("{} left ({reason}) after {} messages", p.name, p.messages);
                     }
                 }
+                // The player's NAT mapping moved: same player, new address.
+                SocketEvent::SessionRemapped { old, new } => {
+                    if let Some(p) = players.remove(&old) {
+                        players.insert(new, p);
+                    }
+                }
             }
         }
         #[allow(clippy::disallowed_methods)]

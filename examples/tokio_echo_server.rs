@@ -50,6 +50,7 @@ async fn main() -> std::io::Result<()> {
             SocketEvent::SessionClosed { remote, reason } => {
                 println!("{remote}: closed ({reason:?})")
             }
+            SocketEvent::SessionRemapped { old, new } => println!("{old}: moved to {new}"),
         }
     }
     Ok(())

@@ -789,6 +789,13 @@ impl Harness {
                         "{remote} closed without being open"
                     );
                 }
+                // `remap` moved the model's session already.
+                SocketEvent::SessionRemapped { old, new } => {
+                    assert!(
+                        self.open.contains(&new) && !self.open.contains(&old),
+                        "{old} → {new} remapped without being open"
+                    );
+                }
             }
         }
 

@@ -86,7 +86,10 @@ pub mod tokio_rt;
 
 #[cfg(any(target_os = "linux", feature = "tokio"))]
 pub use driver::DriverStats;
-pub use mux::{ConnectError, MuxStats, RemoteAddr, SocketConfig, SocketEvent, SoeMultiplexer};
+pub use mux::{
+    ConnectError, MuxStats, RemoteAddr, SessionTransfer, SocketConfig, SocketEvent, SoeMultiplexer,
+    seed_lane,
+};
 pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
 #[cfg(target_os = "linux")]
 pub use runtime::{

@@ -143,6 +143,8 @@ struct InFlight {
     at: Instant,
     order: u64,
     to: usize,
+    /// The address it was sent to (a host that moved away no longer gets it).
+    to_addr: SocketAddr,
     from: SocketAddr,
     bytes: Vec<u8>,
 }
@@ -231,6 +233,13 @@ impl Sim {
         self.link = link;
     }
 
+    /// Moves host `index` to `addr`, as a NAT rebinding does: from now on its
+    /// datagrams come from `addr`, and datagrams still on their way to the old
+    /// address are lost.
+    pub fn set_addr(&mut self, index: usize, addr: SocketAddr) {
+        self.nodes[index].addr = addr;
+    }
+
     /// Starts recording every datagram a host sends (before loss or corruption), to
     /// read back with [`Sim::take_captured`].
     pub fn capture(&mut self) {
@@ -269,17 +278,18 @@ impl Sim {
             let Some(to) = self.nodes.iter().position(|n| n.addr == *to_addr) else {
                 continue;
             };
+            let to_addr = *to_addr;
             let mut copy = self.spare.pop().unwrap_or_default();
             copy.clear();
             copy.extend_from_slice(bytes);
-            self.offer(from, to, copy);
+            self.offer(from, to, to_addr, copy);
         }
         self.nodes[index].mux.consume_outgoing(count);
         let events = &mut self.nodes[index];
         events.events.extend(events.mux.drain_events());
     }
 
-    fn offer(&mut self, from: SocketAddr, to: usize, mut bytes: Vec<u8>) {
+    fn offer(&mut self, from: SocketAddr, to: usize, to_addr: SocketAddr, mut bytes: Vec<u8>) {
         let link = self.link;
         self.stats.sent += 1;
         if let Some(captured) = self.captured.as_mut() {
@@ -326,6 +336,7 @@ impl Sim {
                 at: self.now + delay,
                 order: self.order,
                 to,
+                to_addr,
                 from,
                 bytes,
             }));
@@ -359,6 +370,11 @@ impl Sim {
                 break;
             }
             let Reverse(f) = self.queue.pop().expect("peeked");
+            if self.nodes[f.to].addr != f.to_addr {
+                self.stats.lost += 1;
+                self.spare.push(f.bytes);
+                continue;
+            }
             self.stats.delivered += 1;
             self.nodes[f.to].mux.process_incoming(f.from, &f.bytes, now);
             self.spare.push(f.bytes);

@@ -505,7 +505,7 @@ impl TokioSoeServer {
             Driver::new(SoeMultiplexer::new(config), limits(&driver, false), 0),
             command_rx,
             control_rx,
-            Sink::new(event_tx, |event| event, false),
+            Sink::new(event_tx, Some, false),
             tick_period,
         );
         let driver = tokio::spawn(task.run());
@@ -576,13 +576,16 @@ pub enum ClientEvent {
     },
 }
 
-fn client_event(event: SocketEvent<SocketAddr>) -> ClientEvent {
+/// A client's view of its session's events (a client session is never remapped:
+/// only servers move sessions).
+fn client_event(event: SocketEvent<SocketAddr>) -> Option<ClientEvent> {
     match event {
-        SocketEvent::SessionOpened { .. } => ClientEvent::Connected,
+        SocketEvent::SessionOpened { .. } => Some(ClientEvent::Connected),
         SocketEvent::DataReceived { data, channel, .. } => {
-            ClientEvent::DataReceived { data, channel }
+            Some(ClientEvent::DataReceived { data, channel })
         }
-        SocketEvent::SessionClosed { reason, .. } => ClientEvent::Disconnected { reason },
+        SocketEvent::SessionClosed { reason, .. } => Some(ClientEvent::Disconnected { reason }),
+        SocketEvent::SessionRemapped { .. } => None,
     }
 }
 
@@ -816,7 +819,8 @@ fn limits(config: &DriverConfig, client: bool) -> Limits {
 /// application.
 struct Sink<E> {
     events: mpsc::Sender<E>,
-    map: fn(SocketEvent<SocketAddr>) -> E,
+    /// `None`: an event this application does not see.
+    map: fn(SocketEvent<SocketAddr>) -> Option<E>,
     /// Stop once a `SessionClosed` has been delivered (client mode).
     stop_after_close: bool,
     /// A `SessionClosed` went out in client mode: the task stops.
@@ -826,7 +830,7 @@ struct Sink<E> {
 impl<E> Sink<E> {
     fn new(
         events: mpsc::Sender<E>,
-        map: fn(SocketEvent<SocketAddr>) -> E,
+        map: fn(SocketEvent<SocketAddr>) -> Option<E>,
         stop_after_close: bool,
     ) -> Self {
         Self {
@@ -847,7 +851,9 @@ impl<E> EventSink for Sink<E> {
             Ok(permit) => {
                 self.finished =
                     self.stop_after_close && matches!(event, SocketEvent::SessionClosed { .. });
-                permit.send((self.map)(event));
+                if let Some(event) = (self.map)(event) {
+                    permit.send(event);
+                }
                 Offer::Taken
             }
             Err(TrySendError::Full(())) => Offer::Full(event),

@@ -171,6 +171,9 @@ fn reference_client_against_our_server(case: Case) {
                     panic!("our server closed the session: {reason:?}")
                 }
                 soe_uring::SocketEvent::SessionOpened { .. } => {}
+                soe_uring::SocketEvent::SessionRemapped { old, new } => {
+                    panic!("no remap expected: {old} → {new}")
+                }
             }
         }
         server.drive();
@@ -218,6 +221,7 @@ fn our_client_against_reference_server(case: Case) {
                 soe_uring::SocketEvent::SessionClosed { reason, .. } => {
                     panic!("our client closed: {reason:?}")
                 }
+                soe_uring::SocketEvent::SessionRemapped { .. } => unreachable!("a client"),
             }
         }
         if opened {

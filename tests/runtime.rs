@@ -220,7 +220,7 @@ fn echo_server(shards: usize, steering: bool) -> (SoeServer, Placements) {
                 } => {
                     ctx.enqueue_data_on(&remote, &data, channel).unwrap();
                 }
-                SocketEvent::SessionClosed { .. } => {}
+                SocketEvent::SessionClosed { .. } | SocketEvent::SessionRemapped { .. } => {}
             }
         })
         .start()
@@ -328,6 +328,10 @@ fn merged_stream_and_handle_replies_from_many_threads() {
                     } => {
                         assert!(opened.contains_key(&remote), "data before SessionOpened");
                         work_tx.send((remote, data, channel)).unwrap();
+                    }
+                    SocketEvent::SessionRemapped { old, new } => {
+                        opened.remove(&old);
+                        opened.insert(new, true);
                     }
                     SocketEvent::SessionClosed { .. } => {}
                 }
@@ -774,4 +778,50 @@ fn a_failed_shard_is_reported_and_its_sessions_closed() {
         Err(ServerError::ShardFailed { shard, .. }) => assert_eq!(shard, failing),
         other => panic!("{other:?}"),
     }
+}
+
+/// Clients whose NAT mappings move to ports another shard owns: the shard that
+/// gets their next datagrams answers UnknownSender, their RemapConnections reach
+/// the shard that holds the session (named by its CRC seed), the session moves to
+/// the shard that owns the new address, and the echo goes on without a loss.
+#[test]
+fn sessions_follow_their_clients_to_a_new_port_on_another_shard() {
+    let (server, _) = echo_server(2, true);
+    let mut clients = Clients::new(16, server.local_addr());
+    clients.open_all();
+    clients.echo(30);
+    let handle = server.handle();
+    let mut moved = 0;
+    for i in 0..16 {
+        if i % 2 == 1 {
+            continue;
+        }
+        let old = clients.addr(Key(i));
+        // A new port of the same address that another shard owns.
+        let socket = loop {
+            let s = UdpSocket::bind(SocketAddr::new(old.ip(), 0)).unwrap();
+            if handle.shard_of(&s.local_addr().unwrap()) != handle.shard_of(&old) {
+                break s;
+            }
+        };
+        socket.set_nonblocking(true).unwrap();
+        clients.sockets[i] = socket;
+        moved += 1;
+    }
+    clients.echo(30);
+    let stats = server.stats();
+    assert_eq!(stats.total.mux.remaps, moved, "{:?}", stats.total.mux);
+    assert_eq!(stats.total.mux.sessions_live, 16);
+    for i in 0..16 {
+        let addr = clients.addr(Key(i));
+        let owner = handle.shard_of(&addr);
+        assert_eq!(
+            stats.shards[owner].mux.sessions_live as usize,
+            (0..16)
+                .filter(|&j| handle.shard_of(&clients.addr(Key(j))) == owner)
+                .count(),
+            "each session lives on the shard that owns its address"
+        );
+    }
+    server.shutdown().unwrap();
 }

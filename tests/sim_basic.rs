@@ -415,9 +415,7 @@ fn sequence_numbers_wrap_several_times() {
 
 #[test]
 fn remap_moves_a_session_to_a_new_port_of_the_same_host() {
-    let mut s = config(1);
-    s.allow_port_remaps = true;
-    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s);
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
     let old = sim.addr(client);
     let session = sim.node(server).mux.session(&old).unwrap();
     let (id, seed) = (session.session_id(), session.crc_seed());
@@ -443,8 +441,15 @@ fn remap_moves_a_session_to_a_new_port_of_the_same_host() {
     assert!(mux.session(&old).is_none());
     assert!(mux.session(&new).is_some());
     assert_eq!(mux.stats().remaps, 1);
-    // Off by default.
-    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
+    assert!(
+        mux.take_events()
+            .contains(&SocketEvent::SessionRemapped { old, new })
+    );
+    // Port remaps can be switched off; address remaps on.
+    let mut s = config(1);
+    s.allow_port_remaps = false;
+    s.allow_address_remaps = true;
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s);
     let old = sim.addr(client);
     let session = sim.node(server).mux.session(&old).unwrap();
     let (id, seed) = (session.session_id(), session.crc_seed());
@@ -452,12 +457,117 @@ fn remap_moves_a_session_to_a_new_port_of_the_same_host() {
     let mux = &mut sim.node_mut(server).mux;
     mux.process_incoming(SocketAddr::new(old.ip(), 40_001), remap(id, seed), now);
     assert!(mux.session(&old).is_some());
+    mux.process_incoming(other_host, remap(id, seed), now);
+    assert!(mux.session(&other_host).is_some());
+}
+
+/// The client's NAT mapping moves in the middle of a transfer both ways: the
+/// server answers the new address with UnknownSender, the client proves it owns
+/// the session, and every message arrives, in order, with nothing closed.
+#[test]
+fn a_client_that_moves_mid_transfer_loses_nothing() {
+    for new_host in [false, true] {
+        let mut s = config(1);
+        s.allow_address_remaps = new_host;
+        let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s);
+        let to = sim.addr(server);
+        let old = sim.addr(client);
+        sim.node_mut(server).events.clear(); // the opening "hi"
+        let mut sent = 0u32;
+        let mut echoed = Vec::new();
+        let mut remapped = None;
+        for round in 0..400u32 {
+            if round == 150 {
+                let new = if new_host {
+                    "10.7.7.7:31000".parse().unwrap()
+                } else {
+                    SocketAddr::new(old.ip(), old.port() + 1000)
+                };
+                sim.set_addr(client, new);
+                remapped = Some(new);
+            }
+            for _ in 0..3 {
+                let msg = sent.to_be_bytes().repeat(1 + (sent % 90) as usize);
+                if sim.node_mut(client).mux.enqueue_data(&to, &msg).is_ok() {
+                    sent += 1;
+                }
+            }
+            sim.pump(client);
+            sim.run_for(Duration::from_millis(5));
+            for e in std::mem::take(&mut sim.node_mut(server).events) {
+                match e {
+                    SocketEvent::DataReceived {
+                        remote,
+                        data,
+                        channel,
+                    } => sim
+                        .node_mut(server)
+                        .mux
+                        .enqueue_data_on(&remote, &data, channel)
+                        .unwrap(),
+                    SocketEvent::SessionRemapped { old: o, new } => {
+                        assert_eq!((o, Some(new)), (old, remapped));
+                    }
+                    SocketEvent::SessionClosed { reason, .. } => panic!("closed: {reason:?}"),
+                    SocketEvent::SessionOpened { .. } => {}
+                }
+            }
+            sim.pump(server);
+            for e in std::mem::take(&mut sim.node_mut(client).events) {
+                match e {
+                    SocketEvent::DataReceived { data, .. } => {
+                        echoed.push(u32::from_be_bytes(data[..4].try_into().unwrap()))
+                    }
+                    SocketEvent::SessionClosed { reason, .. } => {
+                        panic!("client closed: {reason:?}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        sim.run_for(Duration::from_secs(3));
+        for e in std::mem::take(&mut sim.node_mut(client).events) {
+            if let SocketEvent::DataReceived { data, .. } = e {
+                echoed.push(u32::from_be_bytes(data[..4].try_into().unwrap()));
+            }
+        }
+        assert_eq!(
+            echoed,
+            (0..sent).collect::<Vec<_>>(),
+            "new host: {new_host}"
+        );
+        let stats = sim.node(server).mux.stats();
+        assert_eq!(stats.remaps, 1, "{stats:?}");
+        assert!(sim.node(server).mux.session(&remapped.unwrap()).is_some());
+    }
+}
+
+/// A server that allows no remaps still answers UnknownSender; the client gives
+/// up after a few refused attempts, long before its inactivity timeout.
+#[test]
+fn a_client_that_cannot_remap_fails_fast() {
+    let mut s = config(1);
+    s.allow_port_remaps = false;
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s);
+    let old = sim.addr(client);
+    sim.set_addr(client, SocketAddr::new(old.ip(), old.port() + 1));
+    let start = sim.elapsed();
+    send(&mut sim, client, server, b"hello?", Channel::Reliable(0));
+    assert!(sim.run_until(|s| closed(s, client).is_some()));
+    assert_eq!(
+        closed(&sim, client),
+        Some(DisconnectReason::UnreachableConnection)
+    );
+    assert!(
+        sim.elapsed() - start < Duration::from_secs(5),
+        "{:?}",
+        sim.elapsed() - start
+    );
 }
 
 #[test]
 fn unknown_sender_reply_ends_the_peers_session() {
-    let mut s = config(1);
-    s.reply_unknown_sender = true;
+    let s = config(1);
     let (mut sim, client, server) = pair(LinkConfig::default(), config(2), s.clone());
     // The server forgets everything (a restart).
     sim.node_mut(server).mux = SoeMultiplexer::new(s);

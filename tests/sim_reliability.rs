@@ -214,6 +214,9 @@ impl Harness {
                         panic!("unexpected channel {channel:?}")
                     }
                     SocketEvent::SessionOpened { .. } => {}
+                    SocketEvent::SessionRemapped { old, new } => {
+                        panic!("session {me} ↔ {old} remapped to {new}")
+                    }
                 }
             }
         }

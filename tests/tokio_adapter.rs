@@ -135,7 +135,9 @@ async fn spawn_our_echo_server(
                     .enqueue_data_on_async(remote, data, channel)
                     .await
                     .unwrap(),
-                SocketEvent::SessionOpened { .. } | SocketEvent::SessionClosed { .. } => {}
+                SocketEvent::SessionOpened { .. }
+                | SocketEvent::SessionClosed { .. }
+                | SocketEvent::SessionRemapped { .. } => {}
             }
         }
     });

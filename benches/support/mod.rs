@@ -270,6 +270,9 @@ impl Ours {
                 soe_uring::SocketEvent::SessionClosed { remote, reason } => {
                     panic!("server session {remote} closed: {reason:?}")
                 }
+                soe_uring::SocketEvent::SessionRemapped { old, new } => {
+                    panic!("server session {old} remapped to {new}")
+                }
             }
         }
     }
@@ -291,6 +294,7 @@ impl Ours {
                 soe_uring::SocketEvent::SessionClosed { remote, reason } => {
                     panic!("client session {remote} closed: {reason:?}")
                 }
+                soe_uring::SocketEvent::SessionRemapped { .. } => unreachable!("a client"),
             }
         }
     }

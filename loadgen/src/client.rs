@@ -879,6 +879,9 @@ impl Worker {
                     remote: Key(k),
                     reason,
                 } => self.churn_closed(k, reason),
+                SocketEvent::SessionRemapped { .. } => {
+                    self.error(|| "a client session was remapped".into())
+                }
             }
         }
     }

@@ -29,6 +29,29 @@
 //!   sessions otherwise expire with the inactivity timeout, as in `soe-protocol`.
 //! * Per-session caps: see [`SessionParameters`].
 //!
+//! # Remapping
+//! A client behind a NAT may reach the server from a new port (or address) in the
+//! middle of a session. The server answers its first datagrams with UnknownSender;
+//! the client proves it owns the session with a RemapConnection carrying the
+//! session id (the client's random choice) and the CRC seed (the server's), and the
+//! session moves to the new address. Both values are secret to anyone off the
+//! path: guessing them takes about 2^60 tries with soe-uring on both sides (both
+//! from a CSPRNG; a sharded server spends a few seed bits on the shard number),
+//! and refused attempts are capped at `unknown_sender_replies_per_sec`, so blind
+//! guessing does not finish in the life of a session. Anyone on the path sees both
+//! values, but can already read and inject the session's traffic. Moving to the
+//! same host needs nothing more; moving to another host is also what a hijacker
+//! off the path would want, so it is a separate switch (`allow_address_remaps`),
+//! off by default: turn it on where players switch networks (mobile, CGNAT) and a
+//! client's session ids are random (ids from a predictable generator, as in
+//! `soe-protocol`, leave only the seed's bits).
+//!
+//! A sharded server spreads sessions by address, so the session's shard is
+//! recorded in its CRC seed ([`SoeMultiplexer::set_seed_lane`], [`seed_lane`]): a
+//! RemapConnection that arrives elsewhere is sent to that shard, which moves the
+//! session ([`SoeMultiplexer::take_session`]) to the shard that owns the new
+//! address ([`SoeMultiplexer::adopt_session`]).
+//!
 //! # Events
 //! Per session, `SessionOpened` comes before any `DataReceived` and `SessionClosed`
 //! after all of them. A server session the application never saw opened (a
@@ -77,9 +100,14 @@ pub struct SocketConfig {
     pub default_session_params: SessionParameters,
     /// Parameters shared by all sessions (RC4 key).
     pub app_params: ApplicationParameters,
-    /// Let a session move to a new port of the same host when it proves ownership
-    /// with its session id and CRC seed (RemapConnection). Off by default.
+    /// Let a server session move to a new port of the same host when the client
+    /// proves ownership with its session id and CRC seed (RemapConnection), as
+    /// after a NAT rebinding. On by default (see the [module docs](self#remapping)).
     pub allow_port_remaps: bool,
+    /// Let a server session move to another address too (CGNAT pools, a phone
+    /// going from Wi-Fi to cellular). Off by default: see the
+    /// [module docs](self#remapping) for what it trusts.
+    pub allow_address_remaps: bool,
     /// Seed for session ids and CRC seeds. `None` (the default) draws them from the
     /// OS CSPRNG; `Some` makes them deterministic, for tests and simulations only.
     pub rng_seed: Option<u64>,
@@ -89,9 +117,15 @@ pub struct SocketConfig {
     /// to admit a new one. Size it above the largest legitimate connect burst: a
     /// session evicted before its client's first packet is lost to that client.
     pub max_half_open_sessions: usize,
-    /// Answer datagrams from unknown addresses with UnknownSender (`00 1D`), as
-    /// UdpLibrary does. Off by default, as in `soe-protocol`.
+    /// Answer contextual datagrams from unknown addresses with UnknownSender
+    /// (`00 1D`), as UdpLibrary does, at most `unknown_sender_replies_per_sec` a
+    /// second. On by default: a client whose NAT mapping moved learns it at once
+    /// (and remaps), and a client of a session the server already ended fails fast
+    /// instead of after its inactivity timeout.
     pub reply_unknown_sender: bool,
+    /// Cap on UnknownSender replies, and on refused RemapConnections, per second
+    /// (default 256 each): neither can be used to flood.
+    pub unknown_sender_replies_per_sec: u32,
     /// Bytes all sessions together may hold for their peers: out-of-order packets
     /// waiting for a gap and partly reassembled messages (default 256 MiB). The
     /// per-session caps bound one peer; this bounds many. Past it, out-of-order
@@ -105,11 +139,13 @@ impl Default for SocketConfig {
         Self {
             default_session_params: SessionParameters::default(),
             app_params: ApplicationParameters::default(),
-            allow_port_remaps: false,
+            allow_port_remaps: true,
+            allow_address_remaps: false,
             rng_seed: None,
             max_sessions: 65_536,
             max_half_open_sessions: 16_384,
-            reply_unknown_sender: false,
+            reply_unknown_sender: true,
+            unknown_sender_replies_per_sec: 256,
             max_buffered_bytes: 256 << 20,
         }
     }
@@ -138,6 +174,16 @@ pub enum SocketEvent<A> {
         remote: A,
         /// Why.
         reason: DisconnectReason,
+    },
+    /// A peer reached the server from a new address (its NAT mapping moved) and
+    /// proved it owns the session: from now on the session's events carry `new`,
+    /// and commands for it name `new`. Not in `soe-protocol`, which moves sessions
+    /// without saying so; see the [module docs](self#remapping).
+    SessionRemapped {
+        /// The address the session had.
+        old: A,
+        /// The address it has now.
+        new: A,
     },
 }
 
@@ -228,6 +274,26 @@ struct Entry<A> {
     half_open: bool,
 }
 
+/// The lane a server session's CRC seed names (see
+/// [`SoeMultiplexer::set_seed_lane`]): a sharded server's shard index.
+pub fn seed_lane(crc_seed: u32, lanes: u32) -> u32 {
+    crc_seed % lanes.max(1)
+}
+
+/// A session on its way from one multiplexer to another (see
+/// [`SoeMultiplexer::take_session`]).
+#[derive(Debug)]
+pub struct SessionTransfer<A: RemoteAddr> {
+    entry: Box<Entry<A>>,
+}
+
+impl<A: RemoteAddr> SessionTransfer<A> {
+    /// The address the session is bound to.
+    pub fn remote(&self) -> &A {
+        &self.entry.addr
+    }
+}
+
 /// Session removals between checks whether the containers should shrink.
 const SHRINK_CHECK_EVERY: usize = 1024;
 
@@ -262,6 +328,14 @@ pub struct SoeMultiplexer<A: RemoteAddr> {
     retired: SessionStats,
     /// Whether SessionRequests from new addresses open sessions.
     admitting: bool,
+    /// New server sessions get CRC seeds ≡ `lane.0` (mod `lane.1`).
+    lane: (u32, u32),
+    /// Addresses sessions moved to since the last `drain_remapped`.
+    remapped: Vec<A>,
+    /// Token bucket for UnknownSender replies and refused remaps: tokens, and when
+    /// it was last refilled.
+    reply_tokens: f64,
+    reply_refill: Option<Instant>,
     /// Sessions removed since the containers were last checked for shrinking.
     removed_since_shrink: usize,
 }
@@ -290,7 +364,86 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             retired: SessionStats::default(),
             admitting: true,
             removed_since_shrink: 0,
+            lane: (0, 1),
+            remapped: Vec::new(),
+            reply_tokens: 0.0,
+            reply_refill: None,
         }
+    }
+
+    /// Makes every new server session's CRC seed name lane `lane` of `lanes`
+    /// ([`seed_lane`]): a sharded server passes its shard index and count, so any
+    /// shard can tell whose session a RemapConnection is for.
+    pub fn set_seed_lane(&mut self, lane: u32, lanes: u32) {
+        let lanes = lanes.max(1);
+        self.lane = (lane % lanes, lanes);
+    }
+
+    /// The addresses sessions moved to since the last call (RemapConnection).
+    pub fn drain_remapped(&mut self) -> std::vec::Drain<'_, A> {
+        self.remapped.drain(..)
+    }
+
+    /// Takes a session out of this multiplexer, with its state, timers to come and
+    /// counters, to hand to another with [`SoeMultiplexer::adopt_session`]. No event
+    /// is produced: for the application the session simply goes on.
+    pub fn take_session(&mut self, remote: &A) -> Option<SessionTransfer<A>> {
+        let slot = *self.index.get(remote)?;
+        let entry = self.slots[slot as usize].take()?;
+        self.index.remove(remote);
+        if entry.half_open {
+            self.half_open -= 1;
+        }
+        let credentials = (entry.session.session_id(), entry.session.crc_seed());
+        if self.by_credentials.get(&credentials) == Some(&entry.addr) {
+            self.by_credentials.remove(&credentials);
+        }
+        self.io.held = self.io.held.saturating_sub(entry.session.buffered_bytes());
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        self.free.push(slot);
+        self.removed_since_shrink += 1;
+        Some(SessionTransfer { entry })
+    }
+
+    /// Ends a session [`SoeMultiplexer::adopt_session`] could not take: its
+    /// `SessionClosed` (with `NewConnectionAttempt`: another session has its
+    /// address) goes to the application; its peer hears nothing and times out.
+    pub fn reject_session(&mut self, transfer: SessionTransfer<A>) {
+        let reason = DisconnectReason::NewConnectionAttempt;
+        self.retired.add(&transfer.entry.session.stats());
+        self.stats.sessions_closed[usize::from(reason.as_u16())] += 1;
+        self.events.push_back(SocketEvent::SessionClosed {
+            remote: transfer.entry.addr,
+            reason,
+        });
+    }
+
+    /// Takes over a session another multiplexer gave up with
+    /// [`SoeMultiplexer::take_session`]. It comes back when a session with its
+    /// address exists here already or `max_sessions` is reached.
+    pub fn adopt_session(
+        &mut self,
+        transfer: SessionTransfer<A>,
+    ) -> Result<(), SessionTransfer<A>> {
+        let addr = transfer.entry.addr.clone();
+        if self.index.contains_key(&addr) || self.index.len() >= self.config.max_sessions {
+            return Err(transfer);
+        }
+        let mut entry = transfer.entry;
+        // Timers, the flush list and the half-open count are this multiplexer's:
+        // the next flush schedules the session here.
+        entry.scheduled = None;
+        entry.dirty = false;
+        entry.half_open = false;
+        self.io.held += entry.session.buffered_bytes();
+        let credentials = (entry.session.session_id(), entry.session.crc_seed());
+        let opened = entry.opened;
+        let slot = self.insert_entry(addr.clone(), entry);
+        if opened {
+            self.by_credentials.insert(credentials, addr);
+        }
+        self.mark(slot);
+        Ok(())
     }
 
     /// Opens or closes admission: while closed, SessionRequests from addresses
@@ -487,7 +640,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 self.admit(remote, datagram, now)
             }
             [0, ty, ..] if *ty == OpCode::RemapConnection.type_byte() => {
-                self.remap(remote, datagram)
+                self.remap(remote, datagram, now)
             }
             [0, ty, ..]
                 if *ty == OpCode::UnknownSender.type_byte()
@@ -497,7 +650,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             }
             _ => {
                 self.stats.unknown_sender_datagrams += 1;
-                if self.config.reply_unknown_sender {
+                if self.config.reply_unknown_sender && self.take_reply_token(now) {
                     let start = self.io.tx_bytes.len();
                     self.io
                         .tx_bytes
@@ -558,68 +711,106 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         self.half_open = 0;
     }
 
-    fn remap(&mut self, remote: A, datagram: &[u8]) {
+    fn remap(&mut self, remote: A, datagram: &[u8], now: Instant) {
         let Ok(Packet::RemapConnection(remap)) = Packet::parse(datagram) else {
             self.stats.unknown_sender_datagrams += 1;
             return;
         };
-        if !self.config.allow_port_remaps {
-            self.stats.remaps_refused += 1;
-            return;
-        }
-        let Some(old) = self
-            .by_credentials
-            .get(&(remap.session_id, remap.crc_seed))
-            .cloned()
-        else {
-            self.stats.remaps_refused += 1;
-            return;
+        let credentials = (remap.session_id, remap.crc_seed);
+        let old = self.by_credentials.get(&credentials).cloned();
+        let allowed = match &old {
+            Some(old) if *old == remote => false,
+            Some(old) if old.same_host(&remote) => self.config.allow_port_remaps,
+            Some(_) => self.config.allow_address_remaps,
+            None => false,
         };
-        if old == remote || !old.same_host(&remote) {
+        let slot = old
+            .filter(|_| allowed)
+            .and_then(|old| self.index.remove(&old));
+        let Some(slot) = slot else {
             self.stats.remaps_refused += 1;
-            return;
-        }
-        let Some(slot) = self.index.remove(&old) else {
-            self.stats.remaps_refused += 1;
+            // A refusal costs a token too: guessing credentials stays slow.
+            let _ = self.take_reply_token(now);
             return;
         };
         self.index.insert(remote.clone(), slot);
-        self.by_credentials
-            .insert((remap.session_id, remap.crc_seed), remote.clone());
+        self.by_credentials.insert(credentials, remote.clone());
         if let Some(entry) = self.slots[slot as usize].as_mut() {
-            entry.addr = remote;
+            tracing::info!(
+                from = ?entry.addr,
+                to = ?remote,
+                session_id = remap.session_id,
+                "session remapped"
+            );
+            let old = std::mem::replace(&mut entry.addr, remote.clone());
+            self.events.push_back(SocketEvent::SessionRemapped {
+                old,
+                new: remote.clone(),
+            });
         }
         self.stats.remaps += 1;
+        self.remapped.push(remote);
         self.mark(slot);
+    }
+
+    /// Takes one token of the reply budget (`unknown_sender_replies_per_sec`);
+    /// `false` when it is spent.
+    fn take_reply_token(&mut self, now: Instant) -> bool {
+        let rate = f64::from(self.config.unknown_sender_replies_per_sec);
+        let elapsed = self
+            .reply_refill
+            .map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.reply_refill = Some(now);
+        // Up to a tenth of a second's worth may go at once.
+        self.reply_tokens = (self.reply_tokens + elapsed * rate).min((rate / 10.0).max(1.0));
+        if self.reply_tokens >= 1.0 {
+            self.reply_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// A session from the configuration, with fresh random ids.
     fn new_session(&mut self, mode: SessionMode, now: Instant) -> SoeSession {
+        let mut secret = self.ids.next_u64();
+        let (lane, lanes) = self.lane;
+        if lanes > 1 {
+            // The high half is a server's CRC seed: make it name this lane.
+            let seed = (secret >> 32) as u32;
+            // `lane` itself when the top of the range has no room for it.
+            let seed = (seed - seed % lanes).checked_add(lane).unwrap_or(lane);
+            secret = (u64::from(seed) << 32) | (secret & 0xFFFF_FFFF);
+        }
         SoeSession::new(
             mode,
             self.config.default_session_params.clone(),
             self.config.app_params.clone(),
-            self.ids.next_u64(),
+            secret,
             now,
         )
     }
 
     fn insert(&mut self, remote: A, session: SoeSession) -> u32 {
-        let entry = Entry {
+        let entry = Box::new(Entry {
             addr: remote.clone(),
             session,
             scheduled: None,
             dirty: false,
             opened: false,
             half_open: false,
-        };
+        });
+        self.insert_entry(remote, entry)
+    }
+
+    fn insert_entry(&mut self, remote: A, entry: Box<Entry<A>>) -> u32 {
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = Some(Box::new(entry));
+                self.slots[slot as usize] = Some(entry);
                 slot
             }
             None => {
-                self.slots.push(Some(Box::new(entry)));
+                self.slots.push(Some(entry));
                 self.generations.push(0);
                 (self.slots.len() - 1) as u32
             }
@@ -628,9 +819,6 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         slot
     }
 
-    /// Bookkeeping after any call into a session: events get their address, new
-    /// datagrams their destination, the session is marked for flushing and its timer
-    /// rescheduled; an ended session is removed.
     /// Bookkeeping after any call into a session: its events get their address, its
     /// datagrams their destination, and it is queued for the next flush (which also
     /// reschedules its timer); an ended session is removed. Returns whether it is
@@ -715,7 +903,9 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                     );
                     entry.opened = true;
                     stats.sessions_opened += 1;
-                    if entry.session.mode() == SessionMode::Server && config.allow_port_remaps {
+                    if entry.session.mode() == SessionMode::Server
+                        && (config.allow_port_remaps || config.allow_address_remaps)
+                    {
                         by_credentials.insert(
                             (entry.session.session_id(), entry.session.crc_seed()),
                             remote.clone(),

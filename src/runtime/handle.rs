@@ -15,6 +15,7 @@ use super::stats::{ServerStats, ShardStats};
 use super::steer::shard_of;
 use super::sys::Doorbell;
 use crate::driver::Command;
+use crate::mux::SessionTransfer;
 use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
 use crate::send_error::SendError;
 use crate::session::Channel;
@@ -24,6 +25,8 @@ use crate::session::Channel;
 pub(crate) enum Control {
     /// Send a copy of the shard's counters.
     Stats(Sender<ShardStats>),
+    /// Take over a session whose peer moved to an address this shard owns.
+    Adopt(SessionTransfer<SocketAddr>),
 }
 
 /// A datagram another shard received for a session this shard owns.
@@ -126,12 +129,15 @@ impl Inbox {
         pushed
     }
 
-    fn push_control(&self, control: Control) -> bool {
-        let pushed = self.control.try_send(control).is_ok();
-        if pushed {
-            self.notify();
+    /// Queues a control request; gives it back when the queue is full.
+    pub(crate) fn push_control(&self, control: Control) -> Result<(), Control> {
+        match self.control.try_send(control) {
+            Ok(()) => {
+                self.notify();
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner()),
         }
-        pushed
     }
 
     /// Asks the shard to stop; it sees the flag on its next turn.
@@ -298,7 +304,7 @@ impl SoeHandle {
         let deadline = Instant::now() + timeout;
         let mut asked = vec![false; self.shards()];
         for (shard, inbox) in self.shared.inboxes.iter().enumerate() {
-            asked[shard] = inbox.push_control(Control::Stats(tx.clone()));
+            asked[shard] = inbox.push_control(Control::Stats(tx.clone())).is_ok();
         }
         drop(tx);
         let expected = asked.iter().filter(|a| **a).count();

@@ -26,7 +26,7 @@ use tracing::{debug, error, trace};
 
 use super::handle::{Control, Forwarded, InboxReceivers, SoeHandle};
 use super::handler::{ShardContext, ShardHandler, ShardInfo};
-use super::steer::shard_of;
+use super::steer::{route, shard_of};
 use super::sys::{self, RecvBatch, RecvDrop, SendBatch};
 use crate::driver::{Delivery, Driver, EventSink, Limits, Offer};
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
@@ -172,11 +172,13 @@ impl Shard {
             })),
             EventTarget::Stream(tx) => Sink::Stream(StreamSink(tx)),
         };
+        let mut mux = SoeMultiplexer::new(setup.config);
+        mux.set_seed_lane(setup.index as u32, shards as u32);
         Self {
             index: setup.index,
             shards,
             socket: setup.socket,
-            driver: Driver::new(SoeMultiplexer::new(setup.config), setup.limits, setup.index),
+            driver: Driver::new(mux, setup.limits, setup.index),
             handle: setup.handle,
             queues: setup.queues,
             sink,
@@ -204,6 +206,7 @@ impl Shard {
             let saturated = self.receive(now);
             self.driver.after_receive(saturated, now);
             let forwarded_left = self.apply_forwarded(now);
+            self.hand_over_remapped();
             let commands_left = self.apply_commands(now);
             self.deliver_events(now);
             self.driver.tick(now);
@@ -241,7 +244,7 @@ impl Shard {
                         let stats = self.driver.stats_mut();
                         stats.datagrams_in += 1;
                         stats.bytes_in += data.len() as u64;
-                        let owner = shard_of(&from, self.shards);
+                        let owner = route(&from, data, self.shards);
                         if owner == self.index {
                             self.driver.on_datagram(from, data, now);
                         } else {
@@ -279,6 +282,7 @@ impl Shard {
                 Control::Stats(reply) => {
                     let _ = reply.send(self.snapshot());
                 }
+                Control::Adopt(session) => self.adopt(session),
             }
         }
     }
@@ -288,6 +292,41 @@ impl Shard {
         stats.cpu_time = sys::thread_cpu_time();
         stats.socket_drops = sys::socket_drops(self.fd());
         stats
+    }
+
+    /// Sessions whose peers moved to an address another shard owns go to that
+    /// shard, so the kernel's steering reaches them directly again. Where its queue
+    /// is full, the session stays, and its datagrams are forwarded here.
+    fn hand_over_remapped(&mut self) {
+        let moved: Vec<SocketAddr> = self.driver.mux_mut().drain_remapped().collect();
+        for remote in moved {
+            let owner = shard_of(&remote, self.shards);
+            if owner == self.index {
+                continue;
+            }
+            let Some(session) = self.driver.mux_mut().take_session(&remote) else {
+                continue;
+            };
+            match self.handle.shared.inboxes[owner].push_control(Control::Adopt(session)) {
+                Ok(()) => debug!(%remote, owner, "session handed over"),
+                Err(Control::Adopt(session)) => {
+                    debug!(%remote, owner, "cannot hand the session over now: keeping it");
+                    self.adopt(session);
+                }
+                Err(_) => unreachable!("the request comes back as given"),
+            }
+        }
+    }
+
+    fn adopt(&mut self, session: crate::mux::SessionTransfer<SocketAddr>) {
+        if let Err(session) = self.driver.mux_mut().adopt_session(session) {
+            // Only if another session took that address meanwhile.
+            error!(
+                remote = %session.remote(),
+                "cannot adopt a moved session: a session with its address exists"
+            );
+            self.driver.mux_mut().reject_session(session);
+        }
     }
 
     /// Datagrams other shards forwarded (bounded by the receive budget). Returns

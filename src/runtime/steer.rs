@@ -14,6 +14,18 @@
 
 use std::net::SocketAddr;
 
+/// The shard a datagram from `from` goes to: the owner of `from`, except for a
+/// RemapConnection (`00 1E`), which goes to the shard its CRC seed names: the one
+/// that holds the session, whatever address the peer now has.
+pub(crate) fn route(from: &SocketAddr, datagram: &[u8], shards: usize) -> usize {
+    match datagram {
+        [0, 0x1E, _, _, _, _, s0, s1, s2, s3] if shards > 1 => {
+            crate::mux::seed_lane(u32::from_be_bytes([*s0, *s1, *s2, *s3]), shards as u32) as usize
+        }
+        _ => shard_of(from, shards),
+    }
+}
+
 /// The multiplier of the mixing step (2^32 / φ).
 const MIX: u32 = 0x9E37_79B1;
 

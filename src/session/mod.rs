@@ -33,7 +33,7 @@ use self::reliable_tx::{
     AckOutcome, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
 };
 use self::rtt::RttEstimator;
-use crate::protocol::packet::{MultiPacket, SessionRequest, SessionResponse};
+use crate::protocol::packet::{MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 use crate::protocol::{
     Disconnect, DisconnectReason, FrameError, Framing, NetStatusRequest, NetStatusResponse,
     OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet, RELIABLE_CHANNEL_COUNT,
@@ -45,6 +45,14 @@ pub use self::params::{ApplicationParameters, MultiLength, SessionParameters, Ze
 
 /// A session quiet this long frees its channel buffers at its next timer.
 const QUIET_RELEASE: Duration = Duration::from_secs(1);
+
+/// RemapConnections a client sends in a row, each answered by UnknownSender, before
+/// it gives the session up.
+const MAX_REMAP_ATTEMPTS: u8 = 3;
+
+/// At most one RemapConnection per this long (or per retransmission timeout, if
+/// shorter).
+const REMAP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Nesting limit for multi-packets and bundles inside multi-packets.
 const MAX_NESTING: u8 = 4;
@@ -240,6 +248,8 @@ impl SessionStats {
 struct Owed {
     request: bool,
     response: bool,
+    /// A RemapConnection (the server did not know our address).
+    remap: bool,
     heartbeat: bool,
     net_status: Option<NetStatusRequest>,
 }
@@ -292,6 +302,10 @@ pub struct SoeSession {
     last_request: Option<Instant>,
     owed: Owed,
     open_on_next_packet: bool,
+    /// RemapConnections sent since the server last answered with anything else.
+    remap_attempts: u8,
+    /// When the last one went out.
+    last_remap: Option<Instant>,
     /// Set while the final flush before a Disconnect runs.
     closing: bool,
     termination_reason: DisconnectReason,
@@ -339,6 +353,8 @@ impl SoeSession {
             last_request: None,
             owed: Owed::default(),
             open_on_next_packet: false,
+            remap_attempts: 0,
+            last_remap: None,
             termination_reason: DisconnectReason::None,
             terminated_by_remote: false,
             stats: SessionStats::default(),
@@ -732,6 +748,7 @@ impl SoeSession {
     /// waiting for proof of a completed handshake has it.
     fn touch(&mut self, now: Instant, io: &mut SessionIo) {
         self.last_received = now;
+        self.remap_attempts = 0;
         if self.open_on_next_packet {
             self.open_on_next_packet = false;
             io.emit(SessionEvent::Opened);
@@ -920,14 +937,9 @@ impl SoeSession {
             }
             // Exactly `00 1D`: it carries no CRC, so a longer datagram that merely
             // starts like one (a corrupted ack, say) must not end the session.
-            (Packet::UnknownSender, _) if self.state == SessionState::Running && len == 2 => self
-                .end(
-                    DisconnectReason::UnreachableConnection,
-                    false,
-                    false,
-                    now,
-                    io,
-                ),
+            (Packet::UnknownSender, mode) if self.state == SessionState::Running && len == 2 => {
+                self.unknown_sender(mode, now, io)
+            }
             _ => self.stats.ignored_packets += 1,
         }
     }
@@ -1058,6 +1070,9 @@ impl SoeSession {
         if self.owed.request || self.owed.response {
             self.write_handshake(now, io);
         }
+        if std::mem::take(&mut self.owed.remap) {
+            self.write_remap(io);
+        }
         if self.state != SessionState::Running {
             return;
         }
@@ -1183,6 +1198,50 @@ impl SoeSession {
             our_sent: self.stats.datagrams_sent,
             our_received: self.stats.datagrams_received,
         }
+    }
+
+    /// The server says it does not know our address. A client whose NAT mapping
+    /// moved (or that moved itself) proves it owns the session from the new
+    /// address with a RemapConnection and carries on; after
+    /// [`MAX_REMAP_ATTEMPTS`] answered only by more UnknownSenders (the server
+    /// has no such session any more, or refuses remaps), the session ends with
+    /// `UnreachableConnection`, at once rather than after the inactivity timeout.
+    fn unknown_sender(&mut self, mode: SessionMode, now: Instant, io: &mut SessionIo) {
+        if mode == SessionMode::Client && self.params.remap_on_unknown_sender {
+            // Every datagram of a burst draws its own UnknownSender: one attempt per
+            // round trip counts.
+            let interval = self.rtt.rto().min(REMAP_INTERVAL);
+            if self.last_remap.is_some_and(|t| now < t + interval) {
+                return;
+            }
+            if self.remap_attempts < MAX_REMAP_ATTEMPTS {
+                self.remap_attempts += 1;
+                self.last_remap = Some(now);
+                self.owed.remap = true;
+                return;
+            }
+        }
+        self.end(
+            DisconnectReason::UnreachableConnection,
+            false,
+            false,
+            now,
+            io,
+        );
+    }
+
+    fn write_remap(&mut self, io: &mut SessionIo) {
+        let mut bytes = [0u8; RemapConnection::LEN];
+        Packet::RemapConnection(RemapConnection {
+            session_id: self.session_id,
+            crc_seed: self.framing.crc_seed(),
+        })
+        .emit(&mut bytes);
+        let mut asm = assembler(&self.params, &self.framing, io, false);
+        asm.push_contextless(&bytes);
+        let (d, b) = (asm.datagrams, asm.bytes);
+        self.stats.datagrams_sent += d;
+        self.stats.bytes_sent += b;
     }
 
     fn write_handshake(&mut self, now: Instant, io: &mut SessionIo) {

@@ -149,6 +149,10 @@ pub struct SessionParameters {
     pub compression_level: u32,
     /// Zero-escape policy for reliable data (see [`ZeroEscape`]).
     pub zero_escape: ZeroEscape,
+    /// A client answers the server's UnknownSender with a RemapConnection (its NAT
+    /// mapping moved) and carries on, instead of ending the session at once. It
+    /// gives up, with `UnreachableConnection`, after three attempts in a row.
+    pub remap_on_unknown_sender: bool,
 }
 
 impl Default for SessionParameters {
@@ -185,6 +189,7 @@ impl Default for SessionParameters {
             compress_min_len: 24,
             compression_level: 1,
             zero_escape: ZeroEscape::EncryptedOnly,
+            remap_on_unknown_sender: true,
         }
     }
 }
