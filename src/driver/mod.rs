@@ -73,6 +73,9 @@ use crate::session::{Channel, EnqueueError};
 /// How often the driver asks the multiplexer to give back memory bursts left.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
+/// Slots and timer entries freed at once that make returning heap worth its cost.
+const RELEASE_WORTH_RETURNING: usize = 4096;
+
 /// Consecutive turns with the receive budget spent before admission closes.
 const OVERLOAD_TURNS: u32 = 2;
 
@@ -239,6 +242,13 @@ impl Driver {
     /// Whether the driver is at capacity (new sessions are refused).
     pub(crate) fn overloaded(&self) -> bool {
         self.saturated_turns >= OVERLOAD_TURNS
+    }
+
+    /// Whether the multiplexer gave back a lot of memory (after a flood or a mass
+    /// disconnect) since the last call: the shell may then return the freed heap
+    /// to the OS.
+    pub(crate) fn released_memory(&mut self) -> bool {
+        self.mux.take_released() >= RELEASE_WORTH_RETURNING
     }
 
     /// Starts a turn.

@@ -338,6 +338,8 @@ pub struct SoeMultiplexer<A: RemoteAddr> {
     reply_refill: Option<Instant>,
     /// Sessions removed since the containers were last checked for shrinking.
     removed_since_shrink: usize,
+    /// Table slots and timer entries given back since `take_released`.
+    released: usize,
 }
 
 impl<A: RemoteAddr> SoeMultiplexer<A> {
@@ -364,6 +366,7 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             retired: SessionStats::default(),
             admitting: true,
             removed_since_shrink: 0,
+            released: 0,
             lane: (0, 1),
             remapped: Vec::new(),
             reply_tokens: 0.0,
@@ -980,6 +983,18 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     pub fn trim_memory(&mut self) {
         self.removed_since_shrink = 0;
         self.io.trim();
+        let before = self.slots.len() + self.timers.len();
+        self.shrink_containers();
+        self.released += before.saturating_sub(self.slots.len() + self.timers.len());
+    }
+
+    /// Table slots and timer entries [`SoeMultiplexer::trim_memory`] gave back since
+    /// the last call: a runtime may then return freed heap to the OS.
+    pub fn take_released(&mut self) -> usize {
+        std::mem::take(&mut self.released)
+    }
+
+    fn shrink_containers(&mut self) {
         let live = self.index.len();
         let (slots, generations) = (&self.slots, &self.generations);
         self.half_open_order.retain(|&(slot, generation)| {

@@ -213,6 +213,9 @@ impl Shard {
             self.transmit();
             self.deliver_events(now);
             self.answer_control();
+            if self.driver.released_memory() {
+                sys::return_free_memory();
+            }
             self.sleep(saturated || forwarded_left || commands_left, now)?;
         }
         Ok(())
