@@ -204,6 +204,21 @@ pub struct ProtoOpts {
     /// RC4 key for reliable data, in hex (both sides).
     #[arg(long, value_parser = parse_hex, value_name = "HEX")]
     pub rc4_key: Option<HexKey>,
+    /// Session parameters for a family of peers (soe-uring sides only): default,
+    /// soe-uring, soe-protocol, h1emu, udp-library.
+    #[arg(long, default_value = "default", value_parser = parse_profile, value_name = "NAME")]
+    pub profile: String,
+}
+
+fn parse_profile(name: &str) -> Result<String, String> {
+    soe_uring::SessionParameters::profile(name)
+        .map(|_| name.to_string())
+        .ok_or_else(|| {
+            format!(
+                "unknown profile {name:?}; known: {}",
+                soe_uring::SessionParameters::PROFILES.join(", ")
+            )
+        })
 }
 
 /// The client workload.

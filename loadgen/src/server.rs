@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use soe_uring::{Rc4KeyState, ShardContext, SocketConfig, SocketEvent, SoeServer, tokio_rt};
+use soe_uring::{
+    Rc4KeyState, SessionParameters, ShardContext, SocketConfig, SocketEvent, SoeServer, tokio_rt,
+};
 
 use crate::args::{ProtoOpts, ServerKind, ServerOpts};
 use crate::cpu::ThreadClock;
@@ -29,6 +31,7 @@ pub struct ServerSpec {
     pub rc4_key: Option<Vec<u8>>,
     pub crc_length: Option<u8>,
     pub max_sessions: Option<usize>,
+    pub profile: String,
 }
 
 impl ServerSpec {
@@ -60,6 +63,7 @@ impl ServerSpec {
             rc4_key: proto.rc4_key.as_ref().map(|k| k.0.clone()),
             crc_length: opts.crc_length,
             max_sessions: opts.max_sessions,
+            profile: proto.profile.clone(),
         })
     }
 
@@ -71,6 +75,7 @@ impl ServerSpec {
     /// soe-uring's configuration (server side).
     fn our_config(&self) -> SocketConfig {
         let mut c = SocketConfig::default();
+        c.default_session_params = SessionParameters::profile(&self.profile).unwrap_or_default();
         let p = &mut c.default_session_params;
         p.application_protocol = self.app_protocol.clone();
         p.is_compression_enabled = self.compression;
@@ -432,6 +437,7 @@ async fn serve_peer(
 /// soe-uring's client configuration for the same protocol settings.
 pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConfig {
     let mut c = SocketConfig::default();
+    c.default_session_params = SessionParameters::profile(&proto.profile).unwrap_or_default();
     let p = &mut c.default_session_params;
     p.application_protocol = proto.app_protocol.clone();
     // A client adopts the server's choice; set it anyway for symmetry.

@@ -47,6 +47,8 @@ fn serve_flags(opts: &ServerOpts, proto: &ProtoOpts, sample_every: f64) -> Vec<S
         "--stats-json".into(),
         "--app-protocol".into(),
         proto.app_protocol.clone(),
+        "--profile".into(),
+        proto.profile.clone(),
     ];
     let mut flag = |name: &str, value: Option<String>| {
         if let Some(v) = value {

@@ -1088,9 +1088,9 @@ impl SoeSession {
         let rules = PacketRules {
             room,
             coalesce: self.params.coalesce,
-            max_bundle_item: match self.params.multi_length {
-                MultiLength::OneByte => 0xFE,
-                MultiLength::Varint => usize::MAX,
+            bundle_room: match self.params.multi_length {
+                MultiLength::OneByte => 0xFF - RELIABLE_HEADER_LEN,
+                MultiLength::Varint => room,
             },
         };
         let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())

@@ -195,6 +195,83 @@ impl Default for SessionParameters {
 }
 
 impl SessionParameters {
+    /// Parameters for peers of one family (see the table on
+    /// [`SessionParameters::profile`]); `None` for an unknown name.
+    pub fn profile(name: &str) -> Option<Self> {
+        match name {
+            "default" => Some(Self::default()),
+            "soe-uring" => Some(Self::soe_uring()),
+            "soe-protocol" | "ps2" => Some(Self::soe_protocol()),
+            "h1emu" | "h1z1" => Some(Self::h1emu()),
+            "udp-library" | "swg" => Some(Self::udp_library()),
+            _ => None,
+        }
+    }
+
+    /// The names [`SessionParameters::profile`] knows.
+    pub const PROFILES: [&'static str; 5] = [
+        "default",
+        "soe-uring",
+        "soe-protocol",
+        "h1emu",
+        "udp-library",
+    ];
+
+    /// soe-uring on both sides: full-size packets share datagrams with acks (the
+    /// v3 varint lengths), everything else as by default.
+    ///
+    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | unreliable in multi-packets |
+    /// |---|---|---|---|---|---|
+    /// | default | v3 | one byte | encrypted only | 2 | no |
+    /// | `soe_uring` | v3 | varint | encrypted only | 2 | no |
+    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | no |
+    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2, no compression | no |
+    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request) | one byte | always | 2 | yes |
+    pub fn soe_uring() -> Self {
+        Self {
+            multi_length: MultiLength::Varint,
+            ..Self::default()
+        }
+    }
+
+    /// `soe-protocol` 2.3.0 and the PlanetSide 2 references: they read the v3
+    /// varint lengths and never send compressed packets (but read them); unreliable
+    /// data stays out of multi-packets (they end the session on it).
+    pub fn soe_protocol() -> Self {
+        Self {
+            multi_length: MultiLength::Varint,
+            coalesce_unreliable: false,
+            zero_escape: ZeroEscape::EncryptedOnly,
+            ..Self::default()
+        }
+    }
+
+    /// The H1Z1 emulator (h1emu-core): one length byte, CRC length 2 whatever is
+    /// negotiated, no compression flag.
+    pub fn h1emu() -> Self {
+        Self {
+            multi_length: MultiLength::OneByte,
+            crc_length: 2,
+            is_compression_enabled: false,
+            compress_outgoing: false,
+            coalesce_unreliable: false,
+            ..Self::default()
+        }
+    }
+
+    /// SWG's UdpLibrary and its ports: the 14-byte v2 handshake, one length byte,
+    /// every reliable payload that starts with `00` escaped, unreliable data
+    /// bundled in multi-packets.
+    pub fn udp_library() -> Self {
+        Self {
+            protocol_version: 2,
+            multi_length: MultiLength::OneByte,
+            zero_escape: ZeroEscape::Always,
+            coalesce_unreliable: true,
+            ..Self::default()
+        }
+    }
+
     /// The largest message a session with these parameters can ever queue.
     pub fn max_message_len(&self) -> usize {
         self.max_pending_bytes

@@ -165,9 +165,11 @@ pub(crate) struct PacketRules {
     pub(crate) room: usize,
     /// Bundle several small messages per packet.
     pub(crate) coalesce: bool,
-    /// Longest message that may share a bundle with others: one-byte item lengths
-    /// only ([`crate::MultiLength::OneByte`]) keep it at 254.
-    pub(crate) max_bundle_item: usize,
+    /// Payload bytes of a packet that bundles several messages. With one-byte
+    /// multi-packet lengths ([`crate::MultiLength::OneByte`]) a bundle stays short
+    /// enough (a 255-byte packet) to share a datagram with acks and other packets;
+    /// its items then also stay under the 255 a one-byte bundle length can say.
+    pub(crate) bundle_room: usize,
 }
 
 /// The sending half of a reliable channel.
@@ -378,8 +380,13 @@ impl ReliableSender {
             let mut count = 0;
             for msg in self.queue.iter() {
                 let item = bundle_len::encoded_len(msg.len() as u32) + msg.len();
-                let too_long = msg.len() > rules.max_bundle_item && !(wrap && count == 0);
-                if size + item > rules.room || too_long {
+                // A lone wrapped message may use the whole packet.
+                let room = if wrap && count == 0 {
+                    rules.room
+                } else {
+                    rules.bundle_room.min(rules.room)
+                };
+                if size + item > room {
                     break;
                 }
                 size += item;
@@ -606,7 +613,7 @@ mod tests {
         PacketRules {
             room,
             coalesce: true,
-            max_bundle_item: usize::MAX,
+            bundle_room: usize::MAX,
         }
     }
 
@@ -726,7 +733,7 @@ mod tests {
             PacketRules {
                 room: 500,
                 coalesce: false,
-                max_bundle_item: usize::MAX,
+                bundle_room: usize::MAX,
             },
             Instant::now(),
         );
@@ -756,7 +763,7 @@ mod tests {
             PacketRules {
                 room: 500,
                 coalesce: false,
-                max_bundle_item: usize::MAX,
+                bundle_room: usize::MAX,
             },
             Instant::now(),
         );
@@ -803,7 +810,7 @@ mod tests {
                 PacketRules {
                     room: 10,
                     coalesce: false,
-                    max_bundle_item: usize::MAX,
+                    bundle_room: usize::MAX,
                 },
                 t,
             );
