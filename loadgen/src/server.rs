@@ -74,8 +74,10 @@ impl ServerSpec {
 
     /// soe-uring's configuration (server side).
     fn our_config(&self) -> SocketConfig {
-        let mut c = SocketConfig::default();
-        c.default_session_params = SessionParameters::profile(&self.profile).unwrap_or_default();
+        let mut c = SocketConfig {
+            default_session_params: SessionParameters::profile(&self.profile).unwrap_or_default(),
+            ..SocketConfig::default()
+        };
         let p = &mut c.default_session_params;
         p.application_protocol = self.app_protocol.clone();
         p.is_compression_enabled = self.compression;
@@ -436,8 +438,10 @@ async fn serve_peer(
 
 /// soe-uring's client configuration for the same protocol settings.
 pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConfig {
-    let mut c = SocketConfig::default();
-    c.default_session_params = SessionParameters::profile(&proto.profile).unwrap_or_default();
+    let mut c = SocketConfig {
+        default_session_params: SessionParameters::profile(&proto.profile).unwrap_or_default(),
+        ..SocketConfig::default()
+    };
     let p = &mut c.default_session_params;
     p.application_protocol = proto.app_protocol.clone();
     // A client adopts the server's choice; set it anyway for symmetry.
