@@ -208,6 +208,9 @@ pub struct ProtoOpts {
     /// soe-uring, soe-protocol, h1emu, udp-library.
     #[arg(long, default_value = "default", value_parser = parse_profile, value_name = "NAME")]
     pub profile: String,
+    /// Turn congestion control and pacing off (soe-uring sides), to compare.
+    #[arg(long)]
+    pub no_congestion_control: bool,
 }
 
 fn parse_profile(name: &str) -> Result<String, String> {

@@ -32,6 +32,7 @@ pub struct ServerSpec {
     pub crc_length: Option<u8>,
     pub max_sessions: Option<usize>,
     pub profile: String,
+    pub congestion_control: bool,
 }
 
 impl ServerSpec {
@@ -64,6 +65,7 @@ impl ServerSpec {
             crc_length: opts.crc_length,
             max_sessions: opts.max_sessions,
             profile: proto.profile.clone(),
+            congestion_control: !proto.no_congestion_control,
         })
     }
 
@@ -80,6 +82,7 @@ impl ServerSpec {
         };
         let p = &mut c.default_session_params;
         p.application_protocol = self.app_protocol.clone();
+        p.congestion_control = self.congestion_control;
         p.is_compression_enabled = self.compression;
         if let Some(n) = self.crc_length {
             p.crc_length = n;
@@ -444,6 +447,7 @@ pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConf
     };
     let p = &mut c.default_session_params;
     p.application_protocol = proto.app_protocol.clone();
+    p.congestion_control = !proto.no_congestion_control;
     // A client adopts the server's choice; set it anyway for symmetry.
     p.is_compression_enabled = proto.compression;
     p.connect_timeout = connect_timeout;

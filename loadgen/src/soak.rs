@@ -70,6 +70,9 @@ fn serve_flags(opts: &ServerOpts, proto: &ProtoOpts, sample_every: f64) -> Vec<S
     if proto.compression {
         args.push("--compression".into());
     }
+    if proto.no_congestion_control {
+        args.push("--no-congestion-control".into());
+    }
     if opts.no_pin {
         args.push("--no-pin".into());
     }

@@ -17,6 +17,7 @@
 //! Time passed in must never go backwards.
 
 mod assembler;
+mod congestion;
 mod io;
 mod params;
 mod reliable_rx;
@@ -28,9 +29,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use self::assembler::{Assembler, Compression};
+use self::congestion::Congestion;
 use self::reliable_rx::{AckPolicy, ReliableReceiver, RxCounters, RxError};
 use self::reliable_tx::{
-    AckOutcome, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
+    AckOutcome, LossTimes, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
 };
 use self::rtt::RttEstimator;
 use crate::protocol::packet::{MultiPacket, RemapConnection, SessionRequest, SessionResponse};
@@ -72,6 +74,8 @@ enum Deadline {
     Retransmit,
     /// A reliable channel's delayed acknowledgement (sent by the next flush).
     Ack,
+    /// Data that waited for pacing may leave (in the next flush).
+    Pace,
 }
 
 /// Which deadlines have passed, in one call of `handle_timeout`.
@@ -90,7 +94,7 @@ impl Due {
             Deadline::ConnectRetry => self.connect_retry = true,
             Deadline::Inactivity => self.inactivity = true,
             Deadline::Heartbeat => self.heartbeat = true,
-            Deadline::Retransmit | Deadline::Ack => {}
+            Deadline::Retransmit | Deadline::Ack | Deadline::Pace => {}
         }
     }
 }
@@ -296,6 +300,9 @@ pub struct SoeSession {
     ordered_out: u16,
     ordered_in: [Option<u16>; 2],
     rtt: RttEstimator,
+    congestion: Congestion,
+    /// Data waits for pacing (or the rate cap) until then.
+    paced_until: Option<Instant>,
     created_at: Instant,
     last_received: Instant,
     last_heartbeat: Option<Instant>,
@@ -330,6 +337,12 @@ impl SoeSession {
         now: Instant,
     ) -> Self {
         let rtt = RttEstimator::new(params.initial_rto, params.min_rto, params.max_rto);
+        let congestion = Congestion::new(
+            params.congestion_control,
+            params.initial_window,
+            params.max_queued_outgoing_reliable,
+            params.max_send_rate,
+        );
         let framing = Framing::new(0, 0, false);
         let mut session = Self {
             mode,
@@ -347,6 +360,8 @@ impl SoeSession {
             ordered_out: 0,
             ordered_in: [None; 2],
             rtt,
+            congestion,
+            paced_until: None,
             created_at: now,
             last_received: now,
             last_heartbeat: None,
@@ -432,6 +447,13 @@ impl SoeSession {
         self.rtt.srtt()
     }
 
+    /// How many reliable packets the congestion controller lets be in flight now
+    /// (the peer's receive window may allow fewer). Always the configured
+    /// `max_window` when congestion control is off.
+    pub fn congestion_window(&self) -> u64 {
+        self.congestion.window()
+    }
+
     /// Whether a server session still waits for the client's first packet after its
     /// SessionResponse (a half-open session).
     pub fn is_half_open(&self) -> bool {
@@ -486,11 +508,13 @@ impl SoeSession {
         let heartbeat =
             (running && self.mode == SessionMode::Client && !p.heartbeat_after.is_zero())
                 .then(|| self.next_heartbeat());
+        let pace = self.paced_until.filter(|_| running);
         let session = [
             (Deadline::ConnectTimeout, connect_timeout),
             (Deadline::ConnectRetry, connect_retry),
             (Deadline::Inactivity, inactivity),
             (Deadline::Heartbeat, heartbeat),
+            (Deadline::Pace, pace),
         ];
         let resends = self
             .senders
@@ -897,8 +921,18 @@ impl SoeSession {
         } else {
             sender.on_ack(sequence, now, &mut self.rtt)
         };
-        if outcome == AckOutcome::Invalid {
-            self.stats.ignored_packets += 1;
+        match outcome {
+            AckOutcome::Invalid => self.stats.ignored_packets += 1,
+            AckOutcome::Stale => {}
+            AckOutcome::Released(packets) => {
+                if let Some(rtt) = self.rtt.latest() {
+                    self.congestion.on_rtt(rtt, now);
+                }
+                self.congestion.on_acked(packets, now, self.rtt.srtt());
+                if !all && let Some(sent) = sender.detect_losses(now, self.rtt.loss_delay()) {
+                    self.congestion.on_lost(sent, now);
+                }
+            }
         }
     }
 
@@ -1076,12 +1110,18 @@ impl SoeSession {
         if self.state != SessionState::Running {
             return;
         }
-        let rto = self.rtt.rto();
+        let srtt = self.rtt.srtt();
+        let times = LossTimes {
+            rto: self.rtt.rto(),
+            pto: self.rtt.pto(self.params.peer_max_ack_delay),
+            loss_delay: self.rtt.loss_delay(),
+        };
+        self.congestion.refill(now, srtt);
         let data_ready = self.owed.heartbeat
             || self.owed.net_status.is_some()
             || !self.unreliable.items.is_empty()
             || self.senders.iter().flatten().any(|s| {
-                s.can_send() || s.fast_resend_pending() || s.deadline().is_some_and(|t| now >= t)
+                s.can_send() || s.lost_pending() || s.deadline().is_some_and(|t| now >= t)
             });
         let policy = self.ack_policy();
         let room = self.reliable_room();
@@ -1096,11 +1136,16 @@ impl SoeSession {
         let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())
             .then_some(self.params.unacknowledged_timeout);
         let coalesce_unreliable = self.params.coalesce_unreliable;
+        // Retransmissions are not held back (a due one must go, or its timer would
+        // fire again at once), but they use up pacing tokens: new data waits.
         let mut budget = self.params.max_resends_per_flush;
+        let budget_before = budget;
         let mut resent = 0;
         let mut sent = 0;
         let mut timed_out = false;
+        let mut lost_sent: Option<Instant> = None;
         let mut gave_up = false;
+        let mut paced = false;
         let net_status = self
             .owed
             .net_status
@@ -1108,6 +1153,7 @@ impl SoeSession {
             .map(|r| self.net_status_reply(r, now));
         let heartbeat = std::mem::take(&mut self.owed.heartbeat);
 
+        let congestion = &mut self.congestion;
         let unreliable = &mut self.unreliable;
         let (datagrams, bytes) = {
             let mut asm = assembler(&self.params, &self.framing, io, true);
@@ -1123,22 +1169,42 @@ impl SoeSession {
                 asm.push(&bytes);
             }
             for s in self.senders.iter_mut().flatten() {
-                match s.resend_due(now, rto, give_up, &mut budget, &mut asm, &mut resent) {
-                    Ok(fired) => timed_out |= fired,
+                match s.resend_due(now, times, give_up, &mut budget, &mut asm, &mut resent) {
+                    Ok(outcome) => {
+                        timed_out |= outcome.timed_out;
+                        if let Some(t) = outcome.lost_sent {
+                            lost_sent = Some(lost_sent.map_or(t, |l: Instant| l.max(t)));
+                        }
+                    }
                     Err(_) => {
                         gave_up = true;
                         break;
                     }
                 }
             }
+            for _ in budget..budget_before {
+                congestion.spend(0);
+            }
             if !gave_up {
+                let mut in_flight: u64 = self.senders.iter().flatten().map(|s| s.in_flight()).sum();
                 for s in self.senders.iter_mut().flatten() {
-                    while let Some(seq) = s.build_next(rules, now) {
-                        asm.push(s.packet(seq));
+                    let before = in_flight;
+                    while s.can_send() && congestion.allows(in_flight) {
+                        if !congestion.may_send(rules.room) {
+                            paced = true;
+                            break;
+                        }
+                        let Some(seq) = s.build_next(rules, now) else {
+                            break;
+                        };
+                        let packet = s.packet(seq);
+                        congestion.spend(packet.len());
+                        asm.push(packet);
                         sent += 1;
+                        in_flight += 1;
                     }
-                    if s.in_flight() > 0 {
-                        s.arm_timer(now, rto);
+                    if in_flight > before || s.in_flight() > 0 {
+                        s.arm_timer(now, times);
                     }
                 }
                 let mut at = 0;
@@ -1161,8 +1227,14 @@ impl SoeSession {
         self.stats.bytes_sent += bytes;
         self.stats.reliable_packets_sent += sent;
         self.stats.reliable_packets_resent += resent;
+        self.paced_until = paced.then(|| self.congestion.next_send(now, rules.room, srtt));
+        if let Some(sent) = lost_sent {
+            self.congestion.on_lost(sent, now);
+        }
         if timed_out {
+            let repeated = self.rtt.backed_off();
             self.rtt.backoff();
+            self.congestion.on_timeout(now, repeated);
         }
         if gave_up {
             self.end(

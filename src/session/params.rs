@@ -149,6 +149,18 @@ pub struct SessionParameters {
     pub compression_level: u32,
     /// Zero-escape policy for reliable data (see [`ZeroEscape`]).
     pub zero_escape: ZeroEscape,
+    /// Congestion control and pacing of reliable packets (NewReno window over all
+    /// channels, paced sending; see `docs`/`session::congestion`). On by default;
+    /// off, only the send window (`max_queued_outgoing_reliable`) limits.
+    pub congestion_control: bool,
+    /// The congestion window a session starts with, in packets.
+    pub initial_window: u16,
+    /// Cap on the bytes per second a session sends (reliable packets, including
+    /// retransmissions); `None`: no cap.
+    pub max_send_rate: Option<u64>,
+    /// The longest the peer may delay an acknowledgement; part of the probe
+    /// timeout (`soe-protocol` and UdpLibrary peers acknowledge on their tick).
+    pub peer_max_ack_delay: Duration,
     /// A client answers the server's UnknownSender with a RemapConnection (its NAT
     /// mapping moved) and carries on, instead of ending the session at once. It
     /// gives up, with `UnreachableConnection`, after three attempts in a row.
@@ -175,8 +187,8 @@ impl Default for SessionParameters {
             connect_retry_interval: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(10),
             initial_rto: Duration::from_millis(500),
-            min_rto: Duration::from_millis(200),
-            max_rto: Duration::from_secs(8),
+            min_rto: Duration::from_millis(100),
+            max_rto: Duration::from_secs(3),
             unacknowledged_timeout: Duration::from_secs(60),
             max_resends_per_flush: 64,
             max_pending_bytes: 1 << 20,
@@ -190,6 +202,10 @@ impl Default for SessionParameters {
             compression_level: 1,
             zero_escape: ZeroEscape::EncryptedOnly,
             remap_on_unknown_sender: true,
+            congestion_control: true,
+            initial_window: 10,
+            max_send_rate: None,
+            peer_max_ack_delay: Duration::from_millis(25),
         }
     }
 }

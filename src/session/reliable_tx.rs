@@ -145,6 +145,8 @@ struct Slot {
     last_sent: Instant,
     sends: u32,
     acked: bool,
+    /// Declared lost and waiting to be sent again.
+    lost: bool,
 }
 
 /// Outcome of processing an acknowledgement.
@@ -185,9 +187,45 @@ pub(crate) struct ReliableSender {
     unacked_from: u64,
     window: u64,
     slots: Vec<Slot>,
+    /// The earliest retransmission timeout of a packet in flight.
     resend_at: Option<Instant>,
-    fast_resend_before: Option<Instant>,
+    /// The highest sequence a selective ack named, and when it was (last) sent.
+    largest_acked: Option<(u64, Instant)>,
+    /// When a packet below `largest_acked` becomes lost by the time threshold.
+    loss_time: Option<Instant>,
+    /// Packets declared lost and not sent again yet.
+    lost: u32,
+    /// When to probe with one retransmission if nothing is acknowledged by then.
+    probe_at: Option<Instant>,
+    /// Probes since the last progress (each doubles the wait for the next).
+    probes: u32,
 }
+
+/// What a flush's retransmission step did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Resent {
+    /// A retransmission timeout fired (the RTO backs off).
+    pub(crate) timed_out: bool,
+    /// The send time of the newest packet declared lost, if any was (a congestion
+    /// event).
+    pub(crate) lost_sent: Option<Instant>,
+}
+
+/// Round-trip derived times the loss detector needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LossTimes {
+    /// Retransmission timeout.
+    pub(crate) rto: Duration,
+    /// Probe timeout (doubled per probe since the last progress).
+    pub(crate) pto: Duration,
+    /// Time threshold after which a packet below an acknowledged one is lost;
+    /// `None` before the first round-trip sample.
+    pub(crate) loss_delay: Option<Duration>,
+}
+
+/// Packets a selective ack must be past a packet for it to count as lost (RFC
+/// 9002's kPacketThreshold): tolerates that much reordering.
+const PACKET_THRESHOLD: u64 = 3;
 
 impl ReliableSender {
     pub(crate) fn new(
@@ -207,7 +245,11 @@ impl ReliableSender {
             window: u64::from(window.clamp(1, 0x7FFF)),
             slots: Vec::new(),
             resend_at: None,
-            fast_resend_before: None,
+            largest_acked: None,
+            loss_time: None,
+            lost: 0,
+            probe_at: None,
+            probes: 0,
         }
     }
 
@@ -248,14 +290,18 @@ impl ReliableSender {
         !self.queue.is_empty() && self.in_flight() < self.window
     }
 
-    /// When the next retransmission check is due.
+    /// When the next retransmission check is due: a packet's timeout, a loss by
+    /// the time threshold, or a probe.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.resend_at
+        [self.resend_at, self.loss_time, self.probe_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Whether acks asked for retransmissions that have not gone out yet.
-    pub(crate) fn fast_resend_pending(&self) -> bool {
-        self.fast_resend_before.is_some()
+    /// Whether packets were declared lost and wait to be sent again.
+    pub(crate) fn lost_pending(&self) -> bool {
+        self.lost > 0
     }
 
     /// Queues one application message: encrypts it and escapes a leading `00`.
@@ -314,6 +360,7 @@ impl ReliableSender {
             last_sent: now,
             sends: 1,
             acked: false,
+            lost: false,
         };
         self.next_seq += 1;
         Some(seq)
@@ -332,6 +379,7 @@ impl ReliableSender {
             last_sent: now,
             sends: 0,
             acked: true,
+            lost: false,
         };
         let mut grown: Vec<Slot> = (0..len).map(|_| empty()).collect();
         for seq in self.unacked_from..self.next_seq {
@@ -452,11 +500,21 @@ impl ReliableSender {
         Some(seq)
     }
 
-    fn release(slot: &mut Slot, now: Instant, rtt: &mut RttEstimator) {
+    fn release(slot: &mut Slot, now: Instant, rtt: &mut RttEstimator, lost: &mut u32) {
         if slot.sends == 1 {
             rtt.sample(now.saturating_duration_since(slot.first_sent));
         }
+        if slot.lost {
+            slot.lost = false;
+            *lost -= 1;
+        }
         slot.acked = true;
+    }
+
+    /// The peer acknowledged something new: probes start over.
+    fn progress(&mut self, rtt: &mut RttEstimator) {
+        self.probes = 0;
+        rtt.progress();
     }
 
     fn advance_unacked(&mut self) {
@@ -467,8 +525,45 @@ impl ReliableSender {
         }
         if self.unacked_from == self.next_seq {
             self.resend_at = None;
-            self.fast_resend_before = None;
+            self.loss_time = None;
+            self.probe_at = None;
+            self.largest_acked = None;
         }
+    }
+
+    /// Declares lost the packets a selective ack has passed by
+    /// [`PACKET_THRESHOLD`] packets or by `loss_delay` (RFC 9002 §6.1), and sets
+    /// `loss_time` for those that may still arrive. Returns the send time of the
+    /// newest packet it declared lost.
+    pub(crate) fn detect_losses(
+        &mut self,
+        now: Instant,
+        loss_delay: Option<Duration>,
+    ) -> Option<Instant> {
+        self.loss_time = None;
+        let (largest, largest_sent) = self.largest_acked?;
+        let mut newest_lost = None;
+        for seq in self.unacked_from..largest.min(self.next_seq) {
+            let idx = self.slot_index(seq);
+            let slot = &mut self.slots[idx];
+            // Sequences are reused by retransmissions: only a packet sent before the
+            // acknowledged one can have been overtaken by it (in one flush, lower
+            // sequences leave first).
+            if slot.acked || slot.lost || slot.last_sent > largest_sent {
+                continue;
+            }
+            let by_count = seq + PACKET_THRESHOLD <= largest;
+            let lost_at = loss_delay.map(|d| slot.last_sent + d);
+            if by_count || lost_at.is_some_and(|t| now >= t) {
+                slot.lost = true;
+                self.lost += 1;
+                newest_lost =
+                    Some(newest_lost.map_or(slot.last_sent, |t: Instant| t.max(slot.last_sent)));
+            } else if let Some(t) = lost_at {
+                self.loss_time = Some(self.loss_time.map_or(t, |l| l.min(t)));
+            }
+        }
+        newest_lost
     }
 
     /// Cumulative acknowledgement of every sequence up to `wire`.
@@ -489,7 +584,7 @@ impl ReliableSender {
             let idx = self.slot_index(seq);
             let slot = &mut self.slots[idx];
             if !slot.acked {
-                Self::release(slot, now, rtt);
+                Self::release(slot, now, rtt, &mut self.lost);
                 released += 1;
             }
         }
@@ -498,12 +593,13 @@ impl ReliableSender {
         if released == 0 {
             AckOutcome::Stale
         } else {
+            self.progress(rtt);
             AckOutcome::Released(released)
         }
     }
 
-    /// Selective acknowledgement of one sequence. Unacknowledged packets first sent
-    /// before it are presumed lost and retransmitted at the next flush.
+    /// Selective acknowledgement of one sequence. Earlier packets it passes become
+    /// candidates for loss detection ([`ReliableSender::detect_losses`]).
     pub(crate) fn on_ack(&mut self, wire: u16, now: Instant, rtt: &mut RttEstimator) -> AckOutcome {
         let Some(seq) = self.extend_ack(wire) else {
             return AckOutcome::Invalid;
@@ -519,41 +615,54 @@ impl ReliableSender {
         if slot.acked {
             return AckOutcome::Stale;
         }
-        let sent = slot.first_sent;
-        Self::release(slot, now, rtt);
-        if seq > self.unacked_from {
-            self.fast_resend_before = Some(self.fast_resend_before.map_or(sent, |t| t.max(sent)));
+        let sent = slot.last_sent;
+        Self::release(slot, now, rtt, &mut self.lost);
+        if self.largest_acked.is_none_or(|(l, _)| seq > l) {
+            self.largest_acked = Some((seq, sent));
         }
+        self.progress(rtt);
         self.advance_unacked();
         AckOutcome::Released(1)
     }
 
-    /// Records that a fresh packet was handed to the assembler.
-    pub(crate) fn arm_timer(&mut self, now: Instant, rto: Duration) {
+    /// Records that fresh packets were handed to the assembler: arms the
+    /// retransmission timeout and the probe.
+    pub(crate) fn arm_timer(&mut self, now: Instant, times: LossTimes) {
         if self.resend_at.is_none() {
-            self.resend_at = Some(now + rto);
+            self.resend_at = Some(now + times.rto);
         }
+        self.arm_probe(now, times.pto);
     }
 
-    /// Retransmits what is due: packets unacknowledged for a whole RTO, and packets a
-    /// selective ack showed lost. Spends at most `budget` packets. Returns whether a
-    /// timeout fired (the caller backs the RTO off), or `Err` with the age of the
-    /// oldest packet when it exceeds `give_up_after`.
+    fn arm_probe(&mut self, now: Instant, pto: Duration) {
+        self.probe_at =
+            (self.in_flight() > 0).then(|| now + pto.saturating_mul(1 << self.probes.min(10)));
+    }
+
+    /// Retransmits what is due: packets declared lost, packets unacknowledged for a
+    /// whole RTO, and, when the peer has said nothing for a probe timeout, the
+    /// oldest packet in flight once (a tail-loss probe, which does not back the RTO
+    /// off). Spends at most `budget` packets. `Err` with the age of the oldest
+    /// packet when it exceeds `give_up_after`.
     pub(crate) fn resend_due(
         &mut self,
         now: Instant,
-        rto: Duration,
+        times: LossTimes,
         give_up_after: Option<Duration>,
         budget: &mut u16,
         asm: &mut Assembler<'_>,
         resent: &mut u64,
-    ) -> Result<bool, Duration> {
-        let timer_due = self.resend_at.is_some_and(|t| now >= t);
-        if !timer_due && self.fast_resend_before.is_none() {
-            return Ok(false);
+    ) -> Result<Resent, Duration> {
+        let mut outcome = Resent::default();
+        if self.loss_time.is_some_and(|t| now >= t) {
+            outcome.lost_sent = self.detect_losses(now, times.loss_delay);
         }
-        let fast_before = self.fast_resend_before.take();
-        let mut timed_out = false;
+        let timer_due = self.resend_at.is_some_and(|t| now >= t);
+        let probe_due = self.probe_at.is_some_and(|t| now >= t);
+        if !timer_due && !probe_due && self.lost == 0 {
+            return Ok(outcome);
+        }
+        let mut sent_any = false;
         let mut next: Option<Instant> = None;
         for seq in self.unacked_from..self.next_seq {
             let idx = self.slot_index(seq);
@@ -565,21 +674,47 @@ impl ReliableSender {
             if give_up_after.is_some_and(|limit| age >= limit) {
                 return Err(age);
             }
-            let by_timer = slot.last_sent + rto <= now;
-            let by_ack = fast_before.is_some_and(|t| slot.last_sent < t);
-            if (by_timer || by_ack) && *budget > 0 {
+            let by_timer = slot.last_sent + times.rto <= now;
+            if (by_timer || slot.lost) && *budget > 0 {
+                asm.push(&slot.packet);
+                slot.last_sent = now;
+                slot.sends += 1;
+                if slot.lost {
+                    slot.lost = false;
+                    self.lost -= 1;
+                }
+                *budget -= 1;
+                *resent += 1;
+                sent_any = true;
+                outcome.timed_out |= by_timer;
+            }
+            let due = slot.last_sent + times.rto;
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        if probe_due && !sent_any && *budget > 0 {
+            // Nothing heard for a probe timeout: the tail may be lost. One packet
+            // draws an acknowledgement (or shows it lost) well before the RTO.
+            if let Some(seq) = (self.unacked_from..self.next_seq)
+                .find(|&seq| !self.slots[self.slot_index(seq)].acked)
+            {
+                let idx = self.slot_index(seq);
+                let slot = &mut self.slots[idx];
                 asm.push(&slot.packet);
                 slot.last_sent = now;
                 slot.sends += 1;
                 *budget -= 1;
                 *resent += 1;
-                timed_out |= by_timer;
+                sent_any = true;
+                let due = slot.last_sent + times.rto;
+                next = Some(next.map_or(due, |n| n.min(due)));
             }
-            let due = slot.last_sent + rto;
-            next = Some(next.map_or(due, |n| n.min(due)));
+            self.probes += 1;
         }
         self.resend_at = next;
-        Ok(timed_out)
+        if sent_any || probe_due {
+            self.arm_probe(now, times.pto);
+        }
+        Ok(outcome)
     }
 }
 
@@ -780,9 +915,11 @@ mod tests {
         let mut r = rtt();
         assert_eq!(drain(&mut s, rules(400), t).len(), 4);
         assert_eq!(s.in_flight(), 4);
-        // A selective ack of 2 leaves the window blocked at 0 and marks 0 and 1 lost.
+        // A selective ack of 2 leaves the window blocked at 0; 0 and 1 are within
+        // the packet threshold, so they are lost only by the time threshold.
         assert_eq!(s.on_ack(2, t + 10 * MS, &mut r), AckOutcome::Released(1));
-        assert!(s.fast_resend_pending());
+        assert_eq!(s.detect_losses(t + 10 * MS, r.loss_delay()), None);
+        assert!(!s.lost_pending());
         assert!(drain(&mut s, rules(400), t).is_empty());
         assert_eq!(
             s.on_ack_all(1, t + 20 * MS, &mut r),
@@ -822,6 +959,30 @@ mod tests {
         assert!(s.is_idle());
     }
 
+    fn times(rto: Duration) -> LossTimes {
+        LossTimes {
+            rto,
+            pto: rto * 4, // out of the way unless a test wants it
+            loss_delay: Some(20 * MS),
+        }
+    }
+
+    /// Runs `resend_due` and returns (outcome, packets resent).
+    fn resend(
+        s: &mut ReliableSender,
+        now: Instant,
+        times: LossTimes,
+        give_up: Option<Duration>,
+        budget: &mut u16,
+    ) -> (Result<Resent, Duration>, u64) {
+        let mut io = SessionIo::new();
+        let framing = Framing::new(0, 0, false);
+        let mut asm = Assembler::new(&mut io, &framing, 512, None, None);
+        let mut resent = 0;
+        let outcome = s.resend_due(now, times, give_up, budget, &mut asm, &mut resent);
+        (outcome, resent)
+    }
+
     #[test]
     fn timeouts_resend_within_budget_and_give_up() {
         let mut s = ReliableSender::new(0, None, false, 196);
@@ -831,52 +992,99 @@ mod tests {
         let t = Instant::now();
         let sent = drain(&mut s, rules(400), t).len();
         assert_eq!(sent, 10);
-        s.arm_timer(t, 500 * MS);
-        let mut io = SessionIo::new();
-        let framing = Framing::new(0, 0, false);
-        let mut resent = 0;
+        s.arm_timer(t, times(500 * MS));
         let mut budget = 4;
-        {
-            let mut asm = Assembler::new(&mut io, &framing, 512, None, None);
-            // Not yet due.
-            assert_eq!(
-                s.resend_due(
-                    t + 100 * MS,
-                    500 * MS,
-                    None,
-                    &mut budget,
-                    &mut asm,
-                    &mut resent
-                ),
-                Ok(false)
-            );
-            assert_eq!(
-                s.resend_due(
-                    t + 500 * MS,
-                    500 * MS,
-                    None,
-                    &mut budget,
-                    &mut asm,
-                    &mut resent
-                ),
-                Ok(true)
-            );
-        }
+        // Not yet due.
+        let (outcome, resent) = resend(&mut s, t + 100 * MS, times(500 * MS), None, &mut budget);
+        assert!(!outcome.unwrap().timed_out);
+        assert_eq!(resent, 0);
+        let (outcome, resent) = resend(&mut s, t + 500 * MS, times(500 * MS), None, &mut budget);
+        assert!(outcome.unwrap().timed_out);
         assert_eq!(resent, 4, "the budget bounds a resend burst");
         // The six not resent are still due (their RTO ran out at t + 500 ms).
         assert_eq!(s.deadline(), Some(t + 500 * MS));
         let mut budget = 100;
-        let mut asm = Assembler::new(&mut io, &framing, 512, None, None);
+        let (outcome, _) = resend(
+            &mut s,
+            t + 61_000 * MS,
+            times(500 * MS),
+            Some(60_000 * MS),
+            &mut budget,
+        );
+        assert_eq!(outcome.unwrap_err(), 61_000 * MS);
+    }
+
+    /// A selective ack three packets ahead declares a packet lost at once; one
+    /// that is only one or two ahead (reordering) waits for the time threshold.
+    #[test]
+    fn selective_acks_declare_losses_by_count_and_by_time() {
+        let mut s = ReliableSender::new(0, None, false, 196);
+        for i in 0..10u8 {
+            s.enqueue(&[i; 300], usize::MAX);
+        }
+        let t = Instant::now();
+        let mut r = rtt();
+        assert_eq!(drain(&mut s, rules(400), t).len(), 10);
+        // 4 arrives: 0 and 1 are three or more behind (lost); 2 and 3 may only be
+        // reordered.
+        s.on_ack(4, t + 10 * MS, &mut r);
+        let delay = Some(20 * MS);
+        assert_eq!(s.detect_losses(t + 10 * MS, delay), Some(t));
+        assert!(s.lost_pending());
         assert_eq!(
-            s.resend_due(
-                t + 61_000 * MS,
-                500 * MS,
-                Some(60_000 * MS),
-                &mut budget,
-                &mut asm,
-                &mut resent
-            ),
-            Err(61_000 * MS)
+            s.deadline(),
+            Some(t + 20 * MS),
+            "2 and 3 lost by time at t + 20 ms"
+        );
+        // 2 arrives late (reordered): it is simply acknowledged.
+        assert_eq!(s.on_ack(2, t + 12 * MS, &mut r), AckOutcome::Released(1));
+        let mut budget = 100;
+        let (outcome, resent) = resend(&mut s, t + 12 * MS, times(500 * MS), None, &mut budget);
+        assert_eq!(resent, 2, "0 and 1 go again now");
+        assert!(!outcome.unwrap().timed_out);
+        // At the time threshold 3 is lost too.
+        let (outcome, resent) = resend(&mut s, t + 20 * MS, times(500 * MS), None, &mut budget);
+        assert_eq!(resent, 1);
+        assert_eq!(outcome.unwrap().lost_sent, Some(t));
+    }
+
+    /// When nothing is acknowledged for a probe timeout, one packet goes again
+    /// (not the whole window, and without backing the RTO off); each further
+    /// probe waits twice as long; progress starts them over.
+    #[test]
+    fn a_silent_peer_draws_single_probes_before_the_rto() {
+        let mut s = ReliableSender::new(0, None, false, 196);
+        for i in 0..6u8 {
+            s.enqueue(&[i; 300], usize::MAX);
+        }
+        let t = Instant::now();
+        let mut r = rtt();
+        drain(&mut s, rules(400), t);
+        let times = LossTimes {
+            rto: 1000 * MS,
+            pto: 50 * MS,
+            loss_delay: None,
+        };
+        s.arm_timer(t, times);
+        assert_eq!(s.deadline(), Some(t + 50 * MS));
+        let mut budget = 100;
+        let (outcome, resent) = resend(&mut s, t + 50 * MS, times, None, &mut budget);
+        assert_eq!(resent, 1);
+        assert!(!outcome.unwrap().timed_out);
+        assert_eq!(
+            s.deadline(),
+            Some(t + 150 * MS),
+            "the next probe waits twice as long"
+        );
+        assert_eq!(
+            s.on_ack_all(0, t + 60 * MS, &mut r),
+            AckOutcome::Released(1)
+        );
+        s.arm_timer(t + 60 * MS, times);
+        assert_eq!(
+            s.deadline(),
+            Some(t + 110 * MS),
+            "progress resets the probes"
         );
     }
 }

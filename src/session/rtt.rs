@@ -5,13 +5,23 @@ use std::time::Duration;
 /// Granularity term of the RTO: `RTO = SRTT + max(G, 4·RTTVAR)`.
 const GRANULARITY: Duration = Duration::from_millis(10);
 
-/// Smoothed round-trip time, its variation, and the resulting timeout, kept in
-/// whole nanoseconds (integer arithmetic on the ack path).
+/// Timer granularity for loss detection and probes (RFC 9002's kGranularity).
+const LOSS_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// Most doublings of the RTO before progress resets them.
+const MAX_BACKOFF: u32 = 10;
+
+/// Smoothed round-trip time, its variation, the latest sample, and the resulting
+/// timeouts, kept in whole nanoseconds (integer arithmetic on the ack path).
 #[derive(Debug, Clone)]
 pub(crate) struct RttEstimator {
     srtt: Option<u64>,
     rttvar: u64,
-    rto: u64,
+    latest: u64,
+    /// The timeout before backoff.
+    base: u64,
+    /// Doublings since the peer last acknowledged anything new.
+    backoff: u32,
     min: u64,
     max: u64,
 }
@@ -26,15 +36,22 @@ impl RttEstimator {
         Self {
             srtt: None,
             rttvar: 0,
-            rto: nanos(initial).clamp(min, max),
+            latest: 0,
+            base: nanos(initial).clamp(min, max),
+            backoff: 0,
             min,
             max,
         }
     }
 
-    /// The current retransmission timeout.
+    /// The current retransmission timeout: the base, doubled once per timeout
+    /// since the last progress, within the bounds.
     pub(crate) fn rto(&self) -> Duration {
-        Duration::from_nanos(self.rto)
+        Duration::from_nanos(
+            self.base
+                .saturating_mul(1 << self.backoff.min(MAX_BACKOFF))
+                .min(self.max),
+        )
     }
 
     /// The smoothed round trip, once sampled.
@@ -45,6 +62,7 @@ impl RttEstimator {
     /// Feeds one sample, taken only from packets sent exactly once (Karn).
     pub(crate) fn sample(&mut self, rtt: Duration) {
         let rtt = nanos(rtt).min(1 << 50);
+        self.latest = rtt;
         let srtt = match self.srtt {
             None => {
                 self.rttvar = rtt / 2;
@@ -57,12 +75,49 @@ impl RttEstimator {
         };
         self.srtt = Some(srtt);
         let granularity = nanos(GRANULARITY);
-        self.rto = (srtt + (self.rttvar * 4).max(granularity)).clamp(self.min, self.max);
+        self.base = (srtt + (self.rttvar * 4).max(granularity)).clamp(self.min, self.max);
     }
 
     /// Doubles the timeout after a retransmission by timeout.
     pub(crate) fn backoff(&mut self) {
-        self.rto = self.rto.saturating_mul(2).min(self.max);
+        self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
+    }
+
+    /// Whether a timeout fired since the last progress.
+    pub(crate) fn backed_off(&self) -> bool {
+        self.backoff > 0
+    }
+
+    /// The latest sample, once sampled.
+    pub(crate) fn latest(&self) -> Option<Duration> {
+        self.srtt.map(|_| Duration::from_nanos(self.latest))
+    }
+
+    /// The peer acknowledged something new: the path works, the backoff ends
+    /// (even when Karn's rule gives no sample, as when everything was resent).
+    pub(crate) fn progress(&mut self) {
+        self.backoff = 0;
+    }
+
+    /// How long after a later packet was acknowledged an earlier one counts as
+    /// lost: 9/8 of the larger of the smoothed and the latest round trip (RFC 9002
+    /// time threshold); `None` before the first sample.
+    pub(crate) fn loss_delay(&self) -> Option<Duration> {
+        let srtt = self.srtt?;
+        let rtt = srtt.max(self.latest);
+        Some(Duration::from_nanos(rtt + rtt / 8).max(LOSS_GRANULARITY))
+    }
+
+    /// The probe timeout: how long to wait for any acknowledgement before probing
+    /// with one retransmission (RFC 9002's PTO, with the peer's `max_ack_delay`).
+    /// Before the first sample, the RTO.
+    pub(crate) fn pto(&self, max_ack_delay: Duration) -> Duration {
+        match self.srtt {
+            Some(srtt) => Duration::from_nanos(
+                srtt + (self.rttvar * 4).max(nanos(LOSS_GRANULARITY)) + nanos(max_ack_delay),
+            ),
+            None => self.rto(),
+        }
     }
 }
 
@@ -94,8 +149,26 @@ mod tests {
         r.backoff();
         r.backoff();
         assert_eq!(r.rto(), 1000 * MS);
+        // A sample alone does not undo the backoff (it may be a lucky packet);
+        // progress does.
         r.sample(MS);
+        assert_eq!(r.rto(), 1000 * MS);
+        r.progress();
         assert_eq!(r.rto(), 200 * MS);
+    }
+
+    #[test]
+    fn loss_delay_and_probe_timeout() {
+        let mut r = RttEstimator::new(500 * MS, 100 * MS, 3000 * MS);
+        assert_eq!(r.loss_delay(), None);
+        assert_eq!(r.pto(25 * MS), 500 * MS);
+        r.sample(80 * MS);
+        // 9/8 · 80 = 90 ms; PTO = 80 + 4·40 + 25 = 265 ms.
+        assert_eq!(r.loss_delay(), Some(90 * MS));
+        assert_eq!(r.pto(25 * MS), 265 * MS);
+        // The latest sample counts when it is larger.
+        r.sample(160 * MS);
+        assert_eq!(r.loss_delay(), Some(180 * MS));
     }
 
     #[test]
