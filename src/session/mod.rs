@@ -925,8 +925,8 @@ impl SoeSession {
             AckOutcome::Invalid => self.stats.ignored_packets += 1,
             AckOutcome::Stale => {}
             AckOutcome::Released(packets) => {
-                if let Some(rtt) = self.rtt.latest() {
-                    self.congestion.on_rtt(rtt, now);
+                if let Some(rtt) = self.rtt.take_sample() {
+                    self.congestion.on_rtt(rtt, now, self.rtt.srtt());
                 }
                 self.congestion.on_acked(packets, now, self.rtt.srtt());
                 if !all && let Some(sent) = sender.detect_losses(now, self.rtt.loss_delay()) {

@@ -500,8 +500,18 @@ impl ReliableSender {
         Some(seq)
     }
 
-    fn release(slot: &mut Slot, now: Instant, rtt: &mut RttEstimator, lost: &mut u32) {
-        if slot.sends == 1 {
+    /// Marks `slot` acknowledged. `largest`: it is the largest sequence this ack
+    /// covers, the only one that gives a round-trip sample (RFC 9002 §5.1): the
+    /// others of a cumulative ack may have waited behind a gap at the peer, and
+    /// would count the retransmission's delay as round trip.
+    fn release(
+        slot: &mut Slot,
+        largest: bool,
+        now: Instant,
+        rtt: &mut RttEstimator,
+        lost: &mut u32,
+    ) {
+        if largest && slot.sends == 1 {
             rtt.sample(now.saturating_duration_since(slot.first_sent));
         }
         if slot.lost {
@@ -584,7 +594,7 @@ impl ReliableSender {
             let idx = self.slot_index(seq);
             let slot = &mut self.slots[idx];
             if !slot.acked {
-                Self::release(slot, now, rtt, &mut self.lost);
+                Self::release(slot, seq == upto, now, rtt, &mut self.lost);
                 released += 1;
             }
         }
@@ -616,7 +626,7 @@ impl ReliableSender {
             return AckOutcome::Stale;
         }
         let sent = slot.last_sent;
-        Self::release(slot, now, rtt, &mut self.lost);
+        Self::release(slot, true, now, rtt, &mut self.lost);
         if self.largest_acked.is_none_or(|(l, _)| seq > l) {
             self.largest_acked = Some((seq, sent));
         }

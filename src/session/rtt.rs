@@ -18,6 +18,8 @@ pub(crate) struct RttEstimator {
     srtt: Option<u64>,
     rttvar: u64,
     latest: u64,
+    /// Whether `latest` was sampled since [`RttEstimator::take_sample`] last ran.
+    fresh: bool,
     /// The timeout before backoff.
     base: u64,
     /// Doublings since the peer last acknowledged anything new.
@@ -37,6 +39,7 @@ impl RttEstimator {
             srtt: None,
             rttvar: 0,
             latest: 0,
+            fresh: false,
             base: nanos(initial).clamp(min, max),
             backoff: 0,
             min,
@@ -63,6 +66,7 @@ impl RttEstimator {
     pub(crate) fn sample(&mut self, rtt: Duration) {
         let rtt = nanos(rtt).min(1 << 50);
         self.latest = rtt;
+        self.fresh = true;
         let srtt = match self.srtt {
             None => {
                 self.rttvar = rtt / 2;
@@ -91,6 +95,11 @@ impl RttEstimator {
     /// The latest sample, once sampled.
     pub(crate) fn latest(&self) -> Option<Duration> {
         self.srtt.map(|_| Duration::from_nanos(self.latest))
+    }
+
+    /// The sample taken since the last call, if any.
+    pub(crate) fn take_sample(&mut self) -> Option<Duration> {
+        std::mem::take(&mut self.fresh).then(|| Duration::from_nanos(self.latest))
     }
 
     /// The peer acknowledged something new: the path works, the backoff ends
