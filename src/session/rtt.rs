@@ -92,11 +92,6 @@ impl RttEstimator {
         self.backoff > 0
     }
 
-    /// The latest sample, once sampled.
-    pub(crate) fn latest(&self) -> Option<Duration> {
-        self.srtt.map(|_| Duration::from_nanos(self.latest))
-    }
-
     /// The sample taken since the last call, if any.
     pub(crate) fn take_sample(&mut self) -> Option<Duration> {
         std::mem::take(&mut self.fresh).then(|| Duration::from_nanos(self.latest))
