@@ -267,11 +267,6 @@ fn expected_unframe<'a>(
     }
     Ok(match op {
         OpCode::ZeroEscape => Unframed::Application(&cooked[1..]),
-        OpCode::PortAlive => Unframed::Contextual {
-            op,
-            compressed: false,
-            body: &cooked[2..],
-        },
         _ if framing.compression() => match cooked.get(2) {
             Some(&flag) => Unframed::Contextual {
                 op,
@@ -320,7 +315,7 @@ fn check_unframed(framing: &Framing, datagram: &[u8], unframed: Unframed<'_>) {
         } => {
             assert!(!op.is_contextless() && op != OpCode::ZeroEscape);
             assert_eq!(datagram[..2], op.to_bytes());
-            let flag = framing.compression() && op != OpCode::PortAlive;
+            let flag = framing.compression();
             let start = 2 + usize::from(flag);
             assert_eq!(body, &cooked[start..]);
             assert_eq!(compressed, flag && cooked[2] != 0);

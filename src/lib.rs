@@ -81,6 +81,8 @@ mod send_error;
 pub mod session;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+#[cfg(any(target_os = "linux", feature = "tokio"))]
+mod socket;
 #[cfg(feature = "tokio")]
 pub mod tokio_rt;
 

@@ -101,8 +101,9 @@ use tokio::task::JoinHandle;
 
 use crate::driver::{Command, Delivery, Driver, EventSink, Limits, Offer};
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
-use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
+use crate::protocol::{DisconnectReason, PORT_ALIVE_TTL, RELIABLE_CHANNEL_COUNT, is_port_alive};
 use crate::session::Channel;
+use crate::socket::{is_icmp_error, with_ttl};
 
 /// Default capacity of the command queue and of the event queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
@@ -497,6 +498,17 @@ impl TokioSoeServer {
         driver: DriverConfig,
     ) -> io::Result<Self> {
         let local_addr = socket.local_addr()?;
+        // Best effort: without it, peers whose port closed linger until their
+        // inactivity timeout instead of ending after `unreachable_grace`.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let queued =
+                crate::runtime::sys::enable_error_queue(socket.as_raw_fd(), local_addr.is_ipv6());
+            if let Err(e) = queued {
+                tracing::warn!(error = %e, "cannot read ICMP errors (IP_RECVERR)");
+            }
+        }
         let (commands, command_rx, control_rx) = queues(&config, &driver);
         let (event_tx, event_rx) = mpsc::channel(driver.event_slots());
         let task = Task::new(
@@ -884,6 +896,8 @@ struct Task<E> {
     stats_requests: Vec<oneshot::Sender<DriverStats>>,
     tick_period: Option<Duration>,
     buf: Box<[u8]>,
+    /// A server socket reported ICMP errors: read its error queue.
+    errors_pending: bool,
 }
 
 impl<E: Send + 'static> Task<E> {
@@ -906,6 +920,7 @@ impl<E: Send + 'static> Task<E> {
             stats_requests: Vec::new(),
             tick_period: (!tick_period.is_zero()).then_some(tick_period),
             buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
+            errors_pending: false,
         }
     }
 
@@ -916,6 +931,7 @@ impl<E: Send + 'static> Task<E> {
             let at = now();
             self.driver.begin_turn(at);
             let saturated = self.receive(at);
+            self.read_errors(at);
             self.driver.after_receive(saturated, at);
             let (stop, commands_left) = self.apply_commands(at);
             let mut closed = stop || self.deliver();
@@ -996,11 +1012,45 @@ impl<E: Send + 'static> Task<E> {
                     self.driver.on_datagram(from, &self.buf[..len], at);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                // E.g. an ICMP error reported on a connected socket: not fatal.
+                Err(e) if is_icmp_error(&e) => self.on_icmp_error(at),
                 Err(_) => self.driver.stats_mut().recv_errors += 1,
             }
         }
         true
+    }
+
+    /// A socket call returned the error an ICMP report left: a client's connected
+    /// socket names its server; a server's details wait in the error queue.
+    fn on_icmp_error(&mut self, at: Instant) {
+        match self.peer {
+            Some(server) => self.driver.on_unreachable(server, at),
+            None => self.errors_pending = true,
+        }
+    }
+
+    /// Reads a server socket's error queue when it reported errors (Linux).
+    fn read_errors(&mut self, at: Instant) {
+        if !std::mem::take(&mut self.errors_pending) {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            const ERRORS_PER_TURN: usize = 64;
+            let mut found = Vec::new();
+            let read = crate::runtime::sys::read_error_queue(
+                self.socket.as_raw_fd(),
+                ERRORS_PER_TURN,
+                |to| found.push(to),
+            );
+            self.driver.stats_mut().icmp_other += read.other as u64;
+            self.errors_pending = read.more;
+            for to in found {
+                self.driver.on_unreachable(to, at);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = at;
     }
 
     fn answer_stats(&mut self) {
@@ -1037,24 +1087,44 @@ impl<E: Send + 'static> Task<E> {
     /// Sends every waiting datagram the socket takes now; the rest wait for it to
     /// become writable (bounded by the driver).
     fn send_outgoing(&mut self) {
+        // A send that failed with the socket's pending ICMP error (which the
+        // failure cleared) is tried once more before its datagram is dropped.
+        let mut retried = false;
         loop {
             let sent = {
                 let Some((to, datagram)) = self.driver.outgoing().next() else {
                     return;
                 };
-                match self.peer {
-                    Some(_) => self.socket.try_send(datagram),
-                    None => self.socket.try_send_to(datagram, *to),
+                let socket = &self.socket;
+                let send = || match self.peer {
+                    Some(_) => socket.try_send(datagram),
+                    None => socket.try_send_to(datagram, *to),
+                };
+                if is_port_alive(datagram) {
+                    with_ttl(socket.into(), to.is_ipv6(), PORT_ALIVE_TTL, send)
+                } else {
+                    send()
                 }
             };
             match sent {
-                Ok(_) => self.driver.sent(1),
+                Err(e) if is_icmp_error(&e) && !retried => {
+                    retried = true;
+                    self.on_icmp_error(now());
+                    continue;
+                }
+                Ok(_) => {
+                    retried = false;
+                    self.driver.sent(1);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.driver.trim_outgoing();
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => self.driver.send_failed(),
+                Err(_) => {
+                    retried = false;
+                    self.driver.send_failed();
+                }
             }
         }
     }

@@ -201,9 +201,17 @@ type Placements = Arc<Mutex<Vec<(SocketAddr, usize)>>>;
 
 /// An echo handler that records which shard saw which remote.
 fn echo_server(shards: usize, steering: bool) -> (SoeServer, Placements) {
+    echo_server_with(shards, steering, config())
+}
+
+fn echo_server_with(
+    shards: usize,
+    steering: bool,
+    config: SocketConfig,
+) -> (SoeServer, Placements) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
-    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config)
         .shards(shards)
         .kernel_steering(steering)
         .handler(move |info: ShardInfo| {
@@ -809,6 +817,16 @@ fn sessions_follow_their_clients_to_a_new_port_on_another_shard() {
         moved += 1;
     }
     clients.echo(30);
+    // And again, every client, to whichever shard its next port maps to: a
+    // session that already moved is no longer on the shard its seed names.
+    for i in 0..16 {
+        let old = clients.addr(Key(i));
+        let socket = UdpSocket::bind(SocketAddr::new(old.ip(), 0)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        clients.sockets[i] = socket;
+        moved += 1;
+    }
+    clients.echo(30);
     let stats = server.stats();
     assert_eq!(stats.total.mux.remaps, moved, "{:?}", stats.total.mux);
     assert_eq!(stats.total.mux.sessions_live, 16);
@@ -823,5 +841,43 @@ fn sessions_follow_their_clients_to_a_new_port_on_another_shard() {
             "each session lives on the shard that owns its address"
         );
     }
+    server.shutdown().unwrap();
+}
+
+/// Clients that vanish without a Disconnect (their ports closed) are let go once
+/// the ICMP port unreachables for the server's datagrams outlast the grace: in
+/// about a second, not at the 30 s inactivity timeout. The reports may reach
+/// either shard's socket; the one that owns the address acts on them.
+#[test]
+fn sessions_of_clients_whose_port_closed_end_with_icmp_error() {
+    let mut config = config();
+    config.default_session_params.unreachable_grace = Some(Duration::from_millis(300));
+    let (server, _) = echo_server_with(2, true, config);
+    let handle = server.handle();
+    let mut clients = Clients::new(8, server.local_addr());
+    clients.open_all();
+    clients.echo(8);
+    let gone: Vec<SocketAddr> = (0..8).map(|i| clients.addr(Key(i))).collect();
+    drop(clients);
+    let start = Instant::now();
+    // The server has something to say to each: every datagram draws a report.
+    for &addr in &gone {
+        handle.enqueue_data(addr, &b"still there?"[..]).unwrap();
+    }
+    loop {
+        let stats = server.stats();
+        if stats.total.mux.closed_by(DisconnectReason::IcmpError) == 8 {
+            assert_eq!(stats.total.mux.sessions_live, 0);
+            assert!(stats.total.icmp_unreachable >= 16, "{:?}", stats.total);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not ended by ICMP errors: {:?}",
+            stats.total
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
     server.shutdown().unwrap();
 }

@@ -869,3 +869,134 @@ fn by_default_every_datagram_reads_with_one_byte_lengths() {
         "{per_message} vs {varint_per_message}"
     );
 }
+
+/// A client with `clock_sync_interval` learns its round trip, the server's clock
+/// offset and each direction's loss from ClockSync/ClockReflect; without it
+/// nothing is sent.
+#[test]
+fn clock_sync_measures_round_trip_offset_and_loss() {
+    let link = LinkConfig {
+        loss: 0.1,
+        latency: Duration::from_millis(20),
+        ..LinkConfig::default()
+    };
+    let mut client_cfg = config(7);
+    client_cfg.default_session_params.clock_sync_interval = Some(Duration::from_secs(1));
+    let (mut sim, client, server) = pair(link, client_cfg, config(8));
+    for i in 0..600u32 {
+        send(
+            &mut sim,
+            client,
+            server,
+            &i.to_le_bytes(),
+            Channel::Unreliable,
+        );
+        send(
+            &mut sim,
+            server,
+            client,
+            &i.to_le_bytes(),
+            Channel::Unreliable,
+        );
+        sim.run_for(Duration::from_millis(50));
+    }
+    let server_addr = sim.addr(server);
+    let session = sim.node(client).mux.session(&server_addr).unwrap();
+    let status = session.net_status().expect("reflects arrived");
+    let stats = session.stats();
+    assert!(stats.clock_syncs_sent >= 25, "{stats:?}");
+    // A sync or its reflect is lost about one time in five.
+    assert!(u64::from(status.samples) >= stats.clock_syncs_sent * 6 / 10);
+    assert_eq!(stats.clock_reflects_received, u64::from(status.samples));
+    assert!(
+        (40..=42).contains(&status.lowest_round_trip.as_millis()),
+        "{status:?}"
+    );
+    assert!(status.highest_round_trip.as_millis() <= 45, "{status:?}");
+    // The server's session clock started when the request arrived, 20 ms later.
+    assert!(
+        (-23..=-17).contains(&status.peer_clock_offset_ms),
+        "{status:?}"
+    );
+    assert!((0.05..0.15).contains(&status.outgoing_loss), "{status:?}");
+    assert!((0.05..0.15).contains(&status.incoming_loss), "{status:?}");
+
+    // Off by default: no syncs, no status.
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(9), config(10));
+    sim.run_for(Duration::from_secs(10));
+    let session = sim.node(client).mux.session(&sim.addr(server)).unwrap();
+    assert!(session.net_status().is_none());
+    assert_eq!(session.stats().clock_syncs_sent, 0);
+}
+
+/// A client with `port_alive_interval` sends PortAlive while it has nothing else
+/// to send; the server drops them without counting them as corrupt, and they do
+/// not keep the session alive on the server's side.
+#[test]
+fn port_alive_keeps_quiet_and_is_dropped_by_the_server() {
+    let mut client_cfg = config(11);
+    client_cfg.default_session_params.port_alive_interval = Some(Duration::from_secs(1));
+    let (mut sim, client, server) = pair(LinkConfig::default(), client_cfg, config(12));
+    sim.run_for(Duration::from_millis(10_500));
+    let server_addr = sim.addr(server);
+    let sent = sim
+        .node(client)
+        .mux
+        .session(&server_addr)
+        .unwrap()
+        .stats()
+        .port_alives_sent;
+    assert!((9..=11).contains(&sent), "{sent}");
+    let client_addr = sim.addr(client);
+    let theirs = sim.node(server).mux.session(&client_addr).unwrap().stats();
+    assert_eq!((theirs.crc_failures, theirs.malformed_datagrams), (0, 0));
+    assert!(theirs.ignored_packets >= 9, "{theirs:?}");
+    // Traffic pushes them back: none while the client sends every 500 ms.
+    for _ in 0..10 {
+        send(&mut sim, client, server, b"tick", Channel::Reliable(0));
+        sim.run_for(Duration::from_millis(500));
+    }
+    let after = sim
+        .node(client)
+        .mux
+        .session(&server_addr)
+        .unwrap()
+        .stats()
+        .port_alives_sent;
+    assert_eq!(after, sent);
+}
+
+/// ICMP port-unreachable reports end a session only when they outlast the
+/// grace with nothing heard from the peer in between.
+#[test]
+fn unreachable_reports_end_a_session_after_the_grace() {
+    let (mut sim, client, server) = pair(LinkConfig::default(), config(13), config(14));
+    let client_addr = sim.addr(client);
+    let report = |sim: &mut Sim| {
+        let now = sim.now();
+        sim.node_mut(server)
+            .mux
+            .process_unreachable(&client_addr, now);
+        sim.pump(server);
+    };
+    report(&mut sim);
+    sim.run_for(Duration::from_secs(3));
+    // The client is heard from: the grace starts over.
+    send(&mut sim, client, server, b"alive", Channel::Reliable(0));
+    sim.run_for(Duration::from_millis(100));
+    sim.run_for(Duration::from_secs(3));
+    report(&mut sim);
+    assert_eq!(closed(&sim, server), None);
+    sim.run_for(Duration::from_secs(4));
+    report(&mut sim);
+    assert_eq!(closed(&sim, server), None, "4 s into a 5 s grace");
+    sim.run_for(Duration::from_secs(1));
+    report(&mut sim);
+    assert_eq!(closed(&sim, server), Some(DisconnectReason::IcmpError));
+    // Reports for addresses without a session are only counted.
+    let now = sim.now();
+    sim.node_mut(server)
+        .mux
+        .process_unreachable(&client_addr, now);
+    assert_eq!(sim.node(server).mux.stats().unreachable_unknown, 1);
+}

@@ -961,3 +961,74 @@ async fn server_from_std_socket() {
     })
     .await;
 }
+
+/// Whichever side vanishes without a Disconnect (its port closed), the other
+/// learns it from ICMP port unreachables and ends the session with `IcmpError`
+/// once they outlast the grace: in about a second, not at the 30 s inactivity
+/// timeout. The client's connected socket reports the error itself; the
+/// server's reads its error queue (`IP_RECVERR`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_peer_ends_the_session_with_icmp_error() {
+    bounded("icmp", async {
+        let mut config = our_config_for(&CASE);
+        config.default_session_params.unreachable_grace = Some(Duration::from_millis(300));
+        let inactivity = config.default_session_params.inactivity_timeout;
+
+        // The server goes away under a client.
+        let server = TokioSoeServer::bind(loopback(), config.clone(), TICK)
+            .await
+            .unwrap();
+        let mut client = TokioSoeClient::connect_to(server.local_addr(), config.clone(), TICK)
+            .await
+            .unwrap();
+        assert_eq!(client.recv_event().await, Some(ClientEvent::Connected));
+        server.abort();
+        while !server.handle().is_stopped() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(server);
+        let start = tokio::time::Instant::now();
+        assert!(client.handle().enqueue_data(&b"anyone?"[..]));
+        assert_eq!(
+            client.recv_event().await,
+            Some(ClientEvent::Disconnected {
+                reason: DisconnectReason::IcmpError
+            })
+        );
+        assert!(start.elapsed() < inactivity / 4, "{:?}", start.elapsed());
+
+        // A client goes away under the server.
+        let mut server = TokioSoeServer::bind(loopback(), config.clone(), TICK)
+            .await
+            .unwrap();
+        let client = TokioSoeClient::connect_to(server.local_addr(), config, TICK)
+            .await
+            .unwrap();
+        assert!(client.handle().enqueue_data(&b"hello"[..]));
+        let remote = match server.recv_event().await {
+            Some(SocketEvent::SessionOpened { remote }) => remote,
+            other => panic!("{other:?}"),
+        };
+        client.abort();
+        while !client.handle().is_stopped() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(client);
+        let start = tokio::time::Instant::now();
+        assert!(server.handle().enqueue_data(remote, &b"anyone?"[..]));
+        loop {
+            match server.recv_event().await {
+                Some(SocketEvent::SessionClosed { remote: r, reason }) => {
+                    assert_eq!((r, reason), (remote, DisconnectReason::IcmpError));
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("server stopped"),
+            }
+        }
+        assert!(start.elapsed() < inactivity / 4, "{:?}", start.elapsed());
+        let stats = server.stats().await.unwrap();
+        assert!(stats.icmp_unreachable >= 2, "{stats:?}");
+    })
+    .await;
+}

@@ -278,6 +278,13 @@ impl Driver {
         self.mux.process_incoming(from, datagram, now);
     }
 
+    /// The network reported `to` unreachable (an ICMP port unreachable, read from
+    /// the socket's error queue or, on a connected socket, as its error).
+    pub(crate) fn on_unreachable(&mut self, to: SocketAddr, now: Instant) {
+        self.stats.icmp_unreachable += 1;
+        self.mux.process_unreachable(&to, now);
+    }
+
     /// A datagram that arrived on another shard's socket (counted as received
     /// there, so not against this turn's budget).
     pub(crate) fn on_forwarded(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {

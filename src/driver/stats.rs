@@ -37,8 +37,15 @@ pub struct DriverStats {
     pub send_batches: u64,
     /// Datagrams dropped because they exceeded the receive buffer.
     pub truncated: u64,
-    /// Receive errors other than "would block" (e.g. ICMP errors); the driver goes on.
+    /// Receive errors other than "would block" and the ICMP errors below; the
+    /// driver goes on.
     pub recv_errors: u64,
+    /// ICMP port-unreachable reports read from the socket's error queue (a peer's
+    /// port is closed; its session ends once they outlast `unreachable_grace`).
+    pub icmp_unreachable: u64,
+    /// Other ICMP errors read from the error queue (host or network unreachable,
+    /// fragmentation needed, ...): counted, no action.
+    pub icmp_other: u64,
     /// Datagrams the OS refused with an error other than "would block"; dropped
     /// (reliable data is retransmitted).
     pub send_errors: u64,
@@ -93,6 +100,8 @@ impl DriverStats {
         self.send_batches += other.send_batches;
         self.truncated += other.truncated;
         self.recv_errors += other.recv_errors;
+        self.icmp_unreachable += other.icmp_unreachable;
+        self.icmp_other += other.icmp_other;
         self.send_errors += other.send_errors;
         self.send_waits += other.send_waits;
         self.send_drops += other.send_drops;

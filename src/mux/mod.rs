@@ -231,6 +231,9 @@ pub struct MuxStats {
     pub remaps: u64,
     /// RemapConnection requests refused.
     pub remaps_refused: u64,
+    /// ICMP port-unreachable reports for addresses without a session (those for
+    /// sessions count in `sessions.unreachable_reports`).
+    pub unreachable_unknown: u64,
     /// Gauge: entries in the timer heap now (about one per live session).
     pub timer_entries: u64,
     /// Gauge: slots of the session table now (live and free); it shrinks back
@@ -254,6 +257,7 @@ impl MuxStats {
         self.unknown_sender_datagrams += other.unknown_sender_datagrams;
         self.remaps += other.remaps;
         self.remaps_refused += other.remaps_refused;
+        self.unreachable_unknown += other.unreachable_unknown;
         self.timer_entries += other.timer_entries;
         self.table_slots += other.table_slots;
     }
@@ -580,6 +584,22 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         }
     }
 
+    /// The network reported `remote` unreachable: an ICMP port-unreachable for a
+    /// datagram sent there (runtimes read them with `IP_RECVERR`). Its session
+    /// ends with `IcmpError` if the reports outlast its `unreachable_grace`
+    /// ([`SoeSession::handle_unreachable`]).
+    pub fn process_unreachable(&mut self, remote: &A, now: Instant) {
+        let Some(&slot) = self.index.get(remote) else {
+            self.stats.unreachable_unknown += 1;
+            return;
+        };
+        if let Some(entry) = self.slots[slot as usize].as_mut() {
+            self.io.set_owner(slot);
+            entry.session.handle_unreachable(now, &mut self.io);
+        }
+        self.mark(slot);
+    }
+
     /// Processes one datagram from `remote`.
     pub fn process_incoming(&mut self, remote: A, datagram: impl AsRef<[u8]>, now: Instant) {
         let datagram = datagram.as_ref();
@@ -647,7 +667,8 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             }
             [0, ty, ..]
                 if *ty == OpCode::UnknownSender.type_byte()
-                    || *ty == OpCode::Disconnect.type_byte() =>
+                    || *ty == OpCode::Disconnect.type_byte()
+                    || *ty == OpCode::PortAlive.type_byte() =>
             {
                 self.stats.unknown_sender_datagrams += 1;
             }
@@ -712,6 +733,18 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         }
         // The order queue and the counter disagree; cannot happen, but never spin.
         self.half_open = 0;
+    }
+
+    /// Whether `datagram` is a RemapConnection for a session this multiplexer
+    /// holds (its session id and CRC seed match one). Runtimes with several
+    /// multiplexers use it to find the one a moved session lives on.
+    pub fn holds_remap_target(&self, datagram: &[u8]) -> bool {
+        match Packet::parse(datagram) {
+            Ok(Packet::RemapConnection(remap)) => self
+                .by_credentials
+                .contains_key(&(remap.session_id, remap.crc_seed)),
+            _ => false,
+        }
     }
 
     fn remap(&mut self, remote: A, datagram: &[u8], now: Instant) {

@@ -137,14 +137,6 @@ impl Framing {
         if op == OpCode::ZeroEscape {
             return Ok(Unframed::Application(&cooked[1..]));
         }
-        if op == OpCode::PortAlive {
-            // Sent raw by UdpLibrary; nothing to decode.
-            return Ok(Unframed::Contextual {
-                op,
-                compressed: false,
-                body: &cooked[2..],
-            });
-        }
         if self.compression {
             match cooked.get(2) {
                 Some(&flag) => Ok(Unframed::Contextual {

@@ -47,6 +47,16 @@ pub const DATA_BUNDLE_HEADER: [u8; 2] = [0x00, 0x19];
 pub const MULTI_PACKET_HEADER: [u8; 2] = [0x00, 0x03];
 /// Size of an op code on the wire.
 pub const OP_CODE_LEN: usize = 2;
+/// The IP TTL (IPv6 hop limit) PortAlive is sent with: enough to pass the
+/// client's NAT, too little to reach a server across the internet (UdpLibrary's
+/// choice).
+pub const PORT_ALIVE_TTL: u32 = 5;
+
+/// Whether `datagram` is a PortAlive as [`crate::session::SoeSession`] sends it
+/// (exactly `00 1C`): runtimes send those with [`PORT_ALIVE_TTL`].
+pub fn is_port_alive(datagram: &[u8]) -> bool {
+    datagram == OpCode::PortAlive.to_bytes()
+}
 
 /// A protocol packet type: the second byte of a datagram whose first byte is `0x00`.
 ///
@@ -147,8 +157,9 @@ impl OpCode {
         [0, self.type_byte()]
     }
 
-    /// Whether the packet is "contextless": never compressed, encrypted or CRC'd,
-    /// and meaningful without an established session.
+    /// Whether the packet is "contextless": never compressed, encrypted or CRC'd.
+    /// All but PortAlive are meaningful without an established session;
+    /// PortAlive is sent raw (UdpLibrary) and only ever dropped.
     pub fn is_contextless(self) -> bool {
         matches!(
             self,
@@ -156,6 +167,7 @@ impl OpCode {
                 | Self::SessionResponse
                 | Self::UnknownSender
                 | Self::RemapConnection
+                | Self::PortAlive
         )
     }
 }

@@ -545,6 +545,7 @@ impl<'a> Packet<'a> {
             OpCode::SessionResponse => Self::SessionResponse(SessionResponse::parse(b)?),
             OpCode::UnknownSender => Self::UnknownSender,
             OpCode::RemapConnection => Self::RemapConnection(RemapConnection::parse(b)?),
+            OpCode::PortAlive => Self::PortAlive(&b[2..]),
             _ => Self::parse_contextual(op, &b[2..])?,
         })
     }
@@ -602,8 +603,8 @@ impl<'a> Packet<'a> {
                 stamp: seq()?,
                 payload: &body[2..],
             },
-            OpCode::PortAlive => Self::PortAlive(body),
             OpCode::ZeroEscape
+            | OpCode::PortAlive
             | OpCode::SessionRequest
             | OpCode::SessionResponse
             | OpCode::UnknownSender

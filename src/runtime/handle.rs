@@ -27,12 +27,17 @@ pub(crate) enum Control {
     Stats(Sender<ShardStats>),
     /// Take over a session whose peer moved to an address this shard owns.
     Adopt(SessionTransfer<SocketAddr>),
+    /// The network reported this address (of a session this shard owns)
+    /// unreachable; another shard's socket read the report.
+    Unreachable(SocketAddr),
 }
 
 /// A datagram another shard received for a session this shard owns.
 pub(crate) struct Forwarded {
     pub(crate) from: SocketAddr,
     pub(crate) datagram: Vec<u8>,
+    /// For a RemapConnection: shards that already looked for its session.
+    pub(crate) searched: u8,
 }
 
 /// Room for control requests per shard: a few stats requests in flight.

@@ -64,7 +64,7 @@ mod health;
 mod shard;
 mod stats;
 mod steer;
-mod sys;
+pub(crate) mod sys;
 
 use std::fmt;
 use std::net::SocketAddr;

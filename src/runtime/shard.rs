@@ -26,11 +26,12 @@ use tracing::{debug, error, trace};
 
 use super::handle::{Control, Forwarded, InboxReceivers, SoeHandle};
 use super::handler::{ShardContext, ShardHandler, ShardInfo};
-use super::steer::{route, shard_of};
+use super::steer::{is_remap, route, shard_of};
 use super::sys::{self, RecvBatch, RecvDrop, SendBatch};
 use crate::driver::{Delivery, Driver, EventSink, Limits, Offer};
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
-use crate::protocol::DisconnectReason;
+use crate::protocol::{DisconnectReason, OpCode, PORT_ALIVE_TTL, is_port_alive};
+use crate::socket::{is_icmp_error, with_ttl};
 
 /// Builds a shard's handler on the shard's thread.
 pub(crate) type HandlerFactory = dyn Fn(ShardInfo) -> Box<dyn ShardHandler> + Send + Sync;
@@ -39,6 +40,8 @@ pub(crate) type HandlerFactory = dyn Fn(ShardInfo) -> Box<dyn ShardHandler> + Se
 const CONTROL_PER_TURN: usize = 64;
 /// How long a stopping shard tries to hand its last datagrams to the socket.
 const FAREWELL_TIME: Duration = Duration::from_millis(200);
+/// Error-queue entries a shard reads per turn.
+const ERRORS_PER_TURN: usize = 64;
 
 /// Where a shard's events go.
 pub(crate) enum EventTarget {
@@ -90,6 +93,75 @@ struct Shard {
     send: SendBatch,
     tick: Duration,
     stop: bool,
+    /// The socket reported queued errors (ICMP): read them this turn.
+    errors_pending: bool,
+    /// Addresses the error queue reported unreachable (reused).
+    unreachable: Vec<SocketAddr>,
+}
+
+/// What forwarding between shards needs of a shard, borrowed apart from its
+/// receive buffers and driver.
+#[derive(Clone, Copy)]
+struct Ring<'a> {
+    handle: &'a SoeHandle,
+    index: usize,
+    shards: usize,
+}
+
+impl<'a> Ring<'a> {
+    fn new(handle: &'a SoeHandle, index: usize, shards: usize) -> Self {
+        Self {
+            handle,
+            index,
+            shards,
+        }
+    }
+
+    /// Hands `datagram` to shard `owner`'s inbox (counted; dropped when full).
+    fn forward(
+        &self,
+        driver: &mut Driver,
+        owner: usize,
+        from: SocketAddr,
+        datagram: &[u8],
+        searched: u8,
+    ) {
+        let forwarded = Forwarded {
+            from,
+            datagram: datagram.to_vec(),
+            searched,
+        };
+        let pushed = self.handle.shared.inboxes[owner].push_forwarded(forwarded);
+        let stats = driver.stats_mut();
+        if pushed {
+            stats.forwarded_out += 1;
+        } else {
+            stats.forward_drops += 1;
+        }
+    }
+
+    /// A RemapConnection for a session this shard does not hold goes on to the
+    /// next shard, until every shard has looked (`searched` so far): the session
+    /// may have moved since the shard its CRC seed names created it. The last
+    /// shard refuses it. Returns whether the datagram was passed on.
+    fn pass_on_remap(
+        &self,
+        driver: &mut Driver,
+        from: SocketAddr,
+        datagram: &[u8],
+        searched: u8,
+    ) -> bool {
+        let searched = usize::from(searched) + 1;
+        if !is_remap(datagram)
+            || searched >= self.shards
+            || driver.mux().holds_remap_target(datagram)
+        {
+            return false;
+        }
+        let next = (self.index + 1) % self.shards;
+        self.forward(driver, next, from, datagram, searched as u8);
+        true
+    }
 }
 
 #[allow(clippy::disallowed_methods)] // the runtime is where the clock is read
@@ -186,6 +258,8 @@ impl Shard {
             send: SendBatch::new(setup.batch),
             tick: setup.tick,
             stop: false,
+            errors_pending: false,
+            unreachable: Vec::new(),
         }
     }
 
@@ -204,6 +278,7 @@ impl Shard {
             }
             self.driver.begin_turn(now);
             let saturated = self.receive(now);
+            self.read_errors(now);
             self.driver.after_receive(saturated, now);
             let forwarded_left = self.apply_forwarded(now);
             self.hand_over_remapped();
@@ -230,8 +305,13 @@ impl Shard {
         while self.driver.receive_budget() > 0 {
             let n = match self.recv.recv(self.socket.as_raw_fd()) {
                 Ok(n) => n,
+                Err(e) if is_icmp_error(&e) => {
+                    // An ICMP error surfaced as the socket's error (and was cleared
+                    // by this call); the details wait in the error queue.
+                    self.errors_pending = true;
+                    continue;
+                }
                 Err(e) => {
-                    // ICMP errors surface here (e.g. port unreachable); keep going.
                     trace!(error = %e, "recv error");
                     self.driver.stats_mut().recv_errors += 1;
                     return false;
@@ -249,20 +329,18 @@ impl Shard {
                         stats.bytes_in += data.len() as u64;
                         let owner = route(&from, data, self.shards);
                         if owner == self.index {
-                            self.driver.on_datagram(from, data, now);
-                        } else {
-                            let forwarded = Forwarded {
-                                from,
-                                datagram: data.to_vec(),
-                            };
-                            let pushed =
-                                self.handle.shared.inboxes[owner].push_forwarded(forwarded);
-                            let stats = self.driver.stats_mut();
-                            if pushed {
-                                stats.forwarded_out += 1;
-                            } else {
-                                stats.forward_drops += 1;
+                            let ring = Ring::new(&self.handle, self.index, self.shards);
+                            if !ring.pass_on_remap(&mut self.driver, from, data, 0) {
+                                self.driver.on_datagram(from, data, now);
                             }
+                        } else {
+                            Ring::new(&self.handle, self.index, self.shards).forward(
+                                &mut self.driver,
+                                owner,
+                                from,
+                                data,
+                                0,
+                            );
                         }
                     }
                     Err(RecvDrop::Truncated) => self.driver.stats_mut().truncated += 1,
@@ -276,6 +354,32 @@ impl Shard {
         true
     }
 
+    /// Reads the socket's error queue when it reported errors: each ICMP port
+    /// unreachable goes to the shard that owns the address (the kernel may queue
+    /// it on any socket of the group).
+    fn read_errors(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.errors_pending) {
+            return;
+        }
+        let mut found = std::mem::take(&mut self.unreachable);
+        let read = sys::read_error_queue(self.fd(), ERRORS_PER_TURN, |to| found.push(to));
+        self.driver.stats_mut().icmp_other += read.other as u64;
+        self.errors_pending = read.more;
+        for to in found.drain(..) {
+            let owner = shard_of(&to, self.shards);
+            if owner == self.index {
+                self.driver.on_unreachable(to, now);
+                continue;
+            }
+            let inbox = &self.handle.shared.inboxes[owner];
+            if inbox.push_control(Control::Unreachable(to)).is_err() {
+                // The owner's control queue is full: the next report will do.
+                self.driver.stats_mut().forward_drops += 1;
+            }
+        }
+        self.unreachable = found;
+    }
+
     fn answer_control(&mut self) {
         for _ in 0..CONTROL_PER_TURN {
             let Ok(control) = self.queues.control.try_recv() else {
@@ -286,6 +390,7 @@ impl Shard {
                     let _ = reply.send(self.snapshot());
                 }
                 Control::Adopt(session) => self.adopt(session),
+                Control::Unreachable(to) => self.driver.on_unreachable(to, clock()),
             }
         }
     }
@@ -339,7 +444,10 @@ impl Shard {
             let Ok(f) = self.queues.forwarded.try_recv() else {
                 return false;
             };
-            self.driver.on_forwarded(f.from, &f.datagram, now);
+            let ring = Ring::new(&self.handle, self.index, self.shards);
+            if !ring.pass_on_remap(&mut self.driver, f.from, &f.datagram, f.searched) {
+                self.driver.on_forwarded(f.from, &f.datagram, now);
+            }
         }
         !self.queues.forwarded.is_empty()
     }
@@ -391,22 +499,53 @@ impl Shard {
     /// Sends what the driver produced, in `sendmmsg` batches, until the socket is
     /// full. Returns whether everything went out.
     fn transmit(&mut self) -> bool {
+        // A send that failed with the socket's pending ICMP error (which the
+        // failure cleared) is tried once more before its datagram is dropped.
+        let mut retried = false;
         while self.driver.outgoing_len() > 0 {
-            match self
-                .send
-                .send(self.socket.as_raw_fd(), self.driver.outgoing())
-            {
+            let port_alive = self
+                .driver
+                .outgoing()
+                .next()
+                .and_then(|(to, d)| is_port_alive(d).then_some(*to));
+            let sent = match port_alive {
+                Some(to) => {
+                    let bytes = OpCode::PortAlive.to_bytes();
+                    let socket = &self.socket;
+                    let v6 = to.is_ipv6();
+                    let sent = with_ttl(socket.into(), v6, PORT_ALIVE_TTL, || {
+                        socket.send_to(&bytes, to)
+                    });
+                    match sent {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                        sent => sent.map(|_| 1),
+                    }
+                }
+                None => self.send.send(
+                    self.socket.as_raw_fd(),
+                    self.driver
+                        .outgoing()
+                        .take_while(|(_, d)| !is_port_alive(d)),
+                ),
+            };
+            match sent {
+                Err(e) if is_icmp_error(&e) && !retried => {
+                    self.errors_pending = true;
+                    retried = true;
+                }
                 Ok(0) => {
                     self.driver.trim_outgoing();
                     return false;
                 }
                 Ok(n) => {
+                    retried = false;
                     self.driver.stats_mut().send_batches += 1;
                     self.driver.sent(n);
                 }
                 Err(e) => {
                     // A datagram the kernel refuses (e.g. an unroutable address):
                     // drop it so the queue cannot jam.
+                    retried = false;
                     trace!(error = %e, "send error");
                     self.driver.send_failed();
                 }
@@ -445,6 +584,7 @@ impl Shard {
         inbox.woke();
         self.driver.stats_mut().wakeups += 1;
         trace!(?woken, "woke");
+        self.errors_pending |= woken.as_ref().is_ok_and(|w| w.error);
         woken.map(|_| ())
     }
 

@@ -16,14 +16,22 @@ use std::net::SocketAddr;
 
 /// The shard a datagram from `from` goes to: the owner of `from`, except for a
 /// RemapConnection (`00 1E`), which goes to the shard its CRC seed names: the one
-/// that holds the session, whatever address the peer now has.
+/// that created the session, whatever address the peer now has. A session that
+/// moved since (to the shard that owns its peer's new address) is looked for on
+/// the following shards in turn ([`is_remap`]).
 pub(crate) fn route(from: &SocketAddr, datagram: &[u8], shards: usize) -> usize {
     match datagram {
         [0, 0x1E, _, _, _, _, s0, s1, s2, s3] if shards > 1 => {
+            debug_assert!(is_remap(datagram));
             crate::mux::seed_lane(u32::from_be_bytes([*s0, *s1, *s2, *s3]), shards as u32) as usize
         }
         _ => shard_of(from, shards),
     }
+}
+
+/// Whether `datagram` is a RemapConnection as [`route`] steers it.
+pub(crate) fn is_remap(datagram: &[u8]) -> bool {
+    matches!(datagram, [0, 0x1E, _, _, _, _, _, _, _, _])
 }
 
 /// The multiplier of the mixing step (2^32 / φ).

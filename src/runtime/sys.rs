@@ -1,7 +1,8 @@
 //! The runtime's system calls: the UDP sockets of a shard group, batched
-//! `recvmmsg`/`sendmmsg` with reused buffers, the shard's wait (`ppoll` on its
-//! socket and an `eventfd` that handles signal), CPU affinity, and per-thread CPU
-//! time.
+//! `recvmmsg`/`sendmmsg` with reused buffers, the socket error queue (ICMP errors),
+//! the shard's wait (`ppoll` on its socket and an `eventfd` that handles signal),
+//! CPU affinity, and per-thread CPU time. The Tokio adapter shares the error
+//! queue functions.
 //!
 //! This is the only module of the crate with `unsafe` code: calls the standard
 //! library does not wrap. Each documents why its pointers are valid.
@@ -43,6 +44,7 @@ pub(crate) fn bind_group(
         // Best effort: the kernel caps these at net.core.[rw]mem_max.
         let _ = socket.set_recv_buffer_size(buffer);
         let _ = socket.set_send_buffer_size(buffer);
+        enable_error_queue(socket.as_raw_fd(), addr.is_ipv6())?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         if addr.port() == 0 {
@@ -126,6 +128,122 @@ fn to_storage(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::
         );
     }
     len
+}
+
+/// Asks the kernel to queue the ICMP errors that datagrams sent from `socket`
+/// draw (`IP_RECVERR`; on IPv6 sockets `IPV6_RECVERR` too, and `IP_RECVERR` for
+/// their IPv4-mapped peers), so [`read_error_queue`] can tell which peer is
+/// unreachable. Without it an unconnected socket never hears of them.
+pub(crate) fn enable_error_queue(socket: RawFd, ipv6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: `on` is a live `c_int` and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket,
+                level,
+                name,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if ipv6 {
+        set(libc::SOL_IPV6, libc::IPV6_RECVERR)?;
+        // Best effort: an IPv6-only socket has no IPv4-mapped peers.
+        let _ = set(libc::SOL_IP, libc::IP_RECVERR);
+        Ok(())
+    } else {
+        set(libc::SOL_IP, libc::IP_RECVERR)
+    }
+}
+
+/// What [`read_error_queue`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ErrorQueueRead {
+    /// Port-unreachable reports (each passed to the callback).
+    pub(crate) unreachable: usize,
+    /// Other entries (host or network unreachable, fragmentation needed, ...):
+    /// read and dropped.
+    pub(crate) other: usize,
+    /// The limit was reached; more may wait.
+    pub(crate) more: bool,
+}
+
+/// Reads up to `limit` entries of `socket`'s error queue (`MSG_ERRQUEUE`, never
+/// blocking), calling `unreachable` with the destination of each datagram that
+/// drew an ICMP (or ICMPv6) port unreachable: a peer whose port is closed.
+pub(crate) fn read_error_queue(
+    socket: RawFd,
+    limit: usize,
+    mut unreachable: impl FnMut(SocketAddr),
+) -> ErrorQueueRead {
+    let mut read = ErrorQueueRead::default();
+    for _ in 0..limit {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut payload = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        // Room for a few control messages, aligned as `cmsghdr` wants.
+        let mut control = [0u64; 64];
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `msg` points at `name`, `iov` (over `payload`) and `control`,
+        // all live for the call and of the sizes given; the call never blocks.
+        let rc =
+            unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if rc < 0 {
+            // Empty (EAGAIN), or nothing more to learn from this socket.
+            return read;
+        }
+        let mut port_unreachable = false;
+        // SAFETY: `msg` was filled by the kernel; the macros walk its control
+        // buffer within `msg_controllen`, and the error is read unaligned from
+        // inside the control message that holds it.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+                if (level == libc::SOL_IP && kind == libc::IP_RECVERR)
+                    || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR)
+                {
+                    let err = std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>(),
+                    );
+                    port_unreachable |= match err.ee_origin {
+                        // Destination unreachable, port unreachable.
+                        libc::SO_EE_ORIGIN_ICMP => err.ee_type == 3 && err.ee_code == 3,
+                        libc::SO_EE_ORIGIN_ICMP6 => err.ee_type == 1 && err.ee_code == 4,
+                        _ => false,
+                    };
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        match from_storage(&name, msg.msg_namelen).filter(|_| port_unreachable) {
+            Some(addr) => {
+                read.unreachable += 1;
+                unreachable(addr);
+            }
+            None => read.other += 1,
+        }
+    }
+    read.more = true;
+    read
 }
 
 /// Why a received datagram was not delivered.
@@ -362,6 +480,8 @@ pub(crate) struct Woken {
     pub(crate) doorbell: bool,
     /// The socket became readable or writable as asked.
     pub(crate) socket: bool,
+    /// The socket has queued errors ([`read_error_queue`]).
+    pub(crate) error: bool,
 }
 
 /// Sleeps until the doorbell rings, the socket is readable (`read`) or writable
@@ -411,6 +531,7 @@ pub(crate) fn sleep(
             return Ok(Woken {
                 doorbell: false,
                 socket: false,
+                error: false,
             });
         }
         return Err(e);
@@ -418,6 +539,7 @@ pub(crate) fn sleep(
     Ok(Woken {
         doorbell: fds[0].revents != 0,
         socket: count == 2 && fds[1].revents != 0,
+        error: count == 2 && fds[1].revents & libc::POLLERR != 0,
     })
 }
 

@@ -19,6 +19,7 @@
 mod assembler;
 mod congestion;
 mod io;
+mod net_status;
 mod params;
 mod reliable_rx;
 mod reliable_tx;
@@ -30,6 +31,7 @@ use bytes::Bytes;
 
 use self::assembler::{Assembler, Compression};
 use self::congestion::Congestion;
+use self::net_status::ClockSync;
 use self::reliable_rx::{AckPolicy, ReliableReceiver, RxCounters, RxError};
 use self::reliable_tx::{
     AckOutcome, LossTimes, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
@@ -43,6 +45,7 @@ use crate::protocol::{
 };
 
 pub use self::io::SessionIo;
+pub use self::net_status::NetStatus;
 pub use self::params::{ApplicationParameters, MultiLength, SessionParameters, ZeroEscape};
 
 /// A session quiet this long frees its channel buffers at its next timer.
@@ -70,6 +73,10 @@ enum Deadline {
     Inactivity,
     /// A client's keep-alive.
     Heartbeat,
+    /// A client's ClockSync.
+    ClockSync,
+    /// A client's PortAlive (NAT keep-alive).
+    PortAlive,
     /// A reliable channel's retransmission check (done by the next flush).
     Retransmit,
     /// A reliable channel's delayed acknowledgement (sent by the next flush).
@@ -85,6 +92,8 @@ struct Due {
     connect_retry: bool,
     inactivity: bool,
     heartbeat: bool,
+    clock_sync: bool,
+    port_alive: bool,
 }
 
 impl Due {
@@ -94,6 +103,8 @@ impl Due {
             Deadline::ConnectRetry => self.connect_retry = true,
             Deadline::Inactivity => self.inactivity = true,
             Deadline::Heartbeat => self.heartbeat = true,
+            Deadline::ClockSync => self.clock_sync = true,
+            Deadline::PortAlive => self.port_alive = true,
             Deadline::Retransmit | Deadline::Ack | Deadline::Pace => {}
         }
     }
@@ -220,6 +231,14 @@ pub struct SessionStats {
     /// Out-of-order packets dropped (unacknowledged) because the multiplexer's
     /// buffer budget was spent.
     pub over_budget_packets: u64,
+    /// ClockSyncs sent (clients with `clock_sync_interval`).
+    pub clock_syncs_sent: u64,
+    /// ClockReflects taken (see [`SoeSession::net_status`]).
+    pub clock_reflects_received: u64,
+    /// PortAlives sent (clients with `port_alive_interval`).
+    pub port_alives_sent: u64,
+    /// ICMP port-unreachable reports for the peer's address.
+    pub unreachable_reports: u64,
 }
 
 impl SessionStats {
@@ -244,6 +263,10 @@ impl SessionStats {
         self.stale_ordered_packets += other.stale_ordered_packets;
         self.ignored_packets += other.ignored_packets;
         self.over_budget_packets += other.over_budget_packets;
+        self.clock_syncs_sent += other.clock_syncs_sent;
+        self.clock_reflects_received += other.clock_reflects_received;
+        self.port_alives_sent += other.port_alives_sent;
+        self.unreachable_reports += other.unreachable_reports;
     }
 }
 
@@ -256,6 +279,8 @@ struct Owed {
     remap: bool,
     heartbeat: bool,
     net_status: Option<NetStatusRequest>,
+    clock_sync: bool,
+    port_alive: bool,
 }
 
 /// Unreliable payloads waiting for the next flush.
@@ -304,7 +329,15 @@ pub struct SoeSession {
     /// Data waits for pacing (or the rate cap) until then.
     paced_until: Option<Instant>,
     created_at: Instant,
+    /// When the handshake completed.
+    running_since: Option<Instant>,
     last_received: Instant,
+    /// When the last datagram (PortAlives aside) went to the peer.
+    last_sent: Instant,
+    last_port_alive: Option<Instant>,
+    /// The first ICMP port-unreachable report since the peer was last heard.
+    unreachable_since: Option<Instant>,
+    clock_sync: ClockSync,
     last_heartbeat: Option<Instant>,
     last_request: Option<Instant>,
     owed: Owed,
@@ -363,7 +396,12 @@ impl SoeSession {
             congestion,
             paced_until: None,
             created_at: now,
+            running_since: None,
             last_received: now,
+            last_sent: now,
+            last_port_alive: None,
+            unreachable_since: None,
+            clock_sync: ClockSync::default(),
             last_heartbeat: None,
             last_request: None,
             owed: Owed::default(),
@@ -447,6 +485,13 @@ impl SoeSession {
         self.rtt.srtt()
     }
 
+    /// What ClockSync round trips taught a client about its path (round trip,
+    /// clock offset, loss each way); `None` before the first ClockReflect, and
+    /// always on servers and on clients without `clock_sync_interval`.
+    pub fn net_status(&self) -> Option<NetStatus> {
+        self.clock_sync.status()
+    }
+
     /// How many reliable packets the congestion controller lets be in flight now
     /// (the peer's receive window may allow fewer). Always the configured
     /// `max_window` when congestion control is off.
@@ -509,11 +554,24 @@ impl SoeSession {
             (running && self.mode == SessionMode::Client && !p.heartbeat_after.is_zero())
                 .then(|| self.next_heartbeat());
         let pace = self.paced_until.filter(|_| running);
+        let client = running && self.mode == SessionMode::Client;
+        let clock_sync = p
+            .clock_sync_interval
+            .filter(|_| client)
+            .zip(self.running_since)
+            .map(|(interval, since)| self.clock_sync.next_due(since, interval));
+        let port_alive = p.port_alive_interval.filter(|_| client).map(|interval| {
+            self.last_sent
+                .max(self.last_port_alive.unwrap_or(self.last_sent))
+                + interval
+        });
         let session = [
             (Deadline::ConnectTimeout, connect_timeout),
             (Deadline::ConnectRetry, connect_retry),
             (Deadline::Inactivity, inactivity),
             (Deadline::Heartbeat, heartbeat),
+            (Deadline::ClockSync, clock_sync),
+            (Deadline::PortAlive, port_alive),
             (Deadline::Pace, pace),
         ];
         let resends = self
@@ -773,6 +831,7 @@ impl SoeSession {
     fn touch(&mut self, now: Instant, io: &mut SessionIo) {
         self.last_received = now;
         self.remap_attempts = 0;
+        self.unreachable_since = None;
         if self.open_on_next_packet {
             self.open_on_next_packet = false;
             io.emit(SessionEvent::Opened);
@@ -854,6 +913,17 @@ impl SoeSession {
             }
             Packet::ZeroEscaped(data) | Packet::Application(data) => {
                 self.deliver_unreliable(data, Channel::Unreliable, io)
+            }
+            Packet::NetStatusResponse(reflect) if self.mode == SessionMode::Client => {
+                let clock = self.clock_ms(now);
+                if self
+                    .clock_sync
+                    .on_reflect(&reflect, clock, self.stats.datagrams_received)
+                {
+                    self.stats.clock_reflects_received += 1;
+                } else {
+                    self.stats.ignored_packets += 1;
+                }
             }
             Packet::NetStatusResponse(_)
             | Packet::PortAlive(_)
@@ -1025,6 +1095,7 @@ impl SoeSession {
         });
         self.owed.response = true;
         self.state = SessionState::Running;
+        self.running_since = Some(now);
         self.open_on_next_packet = true;
         self.last_received = now;
     }
@@ -1052,6 +1123,7 @@ impl SoeSession {
             response.compression != 0,
         );
         self.state = SessionState::Running;
+        self.running_since = Some(now);
         self.owed.request = false;
         // Completes the server's side at once: it opens the session on the first
         // packet after its response, and evicts half-open sessions under a flood.
@@ -1087,9 +1159,18 @@ impl SoeSession {
             self.owed.request = true;
         } else if due.inactivity {
             self.end(DisconnectReason::Timeout, false, false, now, io);
-        } else if due.heartbeat {
-            self.owed.heartbeat = true;
-            self.last_heartbeat = Some(now);
+        } else {
+            if due.heartbeat {
+                self.owed.heartbeat = true;
+                self.last_heartbeat = Some(now);
+            }
+            if due.clock_sync {
+                self.owed.clock_sync = true;
+            }
+            if due.port_alive {
+                self.owed.port_alive = true;
+                self.last_port_alive = Some(now);
+            }
         }
         // Retransmissions and delayed acks go out in the next flush.
     }
@@ -1105,10 +1186,13 @@ impl SoeSession {
             self.write_handshake(now, io);
         }
         if std::mem::take(&mut self.owed.remap) {
-            self.write_remap(io);
+            self.write_remap(now, io);
         }
         if self.state != SessionState::Running {
             return;
+        }
+        if std::mem::take(&mut self.owed.port_alive) {
+            self.write_port_alive(io);
         }
         let srtt = self.rtt.srtt();
         let times = LossTimes {
@@ -1118,6 +1202,7 @@ impl SoeSession {
         };
         self.congestion.refill(now, srtt);
         let data_ready = self.owed.heartbeat
+            || self.owed.clock_sync
             || self.owed.net_status.is_some()
             || !self.unreliable.items.is_empty()
             || self.senders.iter().flatten().any(|s| {
@@ -1152,6 +1237,13 @@ impl SoeSession {
             .take()
             .map(|r| self.net_status_reply(r, now));
         let heartbeat = std::mem::take(&mut self.owed.heartbeat);
+        let clock_sync = std::mem::take(&mut self.owed.clock_sync).then(|| {
+            let clock = self.clock_ms(now);
+            // The sync counts itself among the datagrams sent.
+            let sent = self.stats.datagrams_sent + 1;
+            self.clock_sync
+                .request(now, clock, sent, self.stats.datagrams_received, srtt)
+        });
 
         let congestion = &mut self.congestion;
         let unreliable = &mut self.unreliable;
@@ -1166,6 +1258,11 @@ impl SoeSession {
             if let Some(reply) = net_status {
                 let mut bytes = [0u8; NetStatusResponse::LEN];
                 Packet::NetStatusResponse(reply).emit(&mut bytes);
+                asm.push(&bytes);
+            }
+            if let Some(sync) = clock_sync {
+                let mut bytes = [0u8; NetStatusRequest::LEN];
+                Packet::NetStatusRequest(sync).emit(&mut bytes);
                 asm.push(&bytes);
             }
             for s in self.senders.iter_mut().flatten() {
@@ -1225,6 +1322,10 @@ impl SoeSession {
         unreliable.items.clear();
         self.stats.datagrams_sent += datagrams;
         self.stats.bytes_sent += bytes;
+        if datagrams > 0 {
+            self.last_sent = now;
+        }
+        self.stats.clock_syncs_sent += u64::from(clock_sync.is_some());
         self.stats.reliable_packets_sent += sent;
         self.stats.reliable_packets_resent += resent;
         self.paced_until = paced.then(|| self.congestion.next_send(now, rules.room, srtt));
@@ -1302,7 +1403,46 @@ impl SoeSession {
         );
     }
 
-    fn write_remap(&mut self, io: &mut SessionIo) {
+    /// PortAlive: raw (no CRC, no compression flag), two bytes; the runtimes send
+    /// it with a small IP TTL ([`crate::protocol::PORT_ALIVE_TTL`]) so it keeps
+    /// the NAT mapping without reaching the server.
+    fn write_port_alive(&mut self, io: &mut SessionIo) {
+        let mut asm = assembler(&self.params, &self.framing, io, false);
+        asm.push_contextless(&OpCode::PortAlive.to_bytes());
+        let (d, b) = (asm.datagrams, asm.bytes);
+        self.stats.port_alives_sent += 1;
+        self.stats.datagrams_sent += d;
+        self.stats.bytes_sent += b;
+    }
+
+    /// The session's millisecond clock (ClockSync stamps).
+    fn clock_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.created_at).as_millis() as u64
+    }
+
+    /// The network reported the peer's address unreachable (an ICMP
+    /// port-unreachable for a datagram sent there). The first report since the
+    /// peer was last heard starts the `unreachable_grace`; a report after it has
+    /// passed ends the session with `IcmpError`. Ignored during the handshake and
+    /// without a grace configured.
+    pub fn handle_unreachable(&mut self, now: Instant, io: &mut SessionIo) {
+        self.stats.unreachable_reports += 1;
+        let Some(grace) = self.params.unreachable_grace else {
+            return;
+        };
+        if self.state != SessionState::Running {
+            return;
+        }
+        match self.unreachable_since {
+            None => self.unreachable_since = Some(now),
+            Some(since) if now.saturating_duration_since(since) >= grace => {
+                self.end(DisconnectReason::IcmpError, false, false, now, io)
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn write_remap(&mut self, now: Instant, io: &mut SessionIo) {
         let mut bytes = [0u8; RemapConnection::LEN];
         Packet::RemapConnection(RemapConnection {
             session_id: self.session_id,
@@ -1314,6 +1454,7 @@ impl SoeSession {
         let (d, b) = (asm.datagrams, asm.bytes);
         self.stats.datagrams_sent += d;
         self.stats.bytes_sent += b;
+        self.last_sent = now;
     }
 
     fn write_handshake(&mut self, now: Instant, io: &mut SessionIo) {
@@ -1350,5 +1491,6 @@ impl SoeSession {
         let (d, b) = (asm.datagrams, asm.bytes);
         self.stats.datagrams_sent += d;
         self.stats.bytes_sent += b;
+        self.last_sent = now;
     }
 }

@@ -42,6 +42,9 @@ pub enum MultiLength {
     Varint,
 }
 
+/// How often clients of the profiles whose servers answer ClockSync send it.
+const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(45);
+
 /// Per-session parameters. Field names and defaults of the first block follow
 /// `soe-protocol` 2.3.0's `SessionParameters`; the rest are additions.
 ///
@@ -165,6 +168,28 @@ pub struct SessionParameters {
     /// mapping moved) and carries on, instead of ending the session at once. It
     /// gives up, with `UnreachableConnection`, after three attempts in a row.
     pub remap_on_unknown_sender: bool,
+    /// How long ICMP port-unreachable reports for the peer's address are borne:
+    /// a report that arrives this long after the first one (with no valid datagram
+    /// from the peer in between) ends the session with `IcmpError`, so a peer that
+    /// vanished without a Disconnect is let go in seconds rather than at the
+    /// inactivity timeout. The grace rides out a peer restarting or a route
+    /// flapping, and makes a forged report alone harmless while the peer talks.
+    /// Reports during the handshake are ignored (as UdpLibrary does by default).
+    /// `None` ignores them altogether. Default 5 s (UdpLibrary's
+    /// `icmpErrorRetryPeriod`).
+    pub unreachable_grace: Option<Duration>,
+    /// A client sends PortAlive (`00 1C`, with an IP TTL of 5 so it dies on the way)
+    /// after this long without sending anything else, to keep its NAT mapping
+    /// open at no cost to the server. `None` (the default) sends none; a client
+    /// behind a NAT that forgets mappings sooner than `heartbeat_after` wants it.
+    pub port_alive_interval: Option<Duration>,
+    /// A client sends ClockSync (`00 07`) this often and learns the round trip,
+    /// the offset to the server's clock and each direction's loss from the
+    /// ClockReflect ([`SoeSession::net_status`](crate::session::SoeSession::net_status)).
+    /// `None` (the default) sends none: `soe-protocol` servers ignore ClockSync and
+    /// Sanctuary's log an error for each, so only the profiles of peers that
+    /// answer it set an interval. Servers never initiate.
+    pub clock_sync_interval: Option<Duration>,
 }
 
 impl Default for SessionParameters {
@@ -206,6 +231,9 @@ impl Default for SessionParameters {
             initial_window: 10,
             max_send_rate: None,
             peer_max_ack_delay: Duration::from_millis(25),
+            unreachable_grace: Some(Duration::from_secs(5)),
+            port_alive_interval: None,
+            clock_sync_interval: None,
         }
     }
 }
@@ -234,18 +262,20 @@ impl SessionParameters {
     ];
 
     /// soe-uring on both sides: full-size packets share datagrams with acks (the
-    /// v3 varint lengths), everything else as by default.
+    /// v3 varint lengths), clients sync clocks every 45 s, everything else as by
+    /// default.
     ///
-    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | unreliable in multi-packets |
-    /// |---|---|---|---|---|---|
-    /// | default | v3 | one byte | encrypted only | 2 | no |
-    /// | `soe_uring` | v3 | varint | encrypted only | 2 | no |
-    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | no |
-    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2, no compression | no |
-    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request) | one byte | always | 2 | yes |
+    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | unreliable in multi-packets | client ClockSync |
+    /// |---|---|---|---|---|---|---|
+    /// | default | v3 | one byte | encrypted only | 2 | no | no |
+    /// | `soe_uring` | v3 | varint | encrypted only | 2 | no | 45 s |
+    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | no | no |
+    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2, no compression | no | no |
+    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request) | one byte | always | 2 | yes | 45 s |
     pub fn soe_uring() -> Self {
         Self {
             multi_length: MultiLength::Varint,
+            clock_sync_interval: Some(CLOCK_SYNC_INTERVAL),
             ..Self::default()
         }
     }
@@ -277,13 +307,14 @@ impl SessionParameters {
 
     /// SWG's UdpLibrary and its ports: the 14-byte v2 handshake, one length byte,
     /// every reliable payload that starts with `00` escaped, unreliable data
-    /// bundled in multi-packets.
+    /// bundled in multi-packets, clients sync clocks every 45 s.
     pub fn udp_library() -> Self {
         Self {
             protocol_version: 2,
             multi_length: MultiLength::OneByte,
             zero_escape: ZeroEscape::Always,
             coalesce_unreliable: true,
+            clock_sync_interval: Some(CLOCK_SYNC_INTERVAL),
             ..Self::default()
         }
     }
