@@ -184,12 +184,21 @@ fn try_send_error(error: TrySendError<Command>) -> SendError<Command> {
     }
 }
 
-/// The queues shared by both handle types: commands, and stats requests on their
-/// own queue.
+/// Requests to the driver task outside the command queue (which may be full).
+#[derive(Debug)]
+enum Control {
+    /// Send a copy of the counters.
+    Stats(oneshot::Sender<DriverStats>),
+    /// Start draining, and send the session count once none is left.
+    Drain(oneshot::Sender<()>),
+}
+
+/// The queues shared by both handle types: commands, and control requests on
+/// their own queue.
 #[derive(Clone, Debug)]
 struct Commands {
     commands: mpsc::Sender<Command>,
-    control: mpsc::Sender<oneshot::Sender<DriverStats>>,
+    control: mpsc::Sender<Control>,
     /// Largest message a session can take (`max_pending_bytes`).
     max_message: usize,
 }
@@ -277,12 +286,22 @@ impl Commands {
 
     async fn stats(&self) -> Option<DriverStats> {
         let (reply, answer) = oneshot::channel();
-        self.control.send(reply).await.ok()?;
+        self.control.send(Control::Stats(reply)).await.ok()?;
         answer.await.ok()
     }
 
     fn is_stopped(&self) -> bool {
         self.commands.is_closed()
+    }
+
+    /// Starts draining; resolves once no session is left (`false` if the driver
+    /// stopped first).
+    async fn drain(&self) -> bool {
+        let (done, drained) = oneshot::channel();
+        if self.control.send(Control::Drain(done)).await.is_err() {
+            return false;
+        }
+        drained.await.is_ok()
     }
 }
 
@@ -290,11 +309,7 @@ impl Commands {
 fn queues(
     config: &SocketConfig,
     driver: &DriverConfig,
-) -> (
-    Commands,
-    mpsc::Receiver<Command>,
-    mpsc::Receiver<oneshot::Sender<DriverStats>>,
-) {
+) -> (Commands, mpsc::Receiver<Command>, mpsc::Receiver<Control>) {
     let (commands, commands_rx) = mpsc::channel(driver.command_slots());
     let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
     let handles = Commands {
@@ -432,6 +447,31 @@ impl SoeHandle {
     /// Whether the driver has stopped (every command would fail).
     pub fn is_stopped(&self) -> bool {
         self.commands.is_stopped()
+    }
+
+    /// Starts draining, for a rolling restart: live sessions are served as
+    /// before, SessionRequests are answered with a Disconnect (`ConnectionRefused`)
+    /// so clients go elsewhere at once. Resolves once no session is left (`false`
+    /// if the driver stopped first). Bound it with a timeout, keep taking events
+    /// meanwhile, then drop the server (which ends what is left):
+    ///
+    /// ```no_run
+    /// # async fn f(mut server: soe_uring::tokio_rt::TokioSoeServer) {
+    /// let handle = server.handle();
+    /// let drained = tokio::spawn(async move {
+    ///     tokio::time::timeout(std::time::Duration::from_secs(30), handle.drain()).await
+    /// });
+    /// while !drained.is_finished() {
+    ///     tokio::select! {
+    ///         Some(event) = server.recv_event() => { /* serve it */ }
+    ///         _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+    ///     }
+    /// }
+    /// drop(server);
+    /// # }
+    /// ```
+    pub async fn drain(&self) -> bool {
+        self.commands.drain().await
     }
 }
 
@@ -878,7 +918,7 @@ impl<E> EventSink for Sink<E> {
 enum Wake {
     Continue,
     Command(Command),
-    Stats(oneshot::Sender<DriverStats>),
+    Control(Control),
     Stop,
 }
 
@@ -889,11 +929,13 @@ struct Task<E> {
     peer: Option<SocketAddr>,
     driver: Driver,
     commands: mpsc::Receiver<Command>,
-    control: mpsc::Receiver<oneshot::Sender<DriverStats>>,
+    control: mpsc::Receiver<Control>,
     sink: Sink<E>,
     /// Stats requests that woke the task, answered at the end of the next turn (so
     /// commands queued before them are counted).
     stats_requests: Vec<oneshot::Sender<DriverStats>>,
+    /// Drain requests, answered once no session is left.
+    drained: Vec<oneshot::Sender<()>>,
     tick_period: Option<Duration>,
     buf: Box<[u8]>,
     /// A server socket reported ICMP errors: read its error queue.
@@ -906,7 +948,7 @@ impl<E: Send + 'static> Task<E> {
         peer: Option<SocketAddr>,
         driver: Driver,
         commands: mpsc::Receiver<Command>,
-        control: mpsc::Receiver<oneshot::Sender<DriverStats>>,
+        control: mpsc::Receiver<Control>,
         sink: Sink<E>,
         tick_period: Duration,
     ) -> Self {
@@ -918,6 +960,7 @@ impl<E: Send + 'static> Task<E> {
             control,
             sink,
             stats_requests: Vec::new(),
+            drained: Vec::new(),
             tick_period: (!tick_period.is_zero()).then_some(tick_period),
             buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
             errors_pending: false,
@@ -938,7 +981,7 @@ impl<E: Send + 'static> Task<E> {
             self.driver.tick(at);
             self.send_outgoing();
             closed |= self.deliver();
-            self.answer_stats();
+            self.answer_control();
             if closed {
                 break;
             }
@@ -965,7 +1008,7 @@ impl<E: Send + 'static> Task<E> {
             let woke = tokio::select! {
                 biased;
                 control = self.control.recv() => match control {
-                    Some(reply) => Wake::Stats(reply),
+                    Some(control) => Wake::Control(control),
                     None => Wake::Continue,
                 },
                 permit = self.sink.events.reserve(), if plan.event_room => match permit {
@@ -986,7 +1029,7 @@ impl<E: Send + 'static> Task<E> {
             match woke {
                 Wake::Continue => {}
                 Wake::Command(command) => self.driver.apply(command, now()),
-                Wake::Stats(reply) => self.stats_requests.push(reply),
+                Wake::Control(control) => self.take_control(control),
                 Wake::Stop => break,
             }
         }
@@ -1053,12 +1096,28 @@ impl<E: Send + 'static> Task<E> {
         let _ = at;
     }
 
-    fn answer_stats(&mut self) {
-        while let Ok(reply) = self.control.try_recv() {
-            self.stats_requests.push(reply);
+    fn take_control(&mut self, control: Control) {
+        match control {
+            Control::Stats(reply) => self.stats_requests.push(reply),
+            Control::Drain(done) => {
+                self.driver.start_draining();
+                self.drained.push(done);
+            }
+        }
+    }
+
+    /// Answers stats requests, and drain requests once no session is left.
+    fn answer_control(&mut self) {
+        while let Ok(control) = self.control.try_recv() {
+            self.take_control(control);
         }
         for reply in self.stats_requests.drain(..) {
             let _ = reply.send(self.driver.snapshot());
+        }
+        if self.driver.sessions() == 0 {
+            for done in self.drained.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 

@@ -881,3 +881,47 @@ fn sessions_of_clients_whose_port_closed_end_with_icmp_error() {
     assert!(start.elapsed() < Duration::from_secs(5));
     server.shutdown().unwrap();
 }
+
+/// Draining for a rolling restart: live sessions keep being served, a new client
+/// is refused at once (`ConnectionRefused`) instead of waiting out its connect
+/// timeout, and `drain` returns as soon as the last session has ended, then shuts
+/// down.
+#[test]
+fn drain_serves_live_sessions_refuses_new_ones_and_returns_when_they_end() {
+    let (server, _) = echo_server(2, true);
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let mut clients = Clients::new(8, addr);
+    clients.open_all();
+    clients.echo(8);
+    let drain = std::thread::spawn(move || server.drain(Duration::from_secs(20)));
+    // The shards take the flag at their next turn; a newcomer is only seen in one.
+    handle.drain();
+    // Refused, and told so.
+    let mut newcomer = Clients::new(1, addr);
+    let start = Instant::now();
+    let refused = loop {
+        assert!(start.elapsed() < LIMIT, "the newcomer heard nothing");
+        newcomer.drive();
+        if let Some(SocketEvent::SessionClosed { reason, .. }) = newcomer.mux.poll_event() {
+            break reason;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(refused, DisconnectReason::ConnectionRefused);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    // Live sessions are still served.
+    clients.echo(8);
+    assert!(!drain.is_finished());
+    // The clients leave; the drain ends promptly.
+    let left = Instant::now();
+    for i in 0..8 {
+        clients
+            .mux
+            .terminate(&Key(i), DisconnectReason::Application, Instant::now());
+    }
+    clients.drive();
+    let report = drain.join().unwrap().expect("drained and stopped cleanly");
+    assert_eq!(report.sessions_left, 0);
+    assert!(left.elapsed() < Duration::from_secs(5), "{report:?}");
+}

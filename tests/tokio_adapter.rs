@@ -1032,3 +1032,63 @@ async fn a_vanished_peer_ends_the_session_with_icmp_error() {
     })
     .await;
 }
+
+/// Draining the Tokio server: the live session is still served, a new client is
+/// refused at once with `ConnectionRefused`, and `drain` resolves when the last
+/// session has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_newcomers_and_resolves_when_sessions_end() {
+    bounded("drain", async {
+        let config = our_config_for(&CASE);
+        let mut server = TokioSoeServer::bind(loopback(), config.clone(), TICK)
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let mut client = TokioSoeClient::connect_to(addr, config.clone(), TICK)
+            .await
+            .unwrap();
+        assert_eq!(client.recv_event().await, Some(ClientEvent::Connected));
+        assert!(client.handle().enqueue_data(&b"hello"[..]));
+        let remote = match server.recv_event().await {
+            Some(SocketEvent::SessionOpened { remote }) => remote,
+            other => panic!("{other:?}"),
+        };
+        let handle = server.handle();
+        let drain = tokio::spawn(async move { handle.drain().await });
+
+        let mut newcomer = TokioSoeClient::connect_to(addr, config, TICK)
+            .await
+            .unwrap();
+        let mut refused = None;
+        while let Some(event) = newcomer.recv_event().await {
+            if let ClientEvent::Disconnected { reason } = event {
+                refused = Some(reason);
+            }
+        }
+        assert_eq!(refused, Some(DisconnectReason::ConnectionRefused));
+
+        // Still served.
+        server.handle().enqueue_data(remote, &b"still here"[..]);
+        loop {
+            match client.recv_event().await {
+                Some(ClientEvent::DataReceived { data, .. }) if &data[..] == b"still here" => {
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("client stopped"),
+            }
+        }
+        assert!(!drain.is_finished());
+        assert!(client.handle().terminate(DisconnectReason::Application));
+        let drained = tokio::time::timeout(Duration::from_secs(10), drain).await;
+        assert!(drained.expect("drained promptly").unwrap());
+        loop {
+            match server.recv_event().await {
+                Some(SocketEvent::SessionClosed { remote: r, .. }) if r == remote => break,
+                Some(_) => {}
+                None => panic!("no SessionClosed"),
+            }
+        }
+    })
+    .await;
+}

@@ -119,6 +119,11 @@ pub struct ServeArgs {
     /// shards that answered and each shard's health).
     #[arg(long)]
     pub stats_json: bool,
+    /// On SIGINT/SIGTERM, drain first (soe-uring): refuse new sessions, serve the
+    /// live ones until they end or SECS pass, then shut down. A second signal
+    /// shuts down at once. 0: shut down at once.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub drain_timeout: f64,
 }
 
 #[derive(Debug, Clone, Args)]

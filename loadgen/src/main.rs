@@ -332,6 +332,29 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
             next = Some(at + every);
         }
     }
+    if a.drain_timeout > 0.0 && server.start_drain() {
+        stop.store(false, Ordering::Relaxed);
+        let draining = Instant::now();
+        let timeout = Duration::from_secs_f64(a.drain_timeout);
+        eprintln!(
+            "loadgen: draining {} sessions (up to {:.1} s; signal again to stop now)",
+            server.sessions_live(),
+            timeout.as_secs_f64()
+        );
+        // Give each shard a turn to take the flag before trusting the count.
+        std::thread::sleep(Duration::from_millis(20));
+        while server.sessions_live() > 0
+            && draining.elapsed() < timeout
+            && !stop.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "loadgen: drained in {:.0} ms, {} sessions left",
+            draining.elapsed().as_secs_f64() * 1e3,
+            server.sessions_live()
+        );
+    }
     eprintln!("loadgen: stopping");
     let summary = if a.stats_json {
         server.sample_json(started.elapsed()).map(|s| s.to_string())

@@ -213,6 +213,8 @@ impl RunningServer {
                     "last_turn_age_ms": h.last_turn_age.as_secs_f64() * 1e3,
                     "overdue_ms": h.overdue.as_secs_f64() * 1e3,
                     "overloaded": h.overloaded,
+                    "draining": h.draining,
+                    "sessions": h.sessions,
                 })
             })
             .collect();
@@ -241,6 +243,26 @@ impl RunningServer {
             "cpu_s": t.cpu_time.as_secs_f64(),
             "rss_bytes": rss_bytes(),
         }))
+    }
+
+    /// Starts draining (soe-uring only): new sessions are refused, live ones
+    /// served. Returns whether this server can drain.
+    pub fn start_drain(&self) -> bool {
+        match &self.inner {
+            Inner::Uring(server) => {
+                server.handle().drain();
+                true
+            }
+            Inner::Thread { .. } => false,
+        }
+    }
+
+    /// Sessions live now (soe-uring only; 0 otherwise).
+    pub fn sessions_live(&self) -> u64 {
+        match &self.inner {
+            Inner::Uring(server) => server.handle().sessions_live(),
+            Inner::Thread { .. } => 0,
+        }
     }
 
     /// Stops the server gracefully (Disconnect to every peer) and joins its threads.

@@ -292,3 +292,57 @@ fn unreachable_target_is_a_one_line_error() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+/// SIGTERM drains: the sessions of a run in progress are served to its end
+/// (nothing lost, no errors), a run that starts meanwhile is refused at once, and
+/// the server exits once the first run's sessions are gone.
+#[test]
+fn sigterm_drains_before_stopping() {
+    let (mut server, addr) = serve(&["--drain-timeout", "30"]);
+    let json = temp_file("drain.json");
+    let mut args = vec![
+        "run",
+        "--target",
+        addr.as_str(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(QUICK);
+    let pos = args.iter().position(|a| *a == "--duration").unwrap();
+    args[pos + 1] = "4";
+    let running = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&server);
+    std::thread::sleep(Duration::from_millis(200));
+    // A newcomer is refused, and says so.
+    let late = loadgen(&[
+        "run",
+        "--target",
+        addr.as_str(),
+        "--sessions",
+        "1",
+        "--duration",
+        "1",
+        "--connect-timeout",
+        "5",
+        "--quiet",
+    ]);
+    assert!(!late.status.success());
+    assert!(
+        text(&late.stderr).contains("ConnectionRefused"),
+        "{}",
+        text(&late.stderr)
+    );
+    let out = running.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    check_result(&v, "external", true);
+    let status = wait_exit(&mut server, Duration::from_secs(20));
+    assert!(status.success(), "serve exited with {status:?}");
+}

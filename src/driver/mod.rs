@@ -381,6 +381,30 @@ impl Driver {
         self.parked.push(remote, ParkedCommand::Data(data, channel));
     }
 
+    /// Starts draining (before a shutdown): live sessions are served as before,
+    /// new ones are refused with `ConnectionRefused`
+    /// ([`SoeMultiplexer::set_draining`]). There is no way back.
+    pub(crate) fn start_draining(&mut self) {
+        if !self.mux.is_draining() {
+            tracing::info!(
+                shard = self.stats.shard,
+                sessions = self.mux.session_count(),
+                "draining: refusing new sessions"
+            );
+            self.mux.set_draining(true);
+        }
+    }
+
+    /// Whether the driver is draining.
+    pub(crate) fn draining(&self) -> bool {
+        self.mux.is_draining()
+    }
+
+    /// Sessions live now.
+    pub(crate) fn sessions(&self) -> usize {
+        self.mux.session_count()
+    }
+
     /// Ends the session with the most commands waiting.
     fn close_largest(&mut self, now: Instant) {
         let Some(remote) = self.parked.largest() else {

@@ -223,8 +223,11 @@ pub struct MuxStats {
     pub evicted_half_open: u64,
     /// SessionRequests refused for a protocol name or version mismatch.
     pub refused_protocol_mismatch: u64,
-    /// SessionRequests dropped while admission was closed (overload, drain).
+    /// SessionRequests dropped unanswered while admission was closed (overload).
     pub refused_admission_closed: u64,
+    /// SessionRequests refused while draining: answered with a SessionResponse
+    /// and a Disconnect (`ConnectionRefused`), as UdpLibrary refuses.
+    pub refused_draining: u64,
     /// Datagrams from addresses without a session (other than SessionRequest).
     pub unknown_sender_datagrams: u64,
     /// Sessions moved to a new port.
@@ -254,6 +257,7 @@ impl MuxStats {
         self.evicted_half_open += other.evicted_half_open;
         self.refused_protocol_mismatch += other.refused_protocol_mismatch;
         self.refused_admission_closed += other.refused_admission_closed;
+        self.refused_draining += other.refused_draining;
         self.unknown_sender_datagrams += other.unknown_sender_datagrams;
         self.remaps += other.remaps;
         self.remaps_refused += other.remaps_refused;
@@ -332,6 +336,10 @@ pub struct SoeMultiplexer<A: RemoteAddr> {
     retired: SessionStats,
     /// Whether SessionRequests from new addresses open sessions.
     admitting: bool,
+    /// Whether SessionRequests are refused for good (shutting down).
+    draining: bool,
+    /// Where a refused request's session writes its two datagrams.
+    refusal_io: Option<Box<SessionIo>>,
     /// New server sessions get CRC seeds ≡ `lane.0` (mod `lane.1`).
     lane: (u32, u32),
     /// Addresses sessions moved to since the last `drain_remapped`.
@@ -369,6 +377,8 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             stats: MuxStats::default(),
             retired: SessionStats::default(),
             admitting: true,
+            draining: false,
+            refusal_io: None,
             removed_since_shrink: 0,
             released: 0,
             lane: (0, 1),
@@ -464,6 +474,22 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     /// Whether SessionRequests open sessions (see [`SoeMultiplexer::set_admitting`]).
     pub fn is_admitting(&self) -> bool {
         self.admitting
+    }
+
+    /// Starts (or ends) draining, before a shutdown: live sessions are served as
+    /// before, while every SessionRequest from a new address is refused the way
+    /// UdpLibrary refuses one, with a SessionResponse followed by a Disconnect
+    /// (`ConnectionRefused`), so the client learns at once instead of retrying
+    /// until its connect timeout. Counted in [`MuxStats::refused_draining`]; the
+    /// replies share the rate limit of UnknownSender replies. Independent of
+    /// [`SoeMultiplexer::set_admitting`].
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Whether the multiplexer is draining (see [`SoeMultiplexer::set_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// The configuration.
@@ -687,6 +713,13 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     }
 
     fn admit(&mut self, remote: A, request: &[u8], now: Instant) {
+        if self.draining {
+            self.stats.refused_draining += 1;
+            if self.take_reply_token(now) {
+                self.refuse(remote, request, now);
+            }
+            return;
+        }
         if !self.admitting {
             self.stats.refused_admission_closed += 1;
             return;
@@ -708,6 +741,24 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             }
         }
         self.mark(slot);
+    }
+
+    /// Answers a SessionRequest with a SessionResponse and a Disconnect
+    /// (`ConnectionRefused`) from a session that never joins the table.
+    fn refuse(&mut self, remote: A, request: &[u8], now: Instant) {
+        let mut io = self.refusal_io.take().unwrap_or_default();
+        let mut session = self.new_session(SessionMode::Server, now);
+        session.handle_datagram(request, now, &mut io);
+        session.terminate(DisconnectReason::ConnectionRefused, true, now, &mut io);
+        for datagram in io.datagrams() {
+            let start = self.io.tx_bytes.len();
+            self.io.tx_bytes.extend_from_slice(datagram);
+            self.io.end_datagram(start);
+            self.out_addrs.push(remote.clone());
+        }
+        io.clear_datagrams();
+        io.drain_events().for_each(drop);
+        self.refusal_io = Some(io);
     }
 
     fn evict_oldest_half_open(&mut self, now: Instant) {

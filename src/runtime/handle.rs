@@ -145,6 +145,13 @@ impl Inbox {
         }
     }
 
+    /// Wakes the shard if it sleeps, for a flag it reads at the start of a turn
+    /// (a shard that misses the wake-up reads the flag before it handles its next
+    /// datagram, which is what the flags are about).
+    pub(crate) fn wake(&self) {
+        self.notify();
+    }
+
     /// Asks the shard to stop; it sees the flag on its next turn.
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -185,6 +192,8 @@ pub(crate) struct Shared {
     pub(crate) inboxes: Vec<Inbox>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) stopping: AtomicBool,
+    /// Set once: every shard refuses new sessions from its next turn on.
+    pub(crate) draining: AtomicBool,
     /// Largest message a session can take (see
     /// [`crate::SessionParameters::max_message_len`]): larger ones are refused by
     /// the handle.
@@ -335,6 +344,27 @@ impl SoeHandle {
     /// [`SoeHandle::stats_timeout`] with a one-second timeout.
     pub fn stats(&self) -> ServerStats {
         self.stats_timeout(Duration::from_secs(1))
+    }
+
+    /// Starts draining every shard (see [`super::SoeServer::drain`]): live
+    /// sessions are served as before, SessionRequests are refused with
+    /// `ConnectionRefused`. There is no way back; shut down when
+    /// [`SoeHandle::sessions_live`] reaches zero.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for inbox in &self.shared.inboxes {
+            inbox.wake();
+        }
+    }
+
+    /// Sessions live over all shards as of their latest turns (read without asking
+    /// them, like [`super::SoeServer::health`]).
+    pub fn sessions_live(&self) -> u64 {
+        self.shared
+            .inboxes
+            .iter()
+            .map(|inbox| inbox.liveness.sessions())
+            .sum()
     }
 
     /// Asks every shard to stop: sessions are terminated (Disconnect to each peer),

@@ -42,6 +42,10 @@ pub struct ShardHealth {
     pub overdue: Duration,
     /// Whether it is at capacity and refusing new sessions.
     pub overloaded: bool,
+    /// Whether it is draining: serving its sessions, refusing new ones.
+    pub draining: bool,
+    /// Sessions it held at its last turn.
+    pub sessions: u64,
 }
 
 impl ShardHealth {
@@ -77,6 +81,8 @@ pub(crate) struct Liveness {
     sleeping: AtomicBool,
     wake_by: AtomicU64,
     overloaded: AtomicBool,
+    draining: AtomicBool,
+    sessions: AtomicU64,
     failure: Mutex<Option<String>>,
 }
 
@@ -89,6 +95,8 @@ impl Default for Liveness {
             sleeping: AtomicBool::new(false),
             wake_by: AtomicU64::new(u64::MAX),
             overloaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            sessions: AtomicU64::new(0),
             failure: Mutex::new(None),
         }
     }
@@ -122,16 +130,25 @@ impl Liveness {
         self.failure.lock().ok()?.clone()
     }
 
-    /// A turn began `at` (since the epoch).
-    pub(crate) fn turn(&self, at: Duration, overloaded: bool) {
+    /// A turn began `at` (since the epoch), with `sessions` live.
+    pub(crate) fn turn(&self, at: Duration, overloaded: bool, draining: bool, sessions: usize) {
         self.turns.fetch_add(1, Ordering::Relaxed);
         self.last_turn.store(nanos(at), Ordering::Relaxed);
         self.sleeping.store(false, Ordering::Relaxed);
         self.overloaded.store(overloaded, Ordering::Relaxed);
+        self.draining.store(draining, Ordering::Relaxed);
+        self.sessions.store(sessions as u64, Ordering::Relaxed);
     }
 
-    /// The shard goes to sleep and means to wake by `wake_by` (since the epoch).
-    pub(crate) fn sleep(&self, wake_by: Option<Duration>) {
+    /// Sessions live at the latest turn.
+    pub(crate) fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// The shard goes to sleep with `sessions` live and means to wake by
+    /// `wake_by` (since the epoch).
+    pub(crate) fn sleep(&self, wake_by: Option<Duration>, sessions: usize) {
+        self.sessions.store(sessions as u64, Ordering::Relaxed);
         self.wake_by
             .store(wake_by.map_or(u64::MAX, nanos), Ordering::Relaxed);
         self.sleeping.store(true, Ordering::Relaxed);
@@ -157,6 +174,8 @@ impl Liveness {
             sleeping: self.sleeping.load(Ordering::Relaxed),
             overdue: Duration::from_nanos(now.saturating_sub(wake_by)),
             overloaded: self.overloaded.load(Ordering::Relaxed),
+            draining: self.draining.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
         }
     }
 }

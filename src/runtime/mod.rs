@@ -81,6 +81,7 @@ use crate::driver::Limits;
 use crate::mux::{SocketConfig, SocketEvent};
 
 pub use self::handle::SoeHandle;
+
 pub use self::handler::{ShardContext, ShardHandler, ShardInfo};
 pub use self::health::{ShardHealth, ShardState};
 pub use self::stats::{ServerStats, ShardStats};
@@ -325,6 +326,7 @@ impl SoeServerBuilder {
                 inboxes,
                 local_addr,
                 stopping: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
                 max_message: self.config.default_session_params.max_message_len(),
                 epoch: clock(),
             }),
@@ -426,6 +428,19 @@ struct ShardThread {
     done: Receiver<()>,
 }
 
+/// How often [`SoeServer::drain`] looks at the session count.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// How a drain ended ([`SoeServer::drain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// How long it waited for sessions to end.
+    pub waited: Duration,
+    /// Sessions still live when it stopped waiting (ended by the shutdown).
+    pub sessions_left: u64,
+}
+
 /// A running thread-per-core SOE server. See the [module docs](self).
 ///
 /// Dropping it shuts it down (Disconnect to every peer, bounded in time).
@@ -522,6 +537,42 @@ impl SoeServer {
     /// The next event if one is waiting.
     pub fn try_recv_event(&self) -> Option<SocketEvent<SocketAddr>> {
         self.events.as_ref()?.try_recv().ok()
+    }
+
+    /// Drains, then shuts down: for a rolling restart. Every shard stops taking
+    /// new sessions (SessionRequests are answered with a Disconnect,
+    /// `ConnectionRefused`, so clients can go elsewhere at once) and serves its
+    /// live ones as before, until none is left or `timeout` passes; then
+    /// [`SoeServer::shutdown`] ends what is left (`ManagerDeleted`). With the
+    /// merged event stream, keep taking events meanwhile (from a clone of
+    /// [`SoeServer::events`]): sessions that cannot hand their events over stall.
+    /// [`SoeHandle::drain`] and [`SoeHandle::sessions_live`] do the same from
+    /// anywhere, for code that waits its own way.
+    pub fn drain(mut self, timeout: Duration) -> Result<DrainReport, ServerError> {
+        self.handle.drain();
+        let start = clock();
+        // The flag takes effect at each shard's next turn: give every shard one
+        // before trusting its session count.
+        let turns: Vec<u64> = self.health().iter().map(|h| h.turns).collect();
+        let left = loop {
+            let health = self.health();
+            let current = health.iter().zip(&turns).all(|(h, &t)| {
+                h.draining || h.turns > t || !matches!(h.state, ShardState::Serving)
+            });
+            let left = self.handle.sessions_live();
+            let waited = clock().saturating_duration_since(start);
+            if (current && left == 0) || waited >= timeout {
+                break left;
+            }
+            std::thread::sleep(DRAIN_POLL.min(timeout - waited));
+        };
+        let report = DrainReport {
+            waited: clock().saturating_duration_since(start),
+            sessions_left: left,
+        };
+        tracing::info!(?report.waited, report.sessions_left, "drained; shutting down");
+        self.stop()?;
+        Ok(report)
     }
 
     /// Stops every shard: each terminates its sessions (Disconnect with

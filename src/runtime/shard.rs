@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -267,10 +268,16 @@ impl Shard {
         let epoch = self.handle.shared.epoch;
         while !self.stop {
             let now = clock();
-            let inbox = &self.handle.shared.inboxes[self.index];
+            let shared = &self.handle.shared;
+            if shared.draining.load(Ordering::Relaxed) {
+                self.driver.start_draining();
+            }
+            let inbox = &shared.inboxes[self.index];
             inbox.liveness.turn(
                 now.saturating_duration_since(epoch),
                 self.driver.overloaded(),
+                self.driver.draining(),
+                self.driver.sessions(),
             );
             self.stop = inbox.stop_requested();
             if self.stop {
@@ -577,9 +584,10 @@ impl Shard {
             return Ok(());
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(clock()));
-        inbox
-            .liveness
-            .sleep(deadline.map(|d| d.saturating_duration_since(epoch)));
+        inbox.liveness.sleep(
+            deadline.map(|d| d.saturating_duration_since(epoch)),
+            self.driver.sessions(),
+        );
         let woken = sys::sleep(self.fd(), plan.read, plan.write, inbox.doorbell(), timeout);
         inbox.woke();
         self.driver.stats_mut().wakeups += 1;
