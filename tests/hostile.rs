@@ -208,6 +208,7 @@ fn short_master_fragment_and_overflowing_chunks_are_corrupt() {
     assert_eq!(s.closed_reason(), Some(DisconnectReason::CorruptPacket));
 }
 
+// Vectors: tests/vectors/v18_fragments.txt.
 #[test]
 fn v18_fragment_shapes() {
     // Three 16-byte fragments of a 48-byte message, delivered once, in order 2, 0, 1.
@@ -230,7 +231,8 @@ fn v18_fragment_shapes() {
 
 #[test]
 fn bad_multi_packet_lengths_end_the_session_and_stop_processing() {
-    // V18: a corrupt master fragment terminates; the data after it is never delivered.
+    // Vector v18_multi_packet_stops_after_corruption: a corrupt master fragment
+    // terminates; the data after it is never delivered.
     let mut s = Server::new(false);
     let multi = [
         0x00, 0x03, 0x06, 0x00, 0x0d, 0x00, 0x00, 0xab, 0xcd, 0x06, 0x00, 0x09, 0x00, 0x00, 0x68,

@@ -1,4 +1,4 @@
-//! zlib compression of contextual packet bodies (`soe-spec.md` §11.1).
+//! zlib compression of contextual packet bodies (`docs/protocol.md` §5).
 //!
 //! When a session negotiates compression, every contextual packet carries a flag
 //! byte after its op code: `0` means the body follows as is, any other value means

@@ -110,9 +110,11 @@ mod tests {
         !reg
     }
 
+    // Vectors: tests/vectors/v01_crc.txt.
     #[test]
     fn v1_ps2_master_fragment() {
-        // test-vectors.md V1: a 510-byte ReliableDataFragment, seed 1858192374.
+        // Vector v01_crc_ps2_master_fragment: a 510-byte ReliableDataFragment, seed
+        // 1858192374.
         let data = include_str!("../../tests/vectors/v1_fragment.hex");
         let bytes = hex(data);
         assert_eq!(bytes.len(), 510);
@@ -120,11 +122,13 @@ mod tests {
         assert_eq!(reference_crc(1_858_192_374, &bytes), 0xE80F_CCAB);
     }
 
+    // Vectors: tests/vectors/v02_crc.txt.
     #[test]
     fn v2_short_input_seed_zero() {
         assert_eq!(soe_crc32(0, &hex("00 15 00 00 02")), 0x6FC0_D22F);
     }
 
+    // Vectors: tests/vectors/v03_crc_and_rc4_payload.txt.
     #[test]
     fn v3_append_two_bytes() {
         let mut buf =
@@ -134,6 +138,7 @@ mod tests {
         assert_eq!(&buf[24..], &[0xdc, 0x51]);
     }
 
+    // Vectors: tests/vectors/v04_crc_lengths.txt.
     #[test]
     fn v4_every_crc_length() {
         let data = hex("1b 19 76 54");
@@ -160,12 +165,14 @@ mod tests {
         let bad = hex("00 15 00 0a 57 ec");
         assert!(Crc32::new(5).verify(&good, 2).is_some());
         assert!(Crc32::new(5).verify(&bad, 2).is_none());
-        // Zig vectors: Acknowledge(10) under seeds 10 and 20.
+        // Vectors v04_crc_ack_seed_10 and v04_crc_ack_seed_20: Acknowledge(10) under
+        // seeds 10 and 20.
         let ack = hex("00 11 00 0a");
         assert_eq!(soe_crc32(10, &ack), 0x09D3_E3F8);
         assert_eq!(soe_crc32(20, &ack), 0x60E2_C0E1);
     }
 
+    // Vectors: tests/vectors/v09_acks.txt, v10_reliable_data.txt, v25_ordered.txt.
     #[test]
     fn v9_v10_v25_datagram_crcs() {
         let crc = Crc32::new(0);

@@ -166,6 +166,7 @@ mod tests {
             .collect()
     }
 
+    // Vectors: tests/vectors/v09_acks.txt.
     #[test]
     fn v9_ack_with_crc() {
         let f = Framing::new(0, 2, false);

@@ -6,7 +6,7 @@
 //! emitter writes into a caller-supplied buffer and returns the number of bytes
 //! written, so the hot path never allocates.
 //!
-//! Layering of a contextual datagram on the wire (see `soe-spec.md` §3):
+//! Layering of a contextual datagram on the wire (see `docs/protocol.md` §3):
 //!
 //! ```text
 //! [00][op] [compression flag, if negotiated] [body ...] [CRC, 0..=4 bytes]

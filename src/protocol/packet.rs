@@ -733,6 +733,7 @@ mod tests {
         out
     }
 
+    // Vectors: tests/vectors/v05_session_request.txt.
     #[test]
     fn v5_session_request() {
         let bytes =
@@ -752,6 +753,7 @@ mod tests {
         );
     }
 
+    // Vectors: tests/vectors/v06_session_response.txt.
     #[test]
     fn v6_session_response() {
         let bytes = hex("00 02 3c 17 8c 63 00 00 00 00 02 01 00 00 00 02 00 00 00 00 03");
@@ -782,6 +784,7 @@ mod tests {
         assert_eq!(emitted(&Packet::SessionResponse(r)), v2);
     }
 
+    // Vectors: tests/vectors/v07_packet_round_trips.txt.
     #[test]
     fn v7_round_trip_bytes() {
         let req = Packet::SessionRequest(SessionRequest {
@@ -830,6 +833,7 @@ mod tests {
         assert_eq!(emitted(&Packet::UnknownSender), hex("00 1d"));
     }
 
+    // Vectors: tests/vectors/v08_validation.txt.
     #[test]
     fn v8_validation_outcomes() {
         assert_eq!(Packet::parse(&[0x01]), Ok(Packet::Application(&[0x01])));
@@ -859,6 +863,7 @@ mod tests {
         );
     }
 
+    // Vectors: tests/vectors/v11_data_and_ordered.txt, v25_ordered.txt.
     #[test]
     fn v11_v25_data_and_ordered() {
         let payload = hex("02 01 01 00 00 00 01 01 03 00 00 00 73 6f 65 00 00 00 00");
@@ -888,6 +893,7 @@ mod tests {
         );
     }
 
+    // Vectors: tests/vectors/v12_multi_packet.txt.
     #[test]
     fn v12_multi_packet_with_bundle() {
         let bytes = hex(
@@ -921,6 +927,7 @@ mod tests {
         assert_eq!(lens, [41, 11, 6]);
     }
 
+    // Vectors: tests/vectors/v14_corrupt_multi.txt, v15_sp_multi.txt.
     #[test]
     fn v14_v15_bad_multi_lengths() {
         let mut bytes = hex(
@@ -945,6 +952,7 @@ mod tests {
         );
     }
 
+    // Vectors: tests/vectors/v16_bundle.txt.
     #[test]
     fn v16_bundle_in_reliable_data() {
         let bytes = hex("00 09 00 00 00 19 01 02 01 04");
@@ -958,6 +966,7 @@ mod tests {
         assert_eq!(items, [&[2u8][..], &[4u8][..]]);
     }
 
+    // Vectors: tests/vectors/v26_net_status.txt.
     #[test]
     fn v26_net_status() {
         let req = hex(

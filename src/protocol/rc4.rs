@@ -87,6 +87,7 @@ mod tests {
         buf
     }
 
+    // Vectors: tests/vectors/v21_rc4.txt.
     #[test]
     fn v21_wikipedia_vectors() {
         assert_eq!(
@@ -102,6 +103,7 @@ mod tests {
         );
     }
 
+    // Vectors: tests/vectors/v21_rc4.txt.
     #[test]
     fn v21_stream_continuity_and_advance() {
         let plain = b"Attack at dawn";
@@ -120,6 +122,7 @@ mod tests {
         assert_eq!(third[0], whole[2]);
     }
 
+    // Vectors: tests/vectors/v22_rc4_login_key.txt.
     #[test]
     fn v22_h1z1_login_key() {
         let key = [
@@ -142,6 +145,7 @@ mod tests {
         assert_eq!(encrypt(&key, &plain), cipher);
     }
 
+    // Vectors: tests/vectors/v23_rc4_zero_prefix.txt.
     #[test]
     fn v23_keystream_of_sp_test_key() {
         let ks = encrypt(&[1, 2, 3, 4, 5], &[0u8; 16]);

@@ -1,4 +1,5 @@
-//! The two variable-length integer encodings of the protocol (`soe-spec.md` §8, §9).
+//! The two variable-length integer encodings of the protocol (`docs/protocol.md`
+//! §10.3, §11.1).
 //!
 //! Both use a 1-byte form, a 3-byte form `FF hi lo` and a 7-byte form
 //! `FF FF FF b3 b2 b1 b0`; they differ in how `FF` followed by `00` is read:
@@ -124,6 +125,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    // Vectors: tests/vectors/v19_multi_varint.txt.
     #[test]
     fn v19_multi_reader() {
         assert_eq!(multi_len::read(&[0xfe, 0x00]), Ok((254, 1)));
@@ -140,6 +142,7 @@ mod tests {
         assert_eq!(multi_len::read(&[0xff, 0xff, 0xff, 0, 0]), Err(Truncated));
     }
 
+    // Vectors: tests/vectors/v19_multi_varint.txt.
     #[test]
     fn v19_multi_encoded_sizes() {
         assert_eq!(multi_len::encoded_len(0, 0), 1);
@@ -149,6 +152,7 @@ mod tests {
         assert_eq!(multi_len::encoded_len(0xFFFF, 0), 7);
     }
 
+    // Vectors: tests/vectors/v20_bundle_varint.txt.
     #[test]
     fn v20_bundle_lengths() {
         let enc = |v: u32| {

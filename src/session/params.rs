@@ -21,7 +21,7 @@ pub enum ZeroEscape {
 }
 
 /// How the lengths of multi-packet (`00 03`) sub-packets and data-bundle (`00 19`)
-/// items are written (see `docs/protocol.md`, multi-packets and bundles).
+/// items are written (see `docs/protocol.md` §10.4 and §11.2).
 ///
 /// Every known reader decodes a one-byte length; only some read the longer forms.
 /// The h1emu codec (H1Z1 emulator) reads one byte only, UdpLibrary (SWG, Free Realms)

@@ -422,6 +422,7 @@ mod tests {
             .collect()
     }
 
+    // Vectors: tests/vectors/v24_sequences.txt.
     #[test]
     fn v24_sequence_extension() {
         let mut r = receiver(10);
@@ -452,6 +453,7 @@ mod tests {
         }
     }
 
+    // Vectors: tests/vectors/v24_sequences.txt.
     #[test]
     fn v24_ack_all_throttle_survives_the_wrap() {
         // 65,540 in-order packets in one batch, then one flush: exactly one AckAll,
@@ -476,6 +478,7 @@ mod tests {
         assert_eq!(r.ack_deadline(), None);
     }
 
+    // Vectors: tests/vectors/v18_fragments.txt.
     #[test]
     fn v18_out_of_order_fragments_ack_like_the_references() {
         // Arrival 2, 0, 1: Ack 2 at once; AckAll 0; AckAll 2 once 1 releases 2.

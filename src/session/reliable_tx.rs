@@ -814,6 +814,7 @@ mod tests {
         );
     }
 
+    // Vectors: tests/vectors/v17_bundle_builder.txt.
     #[test]
     fn v17_bundle_boundaries() {
         // Room 15 after the sequence: two 5-byte items fill a bundle (2 + 6 + 6 = 14),
@@ -899,7 +900,8 @@ mod tests {
 
     #[test]
     fn rc4_ciphertext_starting_with_zero_is_escaped() {
-        // Key 01..05's first keystream byte is 0xB2 (V23): plaintext 0xB2 encrypts to 0x00.
+        // Key 01..05's first keystream byte is 0xB2 (vector v23_rc4_keystream):
+        // plaintext 0xB2 encrypts to 0x00.
         let key = Rc4KeyState::new(&[1, 2, 3, 4, 5]);
         let mut s = ReliableSender::new(0, Some(key), false, 196);
         s.enqueue(&[0xB2, 0x01], usize::MAX);
