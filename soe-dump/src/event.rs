@@ -64,7 +64,8 @@ pub enum Order {
     OutOfOrder,
     /// Already processed or already held (a retransmission).
     Duplicate,
-    /// Too far ahead of the next expected sequence to be held.
+    /// Too far ahead to be held: outside the window (16384 packets by default), or the
+    /// channel already holds its cap of bytes behind a gap.
     BeyondWindow,
 }
 
