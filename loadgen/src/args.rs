@@ -94,6 +94,18 @@ pub struct RunArgs {
     /// The server to load (HOST:PORT).
     #[arg(long, value_parser = parse_target)]
     pub target: SocketAddr,
+    /// Write every datagram the clients send and receive to FILE (pcap, raw IP,
+    /// readable by tcpdump, Wireshark and soe-dump).
+    #[arg(long, value_name = "FILE")]
+    pub capture: Option<PathBuf>,
+    /// Stop writing the capture after this many datagrams (the rest are counted).
+    #[arg(
+        long,
+        value_name = "PACKETS",
+        default_value_t = crate::capture::DEFAULT_LIMIT,
+        requires = "capture"
+    )]
+    pub capture_limit: u64,
     #[command(flatten)]
     pub proto: ProtoOpts,
     #[command(flatten)]

@@ -30,6 +30,7 @@ use soe_uring::{
 };
 
 use crate::args::{Mode, SizeRange};
+use crate::capture::{Capture, Recorder, Way};
 use crate::cpu::thread_cpu_time;
 use crate::server::{RunningServer, ServerSnapshot};
 
@@ -53,6 +54,8 @@ pub struct ClientPlan {
     pub drain: Duration,
     pub loss_timeout: Duration,
     pub progress: bool,
+    /// `run --capture`: every datagram the clients send and receive.
+    pub capture: Option<Capture>,
 }
 
 /// What the clients measured.
@@ -596,6 +599,10 @@ struct Worker {
     drain_deadline: Option<Instant>,
     last_expiry: Instant,
     report: ThreadReport,
+    /// `--capture`. Recorded where datagrams meet the sockets (`receive`, `flush`
+    /// and the final disconnects): the only places all of them pass, after the
+    /// multiplexer framed them and before it parses them.
+    capture: Option<Recorder>,
 }
 
 impl Worker {
@@ -682,6 +689,7 @@ impl Worker {
                 datagrams_received_total: 0,
                 schedule_skips: 0,
             },
+            capture: plan.capture.as_ref().map(Capture::recorder),
             plan,
             ctl,
         })
@@ -760,8 +768,11 @@ impl Worker {
         let cpu_end = self.cpu_end.unwrap_or_else(thread_cpu_time);
         self.report.cpu = cpu_end.saturating_sub(self.cpu_start.unwrap_or(cpu_end));
         for (key, datagram) in self.mux.terminate_all(DisconnectReason::Application, now) {
-            if let Some(Some(socket)) = self.sockets.get(key.0) {
-                let _ = socket.send(&datagram);
+            if let Some(Some(socket)) = self.sockets.get(key.0)
+                && socket.send(&datagram).is_ok()
+                && let Some(c) = &mut self.capture
+            {
+                c.record(key.0, socket, Way::Sent, &datagram);
             }
         }
         Ok(self.report)
@@ -820,6 +831,7 @@ impl Worker {
             mux,
             buf,
             report,
+            capture,
             ..
         } = self;
         for event in events.iter() {
@@ -829,7 +841,12 @@ impl Worker {
             };
             loop {
                 match socket.recv(buf) {
-                    Ok(n) => mux.process_incoming(Key(key), &buf[..n], now),
+                    Ok(n) => {
+                        if let Some(c) = capture {
+                            c.record(key, socket, Way::Received, &buf[..n]);
+                        }
+                        mux.process_incoming(Key(key), &buf[..n], now)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => report.refused += 1,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1148,6 +1165,9 @@ impl Worker {
             return;
         }
         self.sockets[key] = Some(socket);
+        if let Some(c) = &mut self.capture {
+            c.forget(key);
+        }
         self.churn[slot] = Churn::Connecting { started_ns: now_ns };
         self.churn_live += 1;
     }
@@ -1199,7 +1219,11 @@ impl Worker {
                 continue;
             };
             match socket.send(datagram) {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(c) = &mut self.capture {
+                        c.record(key.0, socket, Way::Sent, datagram);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.report.send_drops += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => self.report.refused += 1,
                 Err(_) => self.report.send_drops += 1,

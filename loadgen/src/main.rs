@@ -13,6 +13,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod args;
+mod capture;
 mod client;
 mod cpu;
 mod flood;
@@ -87,6 +88,7 @@ pub(crate) fn plan(
         drain: Duration::from_secs_f64(w.drain),
         loss_timeout: Duration::from_secs_f64(w.loss_timeout),
         progress: !w.quiet,
+        capture: None,
     }
 }
 
@@ -223,9 +225,13 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
     let target = normalize(a.target);
     let relay = start_relay(&a.workload, target)?;
     let client_target = relay.as_ref().map_or(target, |r| r.listen);
-    let p = plan(target.to_string(), client_target, &a.workload, &a.proto);
+    let mut p = plan(target.to_string(), client_target, &a.workload, &a.proto);
+    p.capture = capture::Capture::for_run(a.capture.as_deref(), a.capture_limit)?;
     let outcome = run_clients(&p, None);
     stop_relay(relay)?;
+    if let Some(c) = &p.capture {
+        c.finish_and_report()?;
+    }
     let outcome = outcome?;
     let result = RunResult::new(
         setup("external".into(), None, target, &p, &a.workload),

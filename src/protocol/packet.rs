@@ -358,15 +358,37 @@ impl<'a> MultiPacket<'a> {
 
     /// Iterates the sub-packets. Yields `Err(BadLength)` once and stops if a length
     /// prefix is truncated, shorter than 1 byte, or runs past the end.
+    ///
+    /// Lengths are read as the v3 varint ([`super::varint::multi_len`]), which is
+    /// what a session does: it also reads every one-byte length below 255 and the
+    /// 255-byte sub-packets that start with `00`.
     pub fn iter(&self) -> MultiIter<'a> {
-        MultiIter { rest: self.body }
+        MultiIter {
+            rest: self.body,
+            one_byte: false,
+        }
+    }
+
+    /// Iterates the sub-packets reading every length prefix as one plain byte, as
+    /// UdpLibrary, EQEmu and h1emu write them. The two forms differ only when a
+    /// prefix is `FF`: here it is always a 255-byte sub-packet, while [`Self::iter`]
+    /// reads `FF` followed by anything but `00` as the start of a longer length.
+    /// Capture decoders use it for peers that write one-byte lengths; errors as in
+    /// [`Self::iter`].
+    pub fn iter_one_byte(&self) -> MultiIter<'a> {
+        MultiIter {
+            rest: self.body,
+            one_byte: true,
+        }
     }
 }
 
-/// Iterator over multi-packet sub-packets; see [`MultiPacket::iter`].
+/// Iterator over multi-packet sub-packets; see [`MultiPacket::iter`] and
+/// [`MultiPacket::iter_one_byte`].
 #[derive(Debug, Clone)]
 pub struct MultiIter<'a> {
     rest: &'a [u8],
+    one_byte: bool,
 }
 
 impl<'a> Iterator for MultiIter<'a> {
@@ -376,18 +398,21 @@ impl<'a> Iterator for MultiIter<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let item = multi_len::read(self.rest)
-            .map_err(DecodeError::from)
-            .and_then(|(len, used)| {
-                let len = len as usize;
-                let after = &self.rest[used..];
-                if len == 0 || len > after.len() {
-                    return Err(DecodeError::BadLength);
-                }
-                let (sub, rest) = after.split_at(len);
-                self.rest = rest;
-                Ok(sub)
-            });
+        let prefix = if self.one_byte {
+            Ok((u32::from(self.rest[0]), 1))
+        } else {
+            multi_len::read(self.rest)
+        };
+        let item = prefix.map_err(DecodeError::from).and_then(|(len, used)| {
+            let len = len as usize;
+            let after = &self.rest[used..];
+            if len == 0 || len > after.len() {
+                return Err(DecodeError::BadLength);
+            }
+            let (sub, rest) = after.split_at(len);
+            self.rest = rest;
+            Ok(sub)
+        });
         if item.is_err() {
             self.rest = &[];
         }
@@ -953,6 +978,33 @@ mod tests {
     }
 
     // Vectors: tests/vectors/v16_bundle.txt.
+    #[test]
+    fn one_byte_multi_lengths() {
+        // V12/V13 read the same either way.
+        let v13 = hex("04 00 15 00 01 02 00 06");
+        let one: Vec<_> = MultiPacket::new(&v13).iter_one_byte().collect();
+        let var: Vec<_> = MultiPacket::new(&v13).iter().collect();
+        assert_eq!(one, var);
+        // A 255-byte application sub-packet after a plain `FF` (as UdpLibrary writes
+        // it): only the one-byte reader gets it right.
+        let mut body = vec![0xFF];
+        body.extend((0..255).map(|i| 1 + (i % 200) as u8));
+        body.extend_from_slice(&[0x02, 0x00, 0x06]);
+        let subs: Vec<_> = MultiPacket::new(&body)
+            .iter_one_byte()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs[0].len(), 255);
+        assert_eq!(subs[1], &[0x00, 0x06][..]);
+        assert!(MultiPacket::new(&body).iter().any(|r| r.is_err()));
+        // Zero and overlong lengths are errors, once.
+        let items: Vec<_> = MultiPacket::new(&[0x00, 0x01]).iter_one_byte().collect();
+        assert_eq!(items, [Err(DecodeError::BadLength)]);
+        let items: Vec<_> = MultiPacket::new(&[0x05, 0x00]).iter_one_byte().collect();
+        assert_eq!(items, [Err(DecodeError::BadLength)]);
+    }
+
     #[test]
     fn v16_bundle_in_reliable_data() {
         let bytes = hex("00 09 00 00 00 19 01 02 01 04");
