@@ -505,3 +505,22 @@ fn buffer_budget_bounds_what_all_sessions_hold() {
     mux.terminate(&seals[0].0, DisconnectReason::Application, now);
     assert_eq!(mux.buffered_bytes(), 0);
 }
+
+/// A truncated SessionRequest from a new address opens nothing: a session made
+/// for it could only wait out its handshake, so a spoofed stream of them would
+/// fill `max_sessions`.
+#[test]
+#[allow(clippy::disallowed_methods)] // an arbitrary epoch
+fn truncated_session_requests_open_no_sessions() {
+    let mut mux = SoeMultiplexer::<SocketAddr>::new(config(false));
+    let now = Instant::now();
+    let full = request(7);
+    for i in 0..1000u32 {
+        let from = SocketAddr::from(([10, 2, (i >> 8) as u8, i as u8], 4000));
+        let cut = 2 + (i as usize % 12);
+        mux.process_incoming(from, &full[..cut], now);
+    }
+    assert_eq!(mux.session_count(), 0);
+    assert_eq!(mux.stats().refused_malformed, 1000);
+    assert!(mux.outgoing_len() == 0, "nothing answered");
+}

@@ -161,10 +161,9 @@ fn check(events: &[Value], rec: &Recorded, compressed: bool) {
     let total =
         |key: &str| summary["c2s"][key].as_u64().unwrap() + summary["s2c"][key].as_u64().unwrap();
     assert!(total("fragmented_messages") >= 2, "{summary}");
-    assert!(
-        summary["c2s"]["duplicates"].as_u64().unwrap() > 0,
-        "{summary}"
-    );
+    // Which direction retransmits a packet the other side already had depends on
+    // the loss recovery's timing; the dropped acks make at least one.
+    assert!(total("duplicates") > 0, "{summary}");
     assert!(
         summary["s2c"]["out_of_order"].as_u64().unwrap() > 0,
         "{summary}"

@@ -223,6 +223,9 @@ pub struct MuxStats {
     pub evicted_half_open: u64,
     /// SessionRequests refused for a protocol name or version mismatch.
     pub refused_protocol_mismatch: u64,
+    /// SessionRequests too short or otherwise unreadable: dropped before any
+    /// session exists for them.
+    pub refused_malformed: u64,
     /// SessionRequests dropped unanswered while admission was closed (overload).
     pub refused_admission_closed: u64,
     /// SessionRequests refused while draining: answered with a SessionResponse
@@ -256,6 +259,7 @@ impl MuxStats {
         self.refused_session_limit += other.refused_session_limit;
         self.evicted_half_open += other.evicted_half_open;
         self.refused_protocol_mismatch += other.refused_protocol_mismatch;
+        self.refused_malformed += other.refused_malformed;
         self.refused_admission_closed += other.refused_admission_closed;
         self.refused_draining += other.refused_draining;
         self.unknown_sender_datagrams += other.unknown_sender_datagrams;
@@ -713,6 +717,11 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     }
 
     fn admit(&mut self, remote: A, request: &[u8], now: Instant) {
+        if !matches!(Packet::parse(request), Ok(Packet::SessionRequest(_))) {
+            // A session made for it would wait out its handshake, unevictable.
+            self.stats.refused_malformed += 1;
+            return;
+        }
         if self.draining {
             self.stats.refused_draining += 1;
             if self.take_reply_token(now) {

@@ -27,17 +27,22 @@ pub(crate) enum Control {
     Stats(Sender<ShardStats>),
     /// Take over a session whose peer moved to an address this shard owns.
     Adopt(SessionTransfer<SocketAddr>),
-    /// The network reported this address (of a session this shard owns)
-    /// unreachable; another shard's socket read the report.
-    Unreachable(SocketAddr),
 }
 
-/// A datagram another shard received for a session this shard owns.
+/// What another shard's socket received for an address this shard owns.
 pub(crate) struct Forwarded {
     pub(crate) from: SocketAddr,
-    pub(crate) datagram: Vec<u8>,
-    /// For a RemapConnection: shards that already looked for its session.
-    pub(crate) searched: u8,
+    pub(crate) what: ForwardedKind,
+}
+
+/// The kinds of [`Forwarded`] input.
+pub(crate) enum ForwardedKind {
+    /// A datagram from `from`; for a RemapConnection, how many shards already
+    /// looked for its session.
+    Datagram { datagram: Vec<u8>, searched: u8 },
+    /// An ICMP port unreachable for a datagram sent to `from` (the kernel may
+    /// queue it on any socket of the group).
+    Unreachable,
 }
 
 /// Room for control requests per shard: a few stats requests in flight.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 use tracing::{debug, error, trace};
 
-use super::handle::{Control, Forwarded, InboxReceivers, SoeHandle};
+use super::handle::{Control, Forwarded, ForwardedKind, InboxReceivers, SoeHandle};
 use super::handler::{ShardContext, ShardHandler, ShardInfo};
 use super::steer::{is_remap, route, shard_of};
 use super::sys::{self, RecvBatch, RecvDrop, SendBatch};
@@ -129,8 +129,10 @@ impl<'a> Ring<'a> {
     ) {
         let forwarded = Forwarded {
             from,
-            datagram: datagram.to_vec(),
-            searched,
+            what: ForwardedKind::Datagram {
+                datagram: datagram.to_vec(),
+                searched,
+            },
         };
         let pushed = self.handle.shared.inboxes[owner].push_forwarded(forwarded);
         let stats = driver.stats_mut();
@@ -378,10 +380,16 @@ impl Shard {
                 self.driver.on_unreachable(to, now);
                 continue;
             }
-            let inbox = &self.handle.shared.inboxes[owner];
-            if inbox.push_control(Control::Unreachable(to)).is_err() {
-                // The owner's control queue is full: the next report will do.
-                self.driver.stats_mut().forward_drops += 1;
+            let forwarded = Forwarded {
+                from: to,
+                what: ForwardedKind::Unreachable,
+            };
+            let stats = self.driver.stats_mut();
+            if self.handle.shared.inboxes[owner].push_forwarded(forwarded) {
+                stats.forwarded_out += 1;
+            } else {
+                // The owner's queue is full: the next report will do.
+                stats.forward_drops += 1;
             }
         }
         self.unreachable = found;
@@ -397,7 +405,6 @@ impl Shard {
                     let _ = reply.send(self.snapshot());
                 }
                 Control::Adopt(session) => self.adopt(session),
-                Control::Unreachable(to) => self.driver.on_unreachable(to, clock()),
             }
         }
     }
@@ -451,9 +458,14 @@ impl Shard {
             let Ok(f) = self.queues.forwarded.try_recv() else {
                 return false;
             };
-            let ring = Ring::new(&self.handle, self.index, self.shards);
-            if !ring.pass_on_remap(&mut self.driver, f.from, &f.datagram, f.searched) {
-                self.driver.on_forwarded(f.from, &f.datagram, now);
+            match f.what {
+                ForwardedKind::Datagram { datagram, searched } => {
+                    let ring = Ring::new(&self.handle, self.index, self.shards);
+                    if !ring.pass_on_remap(&mut self.driver, f.from, &datagram, searched) {
+                        self.driver.on_forwarded(f.from, &datagram, now);
+                    }
+                }
+                ForwardedKind::Unreachable => self.driver.on_unreachable(f.from, now),
             }
         }
         !self.queues.forwarded.is_empty()
