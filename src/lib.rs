@@ -95,8 +95,8 @@ pub use mux::{
 pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
 #[cfg(target_os = "linux")]
 pub use runtime::{
-    DrainReport, ServerError, ServerStats, ShardContext, ShardHandler, ShardHealth, ShardInfo,
-    ShardState, ShardStats, SoeHandle, SoeServer, SoeServerBuilder, shard_of,
+    DrainReport, EventStream, ServerError, ServerStats, ShardContext, ShardHandler, ShardHealth,
+    ShardInfo, ShardState, ShardStats, SoeHandle, SoeServer, SoeServerBuilder, shard_of,
 };
 pub use send_error::SendError;
 pub use session::{

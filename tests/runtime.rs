@@ -925,3 +925,112 @@ fn drain_serves_live_sessions_refuses_new_ones_and_returns_when_they_end() {
     assert_eq!(report.sessions_left, 0);
     assert!(left.elapsed() < Duration::from_secs(5), "{report:?}");
 }
+
+/// Drives `future` to completion on this thread with a waker that unparks it:
+/// no async runtime at all, so the async API is shown to need none.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+/// The async API on no runtime at all: events from `EventStream::recv().await`,
+/// echoes through `enqueue_data_on_async`, which waits for room in a command
+/// queue of two slots instead of failing. Every message comes back in order.
+#[test]
+fn async_event_stream_and_back_pressured_sends_without_a_runtime() {
+    let server = stream_server(2, 2);
+    let addr = server.local_addr();
+    let events = server.event_stream().expect("merged stream");
+    let handle = server.handle();
+    let actor = std::thread::spawn(move || {
+        block_on(async move {
+            let mut echoed = 0u64;
+            while let Some(event) = events.recv().await {
+                if let SocketEvent::DataReceived {
+                    remote,
+                    data,
+                    channel,
+                } = event
+                {
+                    handle
+                        .enqueue_data_on_async(remote, data, channel)
+                        .await
+                        .expect("room comes");
+                    echoed += 1;
+                }
+            }
+            echoed
+        })
+    });
+    let mut clients = Clients::new(16, addr);
+    clients.open_all();
+    clients.echo(100);
+    let stats = server.stats();
+    assert!(
+        stats.total.queue_full_rejections == 0,
+        "async senders wait instead: {:?}",
+        stats.total
+    );
+    server.shutdown().unwrap();
+    assert_eq!(
+        actor.join().unwrap(),
+        1600,
+        "the stream ends after shutdown"
+    );
+}
+
+/// Restricts the calling thread (and the threads it starts) to `cpu`, as
+/// `taskset`, a cgroup cpuset or `docker --cpuset-cpus` restricts a process.
+fn restrict_to_cpu(cpu: usize) {
+    // SAFETY: `set` is a plain C bit set, zeroed then filled by the libc macros;
+    // the call reads `size_of::<cpu_set_t>()` bytes of it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// In a process allowed only one CPU (the last), a default server starts with
+/// its shards on that CPU, however many shards are asked for, and a CPU outside
+/// the allowed set is a clear error naming the allowed ones.
+#[test]
+fn default_placement_follows_the_allowed_cpu_set() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let only = cpus - 1;
+    std::thread::spawn(move || {
+        restrict_to_cpu(only);
+        let (server, _) = echo_server(2, true);
+        let mut clients = Clients::new(4, server.local_addr());
+        clients.open_all();
+        clients.echo(10);
+        server.shutdown().unwrap();
+        if only > 0 {
+            let e = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+                .shards(1)
+                .cpus(vec![0])
+                .start()
+                .unwrap_err();
+            match e {
+                ServerError::BadCpu { cpu: 0, allowed } => assert_eq!(allowed, vec![only]),
+                other => panic!("{other}"),
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use super::health::Liveness;
 use super::stats::{ServerStats, ShardStats};
 use super::steer::shard_of;
 use super::sys::Doorbell;
+use super::wakers::WakerSet;
 use crate::driver::Command;
 use crate::mux::SessionTransfer;
 use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
@@ -78,6 +80,8 @@ pub(crate) struct Inbox {
     pub(crate) rejected: AtomicU64,
     /// What the shard reports about itself, once per turn.
     pub(crate) liveness: Liveness,
+    /// Tasks waiting for room in the command queue.
+    pub(crate) space: WakerSet,
 }
 
 impl Inbox {
@@ -97,6 +101,7 @@ impl Inbox {
             doorbell: Doorbell::new()?,
             rejected: AtomicU64::new(0),
             liveness: Liveness::default(),
+            space: WakerSet::default(),
         };
         let receivers = InboxReceivers {
             commands: commands_rx,
@@ -117,17 +122,50 @@ impl Inbox {
     }
 
     fn push_command(&self, command: Command) -> Result<(), SendError<Command>> {
+        let pushed = self.try_push_command(command);
+        if matches!(pushed, Err(SendError::Full(_))) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        pushed
+    }
+
+    /// Queues a command if there is room (a full queue is not counted: the
+    /// caller waits for room).
+    fn try_push_command(&self, command: Command) -> Result<(), SendError<Command>> {
         match self.commands.try_send(command) {
             Ok(()) => {
                 self.notify();
                 Ok(())
             }
-            Err(TrySendError::Full(c)) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(SendError::Full(c))
-            }
+            Err(TrySendError::Full(c)) => Err(SendError::Full(c)),
             Err(TrySendError::Disconnected(c)) => Err(SendError::Stopped(c)),
         }
+    }
+
+    /// Queues a command, waiting (asynchronously, on any executor) while the
+    /// queue is full.
+    async fn push_command_waiting(&self, command: Command) -> Result<(), SendError<Command>> {
+        let mut command = Some(command);
+        std::future::poll_fn(|cx| {
+            let Some(c) = command.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match self.try_push_command(c) {
+                Err(SendError::Full(c)) => {
+                    self.space.register(cx.waker());
+                    // Look again: the shard may have made room just before.
+                    match self.try_push_command(c) {
+                        Err(SendError::Full(c)) => {
+                            command = Some(c);
+                            Poll::Pending
+                        }
+                        done => Poll::Ready(done),
+                    }
+                }
+                done => Poll::Ready(done),
+            }
+        })
+        .await
     }
 
     /// Queues a datagram for this shard (from another shard).
@@ -205,6 +243,8 @@ pub(crate) struct Shared {
     pub(crate) max_message: usize,
     /// When the server started: liveness times count from it.
     pub(crate) epoch: Instant,
+    /// Tasks waiting for the merged event stream.
+    pub(crate) event_readers: WakerSet,
 }
 
 /// A handle to a running [`super::SoeServer`]: `Clone + Send + Sync`, usable from
@@ -273,6 +313,39 @@ impl SoeHandle {
         data: impl Into<Bytes>,
     ) -> Result<(), SendError<Bytes>> {
         self.enqueue_data_on(remote, data, Channel::Reliable(0))
+    }
+
+    /// Queues `data` for `remote` on `channel`, waiting while the owning shard's
+    /// queue is full: back-pressure for async code, on any executor (Tokio
+    /// included). Errors only when no session could take the message
+    /// ([`SendError::Invalid`]) or the server has stopped; the payload comes back.
+    pub async fn enqueue_data_on_async(
+        &self,
+        remote: SocketAddr,
+        data: impl Into<Bytes>,
+        channel: Channel,
+    ) -> Result<(), SendError<Bytes>> {
+        let data = data.into();
+        if !valid_message(&data, channel, self.shared.max_message) {
+            return Err(SendError::Invalid(data));
+        }
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return Err(SendError::Stopped(data));
+        }
+        let command = Command::Send {
+            remote,
+            data,
+            channel,
+        };
+        self.shared.inboxes[self.shard_of(&remote)]
+            .push_command_waiting(command)
+            .await
+            .map_err(|e| {
+                e.map(|command| match command {
+                    Command::Send { data, .. } => data,
+                    _ => unreachable!("the command is returned as given"),
+                })
+            })
     }
 
     /// Queues `data` for `remote` on `channel`. On error the payload comes back.
@@ -391,4 +464,54 @@ pub(crate) fn valid_message(data: &[u8], channel: Channel, max_message: usize) -
         Channel::Unreliable | Channel::Ordered => true,
     };
     channel_ok && !data.is_empty() && data.len() <= max_message
+}
+
+/// The merged event stream of a [`super::SoeServer`] without a shard-local
+/// handler, for blocking and async code alike: `Clone + Send + Sync`, and
+/// [`EventStream::recv`] works on any executor (Tokio included). Every clone takes
+/// from the same stream; each event goes to one of them.
+#[derive(Clone)]
+pub struct EventStream {
+    pub(crate) events: Receiver<crate::mux::SocketEvent<SocketAddr>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream")
+            .field("waiting", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    /// The next event, waiting for it without blocking the thread; `None` once
+    /// every shard has stopped and every event was taken.
+    pub async fn recv(&self) -> Option<crate::mux::SocketEvent<SocketAddr>> {
+        use crossbeam_channel::TryRecvError;
+        std::future::poll_fn(|cx| match self.events.try_recv() {
+            Ok(event) => Poll::Ready(Some(event)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => {
+                self.shared.event_readers.register(cx.waker());
+                // Look again: a shard may have delivered just before.
+                match self.events.try_recv() {
+                    Ok(event) => Poll::Ready(Some(event)),
+                    Err(TryRecvError::Disconnected) => Poll::Ready(None),
+                    Err(TryRecvError::Empty) => Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next event, blocking the thread; `None` once every shard has stopped.
+    pub fn recv_blocking(&self) -> Option<crate::mux::SocketEvent<SocketAddr>> {
+        self.events.recv().ok()
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&self) -> Option<crate::mux::SocketEvent<SocketAddr>> {
+        self.events.try_recv().ok()
+    }
 }

@@ -65,6 +65,7 @@ mod shard;
 mod stats;
 mod steer;
 pub(crate) mod sys;
+mod wakers;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -80,7 +81,7 @@ use self::shard::{EventTarget, HandlerFactory, ShardSetup};
 use crate::driver::Limits;
 use crate::mux::{SocketConfig, SocketEvent};
 
-pub use self::handle::SoeHandle;
+pub use self::handle::{EventStream, SoeHandle};
 
 pub use self::handler::{ShardContext, ShardHandler, ShardInfo};
 pub use self::health::{ShardHealth, ShardState};
@@ -329,6 +330,7 @@ impl SoeServerBuilder {
                 draining: AtomicBool::new(false),
                 max_message: self.config.default_session_params.max_message_len(),
                 epoch: clock(),
+                event_readers: Default::default(),
             }),
         };
         let (events_tx, events_rx) = crossbeam_channel::bounded(self.event_queue);
@@ -516,6 +518,15 @@ impl SoeServer {
             .enumerate()
             .map(|(shard, inbox)| inbox.liveness.health(shard, now))
             .collect()
+    }
+
+    /// The merged event stream as an [`EventStream`], for async code on any
+    /// executor as well as threads (`None` with a shard-local handler).
+    pub fn event_stream(&self) -> Option<EventStream> {
+        Some(EventStream {
+            events: self.events.clone()?,
+            shared: self.handle.shared.clone(),
+        })
     }
 
     /// The merged event stream (`None` when a shard-local handler is configured).

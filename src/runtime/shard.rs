@@ -202,6 +202,20 @@ pub(crate) fn run(setup: ShardSetup, ready: Sender<()>) -> Result<(), String> {
         Ok(Err(e)) => Err(format!("socket error: {e}")),
         Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
     };
+    let result = finish(shard, outcome, index, liveness);
+    // The shard's queues are gone: tasks waiting on them learn it now.
+    handle.shared.inboxes[index].space.wake_all();
+    handle.shared.event_readers.wake_all();
+    result
+}
+
+/// Records how a shard ended; a failed one closes its sessions (best effort).
+fn finish(
+    mut shard: Shard,
+    outcome: Result<(), String>,
+    index: usize,
+    liveness: &super::health::Liveness,
+) -> Result<(), String> {
     match outcome {
         Ok(()) => {
             liveness.stopped();
@@ -292,6 +306,7 @@ impl Shard {
             let forwarded_left = self.apply_forwarded(now);
             self.hand_over_remapped();
             let commands_left = self.apply_commands(now);
+            self.handle.shared.inboxes[self.index].space.wake_all();
             self.deliver_events(now);
             self.driver.tick(now);
             self.transmit();
@@ -511,6 +526,7 @@ impl Shard {
                     // Nobody listens any more (the server is going away).
                     while self.driver.poll_event().is_some() {}
                 }
+                self.handle.shared.event_readers.wake_all();
             }
         }
     }
