@@ -100,8 +100,9 @@ pub use runtime::{
 };
 pub use send_error::SendError;
 pub use session::{
-    ApplicationParameters, Channel, EnqueueError, MultiLength, SessionEvent, SessionIo,
-    SessionMode, SessionParameters, SessionState, SessionStats, SoeSession, ZeroEscape,
+    ApplicationParameters, Channel, EnqueueError, MultiLength, NetStatus, SessionEvent, SessionIo,
+    SessionMode, SessionParameters, SessionSnapshot, SessionState, SessionStats, SoeSession,
+    ZeroEscape,
 };
 #[cfg(feature = "tokio")]
 pub use tokio_rt::{ClientEvent, SoeClientHandle, TokioSoeClient, TokioSoeServer};

@@ -98,11 +98,12 @@ pub use crate::driver::DriverStats;
 pub use crate::send_error::SendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::driver::{Command, Delivery, Driver, EventSink, Limits, Offer};
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
 use crate::protocol::{DisconnectReason, PORT_ALIVE_TTL, RELIABLE_CHANNEL_COUNT, is_port_alive};
-use crate::session::Channel;
+use crate::session::{Channel, SessionSnapshot};
 use crate::socket::{is_icmp_error, with_ttl};
 
 /// Default capacity of the command queue and of the event queue.
@@ -189,8 +190,10 @@ fn try_send_error(error: TrySendError<Command>) -> SendError<Command> {
 enum Control {
     /// Send a copy of the counters.
     Stats(oneshot::Sender<DriverStats>),
-    /// Start draining, and send the session count once none is left.
+    /// Start draining, and answer once no session is left.
     Drain(oneshot::Sender<()>),
+    /// Send a copy of one session's state and counters.
+    Session(SocketAddr, oneshot::Sender<Option<SessionSnapshot>>),
 }
 
 /// The queues shared by both handle types: commands, and control requests on
@@ -292,6 +295,15 @@ impl Commands {
 
     fn is_stopped(&self) -> bool {
         self.commands.is_closed()
+    }
+
+    async fn session_stats(&self, remote: SocketAddr) -> Option<SessionSnapshot> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Session(remote, reply))
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
     }
 
     /// Starts draining; resolves once no session is left (`false` if the driver
@@ -449,6 +461,13 @@ impl SoeHandle {
         self.commands.is_stopped()
     }
 
+    /// One session's state and counters (round trip, resends, bytes, queue
+    /// depths, ...); `None` when no session has that address or the driver has
+    /// stopped.
+    pub async fn session_stats(&self, remote: SocketAddr) -> Option<SessionSnapshot> {
+        self.commands.session_stats(remote).await
+    }
+
     /// Starts draining, for a rolling restart: live sessions are served as
     /// before, SessionRequests are answered with a Disconnect (`ConnectionRefused`)
     /// so clients go elsewhere at once. Resolves once no session is left (`false`
@@ -560,7 +579,8 @@ impl TokioSoeServer {
             Sink::new(event_tx, Some, false),
             tick_period,
         );
-        let driver = tokio::spawn(task.run());
+        let span = tracing::info_span!("soe_server", local = %local_addr);
+        let driver = tokio::spawn(task.run().instrument(span));
         Ok(Self {
             handle: SoeHandle { commands },
             events: event_rx,
@@ -803,7 +823,8 @@ impl TokioSoeClient {
             Sink::new(event_tx, client_event, true),
             tick_period,
         );
-        let driver = tokio::spawn(task.run());
+        let span = tracing::info_span!("soe_client", local = %local_addr, %server);
+        let driver = tokio::spawn(task.run().instrument(span));
         Ok(Self {
             handle: SoeClientHandle { commands, server },
             events: event_rx,
@@ -982,6 +1003,8 @@ impl<E: Send + 'static> Task<E> {
             self.send_outgoing();
             closed |= self.deliver();
             self.answer_control();
+            let ended = if cfg!(feature = "metrics") { now() } else { at };
+            self.driver.end_turn(at, ended, Driver::snapshot);
             if closed {
                 break;
             }
@@ -1102,6 +1125,9 @@ impl<E: Send + 'static> Task<E> {
             Control::Drain(done) => {
                 self.driver.start_draining();
                 self.drained.push(done);
+            }
+            Control::Session(remote, reply) => {
+                let _ = reply.send(self.driver.mux().session(&remote).map(|s| s.snapshot()));
             }
         }
     }

@@ -1034,3 +1034,29 @@ fn default_placement_follows_the_allowed_cpu_set() {
     .join()
     .unwrap();
 }
+
+/// One session's counters, fetched by address through a handle.
+#[test]
+fn session_stats_by_address() {
+    let (server, _) = echo_server(2, true);
+    let handle = server.handle();
+    let mut clients = Clients::new(4, server.local_addr());
+    clients.open_all();
+    clients.echo(20);
+    for i in 0..4 {
+        let snapshot = handle
+            .session_stats(clients.addr(Key(i)), Duration::from_secs(2))
+            .expect("a session with that address");
+        assert_eq!(snapshot.state, SessionState::Running);
+        assert_eq!(snapshot.mode, SessionMode::Server);
+        assert_eq!(snapshot.stats.messages_delivered, 20, "{snapshot:?}");
+        assert!(snapshot.rtt.is_some());
+    }
+    let nobody = "127.0.0.1:9".parse().unwrap();
+    assert!(
+        handle
+            .session_stats(nobody, Duration::from_secs(2))
+            .is_none()
+    );
+    server.shutdown().unwrap();
+}

@@ -131,6 +131,10 @@ pub struct ServeArgs {
     /// shards that answered and each shard's health).
     #[arg(long)]
     pub stats_json: bool,
+    /// Serve Prometheus metrics (text exposition) at http://ADDR/metrics: every
+    /// shard's counters, gauges and histograms (soe-uring and tokio servers).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// On SIGINT/SIGTERM, drain first (soe-uring): refuse new sessions, serve the
     /// live ones until they end or SECS pass, then shut down. A second signal
     /// shuts down at once. 0: shut down at once.

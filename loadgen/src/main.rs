@@ -304,6 +304,15 @@ fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
 
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     let spec = ServerSpec::new(a.server, a.bind, cores(), &a.server_opts, &a.proto)?;
+    if let Some(addr) = a.metrics_addr {
+        // Its own thread and runtime: the exporter answers scrapes whatever the
+        // server does.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        eprintln!("loadgen: metrics on http://{addr}/metrics");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())

@@ -56,6 +56,8 @@
 //!   [`Limits::max_outgoing`]; older ones are dropped past that and counted
 //!   ([`DriverStats::send_drops`]); reliable data is retransmitted.
 
+#[cfg(feature = "metrics")]
+mod metrics;
 mod parked;
 mod stats;
 
@@ -190,7 +192,27 @@ pub(crate) struct Driver {
     last_trim: Option<Instant>,
     /// Since when the driver has been unable to take commands.
     blocked_since: Option<Instant>,
+    #[cfg(feature = "metrics")]
+    metrics: metrics::DriverMetrics,
+    /// Trouble counters as of the last warning, and when it was.
+    warned: (Trouble, Option<Instant>),
 }
+
+/// Counts that deserve an operator's attention when they grow.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Trouble {
+    crc_failures: u64,
+    malformed: u64,
+    send_drops: u64,
+    send_errors: u64,
+    forward_drops: u64,
+    parked_overflows: u64,
+    event_stalls: u64,
+    refused: u64,
+}
+
+/// At most one warning per this long, summing up what happened meanwhile.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Driver {
     /// A driver around `mux`; `shard` names it in its stats.
@@ -209,6 +231,77 @@ impl Driver {
             timers_left: false,
             last_trim: None,
             blocked_since: None,
+            #[cfg(feature = "metrics")]
+            metrics: metrics::DriverMetrics::new(shard),
+            warned: (Trouble::default(), None),
+        }
+    }
+
+    /// Logs, at most once per [`WARN_EVERY`], what went wrong since the last
+    /// warning: CRC failures and malformed datagrams (a misconfigured or hostile
+    /// peer), datagrams dropped or refused by the OS, sessions refused or ended
+    /// for overflowing, a full event stream. Quiet while nothing grows.
+    fn warn_rate_limited(&mut self, now: Instant) {
+        if self.warned.1.is_some_and(|at| now < at + WARN_EVERY) {
+            return;
+        }
+        let m = self.mux.stats();
+        let s = &self.stats;
+        let now_counts = Trouble {
+            crc_failures: m.sessions.crc_failures,
+            malformed: m.sessions.malformed_datagrams + m.refused_malformed,
+            send_drops: s.send_drops,
+            send_errors: s.send_errors,
+            forward_drops: s.forward_drops,
+            parked_overflows: s.parked_overflows,
+            event_stalls: s.event_stalls,
+            refused: m.refused_session_limit + m.refused_admission_closed,
+        };
+        let before = std::mem::replace(&mut self.warned, (now_counts, Some(now))).0;
+        if now_counts == before {
+            return;
+        }
+        tracing::warn!(
+            shard = s.shard,
+            crc_failures = now_counts.crc_failures - before.crc_failures,
+            malformed = now_counts.malformed - before.malformed,
+            send_drops = now_counts.send_drops - before.send_drops,
+            send_errors = now_counts.send_errors - before.send_errors,
+            forward_drops = now_counts.forward_drops - before.forward_drops,
+            overflowed_sessions = now_counts.parked_overflows - before.parked_overflows,
+            event_stalls = now_counts.event_stalls - before.event_stalls,
+            refused_sessions = now_counts.refused - before.refused,
+            "trouble since the last report (at most one per {}s)",
+            WARN_EVERY.as_secs()
+        );
+    }
+
+    /// Ends a loop turn that began at `began`: with the `metrics` feature, records
+    /// its duration and, once a second, publishes the counters `snapshot` gives
+    /// (see `driver::metrics`). Without the feature it does nothing.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn end_turn(
+        &mut self,
+        began: Instant,
+        now: Instant,
+        snapshot: impl FnOnce(&Self) -> DriverStats,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.turn(now.saturating_duration_since(began));
+            if self.metrics.due(now) {
+                let stats = snapshot(self);
+                let rtts = self
+                    .mux
+                    .remotes()
+                    .filter_map(|r| self.mux.session(r).and_then(|s| s.rtt()));
+                self.metrics.publish(
+                    &stats,
+                    rtts,
+                    (self.overloaded(), self.draining()),
+                    self.mux.outgoing_len(),
+                );
+            }
         }
     }
 
@@ -258,6 +351,7 @@ impl Driver {
         if self.last_trim.is_none_or(|t| now >= t + TRIM_EVERY) {
             self.last_trim = Some(now);
             self.mux.trim_memory();
+            self.warn_rate_limited(now);
         }
     }
 
@@ -535,6 +629,12 @@ impl Driver {
         {
             let overflow = since + self.limits.overflow_grace;
             deadline = Some(deadline.map_or(overflow, |d| d.min(overflow)));
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(publish) = self.metrics.pending() {
+            // What changed since the last publication goes out within a second,
+            // even if the driver then has nothing else to do.
+            deadline = Some(deadline.map_or(publish, |d| d.min(publish)));
         }
         WaitPlan {
             again: busy || self.timers_left || self.mux.needs_flush() || events_waiting,

@@ -20,7 +20,7 @@ use crate::driver::Command;
 use crate::mux::SessionTransfer;
 use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
 use crate::send_error::SendError;
-use crate::session::Channel;
+use crate::session::{Channel, SessionSnapshot};
 
 /// Requests that must reach a shard whatever its data queues hold. Stopping is a
 /// flag ([`Inbox::stop`]), so it needs no room at all.
@@ -29,6 +29,8 @@ pub(crate) enum Control {
     Stats(Sender<ShardStats>),
     /// Take over a session whose peer moved to an address this shard owns.
     Adopt(SessionTransfer<SocketAddr>),
+    /// Send a copy of one session's state and counters.
+    Session(SocketAddr, Sender<Option<SessionSnapshot>>),
 }
 
 /// What another shard's socket received for an address this shard owns.
@@ -417,6 +419,16 @@ impl SoeHandle {
             .filter(|i| !shards.iter().any(|s| s.shard == *i))
             .collect();
         ServerStats::from_shards(shards, missing)
+    }
+
+    /// One session's state and counters (round trip, resends, bytes, queue
+    /// depths, ...), fetched from its shard within `timeout`; `None` when no
+    /// session has that address or the shard did not answer in time.
+    pub fn session_stats(&self, remote: SocketAddr, timeout: Duration) -> Option<SessionSnapshot> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let inbox = &self.shared.inboxes[self.shard_of(&remote)];
+        inbox.push_control(Control::Session(remote, reply)).ok()?;
+        answer.recv_timeout(timeout).ok().flatten()
     }
 
     /// [`SoeHandle::stats_timeout`] with a one-second timeout.

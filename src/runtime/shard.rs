@@ -315,6 +315,18 @@ impl Shard {
             if self.driver.released_memory() {
                 sys::return_free_memory();
             }
+            let fd = self.fd();
+            let ended = if cfg!(feature = "metrics") {
+                clock()
+            } else {
+                now
+            };
+            self.driver.end_turn(now, ended, |driver| {
+                let mut stats = driver.snapshot();
+                stats.cpu_time = sys::thread_cpu_time();
+                stats.socket_drops = sys::socket_drops(fd);
+                stats
+            });
             self.sleep(saturated || forwarded_left || commands_left, now)?;
         }
         Ok(())
@@ -420,6 +432,10 @@ impl Shard {
                     let _ = reply.send(self.snapshot());
                 }
                 Control::Adopt(session) => self.adopt(session),
+                Control::Session(remote, reply) => {
+                    let snapshot = self.driver.mux().session(&remote).map(|s| s.snapshot());
+                    let _ = reply.send(snapshot);
+                }
             }
         }
     }

@@ -270,6 +270,33 @@ impl SessionStats {
     }
 }
 
+/// A copy of one session's state and counters, for operators
+/// ([`SoeSession::snapshot`]; the runtimes' handles fetch it by address).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SessionSnapshot {
+    /// The session id.
+    pub session_id: u32,
+    /// Client or server.
+    pub mode: SessionMode,
+    /// Where it is in its life.
+    pub state: SessionState,
+    /// Its counters.
+    pub stats: SessionStats,
+    /// Smoothed round trip, once measured.
+    pub rtt: Option<Duration>,
+    /// Reliable packets the congestion controller lets be in flight.
+    pub congestion_window: u64,
+    /// Application bytes queued and not yet cut into packets.
+    pub queued_bytes: usize,
+    /// What the session holds for its peer, counted against `max_pending_bytes`.
+    pub pending_bytes: usize,
+    /// What it holds from its peer (out-of-order packets, partial messages).
+    pub buffered_bytes: usize,
+    /// What ClockSync taught a client about its path.
+    pub net_status: Option<NetStatus>,
+}
+
 /// Contextless and control packets owed to the peer at the next flush.
 #[derive(Debug, Default, Clone, Copy)]
 struct Owed {
@@ -483,6 +510,22 @@ impl SoeSession {
     /// The smoothed round-trip time, once measured.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt.srtt()
+    }
+
+    /// A copy of the session's state and counters.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        SessionSnapshot {
+            session_id: self.session_id,
+            mode: self.mode,
+            state: self.state,
+            stats: self.stats(),
+            rtt: self.rtt(),
+            congestion_window: self.congestion_window(),
+            queued_bytes: self.queued_bytes(),
+            pending_bytes: self.pending_bytes(),
+            buffered_bytes: self.buffered_bytes(),
+            net_status: self.net_status(),
+        }
     }
 
     /// What ClockSync round trips taught a client about its path (round trip,
