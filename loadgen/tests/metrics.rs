@@ -51,10 +51,24 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         .sum()
 }
 
+/// Kills the server it holds if the test ends early (a failed assertion), so no
+/// process outlives the test.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn serve_exposes_prometheus_metrics_over_http() {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let (mut server, addr) = serve(&["--metrics-addr", &metrics]);
+    let (server, addr) = serve(&["--metrics-addr", &metrics]);
+    let mut guard = KillOnDrop(Some(server));
     let out = Command::new(BIN)
         .args([
             "run",
@@ -108,6 +122,7 @@ fn serve_exposes_prometheus_metrics_over_http() {
             "{name} missing"
         );
     }
+    let mut server = guard.0.take().unwrap();
     sigterm(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
 }

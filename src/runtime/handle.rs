@@ -342,12 +342,7 @@ impl SoeHandle {
         self.shared.inboxes[self.shard_of(&remote)]
             .push_command_waiting(command)
             .await
-            .map_err(|e| {
-                e.map(|command| match command {
-                    Command::Send { data, .. } => data,
-                    _ => unreachable!("the command is returned as given"),
-                })
-            })
+            .map_err(payload_back)
     }
 
     /// Queues `data` for `remote` on `channel`. On error the payload comes back.
@@ -366,12 +361,8 @@ impl SoeHandle {
             data,
             channel,
         };
-        self.push(self.shard_of(&remote), command).map_err(|e| {
-            e.map(|command| match command {
-                Command::Send { data, .. } => data,
-                _ => unreachable!("the command is returned as given"),
-            })
-        })
+        self.push(self.shard_of(&remote), command)
+            .map_err(payload_back)
     }
 
     /// Ends the session with `remote`, sending it a Disconnect with `reason` after
@@ -466,6 +457,14 @@ impl SoeHandle {
             inbox.request_stop();
         }
     }
+}
+
+/// The payload of a send command that could not be queued.
+fn payload_back(e: SendError<Command>) -> SendError<Bytes> {
+    e.map(|command| match command {
+        Command::Send { data, .. } => data,
+        _ => unreachable!("the command is returned as given"),
+    })
 }
 
 /// Whether a session could ever take `data` on `channel`: not empty, on a channel
