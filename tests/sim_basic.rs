@@ -1000,3 +1000,36 @@ fn unreachable_reports_end_a_session_after_the_grace() {
         .process_unreachable(&client_addr, now);
     assert_eq!(sim.node(server).mux.stats().unreachable_unknown, 1);
 }
+
+/// `max_send_rate` holds over a lossy link, retransmissions included: a 300 KB
+/// burst at a 50 kB/s cap goes out at no more than the cap on average.
+#[test]
+fn rate_cap_counts_retransmissions() {
+    let mut client_cfg = config(15);
+    client_cfg.default_session_params.max_send_rate = Some(50_000);
+    let (mut sim, client, server) = pair(LinkConfig::lossy(0.2), client_cfg, config(16));
+    let server_addr = sim.addr(server);
+    let sent_before = sim
+        .node(client)
+        .mux
+        .session(&server_addr)
+        .unwrap()
+        .stats()
+        .bytes_sent;
+    let start = sim.elapsed();
+    for i in 0..300u32 {
+        let msg = vec![i as u8; 1000];
+        send(&mut sim, client, server, &msg, Channel::Reliable(0));
+    }
+    assert!(sim.run_until(|s| {
+        received(s, server).len() == 301 // the "hi" of `pair`, then ours
+    }));
+    let took = sim.elapsed() - start;
+    let stats = sim.node(client).mux.session(&server_addr).unwrap().stats();
+    assert!(stats.reliable_packets_resent > 0, "{stats:?}");
+    let bytes = stats.bytes_sent - sent_before;
+    assert!(bytes > 300_000, "{bytes}");
+    // Average over the transfer: at most the cap plus one burst's allowance.
+    let rate = bytes as f64 / took.as_secs_f64();
+    assert!(rate <= 50_000.0 * 1.1, "{rate:.0} B/s over {took:?}");
+}

@@ -244,6 +244,14 @@ impl Congestion {
         }
     }
 
+    /// `len` bytes left outside the pacer's count (retransmissions): only the
+    /// rate cap is charged.
+    pub(crate) fn spend_bytes(&mut self, len: usize) {
+        if self.rate_cap.is_some() {
+            self.rate_tokens -= len as f64;
+        }
+    }
+
     /// When a packet of `len` bytes may leave, if it may not now.
     pub(crate) fn next_send(&self, now: Instant, len: usize, srtt: Option<Duration>) -> Instant {
         let mut wait: f64 = 0.0;

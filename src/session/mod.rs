@@ -1271,6 +1271,7 @@ impl SoeSession {
         let mut resent = 0;
         let mut sent = 0;
         let mut timed_out = false;
+        let mut resent_bytes = 0;
         let mut lost_sent: Option<Instant> = None;
         let mut gave_up = false;
         let mut paced = false;
@@ -1312,6 +1313,7 @@ impl SoeSession {
                 match s.resend_due(now, times, give_up, &mut budget, &mut asm, &mut resent) {
                     Ok(outcome) => {
                         timed_out |= outcome.timed_out;
+                        resent_bytes += outcome.bytes;
                         if let Some(t) = outcome.lost_sent {
                             lost_sent = Some(lost_sent.map_or(t, |l: Instant| l.max(t)));
                         }
@@ -1322,9 +1324,12 @@ impl SoeSession {
                     }
                 }
             }
+            // Retransmissions use up pacing tokens and, at their real size, the
+            // rate cap's bytes.
             for _ in budget..budget_before {
                 congestion.spend(0);
             }
+            congestion.spend_bytes(resent_bytes);
             if !gave_up {
                 let mut in_flight: u64 = self.senders.iter().flatten().map(|s| s.in_flight()).sum();
                 for s in self.senders.iter_mut().flatten() {

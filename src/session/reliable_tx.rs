@@ -209,6 +209,8 @@ pub(crate) struct Resent {
     /// The send time of the newest packet declared lost, if any was (a congestion
     /// event).
     pub(crate) lost_sent: Option<Instant>,
+    /// Bytes of the packets sent again (for the rate cap).
+    pub(crate) bytes: usize,
 }
 
 /// Round-trip derived times the loss detector needs.
@@ -687,6 +689,7 @@ impl ReliableSender {
             let by_timer = slot.last_sent + times.rto <= now;
             if (by_timer || slot.lost) && *budget > 0 {
                 asm.push(&slot.packet);
+                outcome.bytes += slot.packet.len();
                 slot.last_sent = now;
                 slot.sends += 1;
                 if slot.lost {
@@ -710,6 +713,7 @@ impl ReliableSender {
                 let idx = self.slot_index(seq);
                 let slot = &mut self.slots[idx];
                 asm.push(&slot.packet);
+                outcome.bytes += slot.packet.len();
                 slot.last_sent = now;
                 slot.sends += 1;
                 *budget -= 1;
