@@ -272,8 +272,19 @@ impl Default for SessionParameters {
 }
 
 impl SessionParameters {
-    /// Parameters for peers of one family (see the table on
-    /// [`SessionParameters::profile`]); `None` for an unknown name.
+    /// Parameters for peers of one family; `None` for an unknown name. Both sides
+    /// of a session need the same family. Names: `default`, `soe-uring`,
+    /// `soe-protocol` (or `ps2`), `h1emu` (or `h1z1`), `udp-library` (or `swg`),
+    /// `eq` (or `everquest`).
+    ///
+    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | compression | encryption passes (bytes 11/12) | unreliable in multi-packets | client ClockSync |
+    /// |---|---|---|---|---|---|---|---|---|
+    /// | default | v3 | one byte | encrypted only | 2 | v3 flag `00`/`01` | pass 1 only (UdpLibrary codes), none offered | no | no |
+    /// | `soe_uring` | v3 | varint | encrypted only | 2 | v3 flag | as default | no | 45 s |
+    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | v3 flag | as default | no | no |
+    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2 | none | as default | no | no |
+    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request, 17-byte response) | one byte | always | 2 | user-supplied pass | UdpLibrary codes: Xor, XorBuffer, user supplied 1/2; none offered | yes | 45 s |
+    /// | `eq` (EQEmu "Daybreak") | 14-byte request with version 3, 17-byte response | one byte | always | 2 | pass, flag `5A`/`A5` | EQ codes: compression, XOR; compression offered | yes | no |
     pub fn profile(name: &str) -> Option<Self> {
         match name {
             "default" => Some(Self::default()),
@@ -299,15 +310,6 @@ impl SessionParameters {
     /// soe-uring on both sides: full-size packets share datagrams with acks (the
     /// v3 varint lengths), clients sync clocks every 45 s, everything else as by
     /// default.
-    ///
-    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | compression | encryption passes (bytes 11/12) | unreliable in multi-packets | client ClockSync |
-    /// |---|---|---|---|---|---|---|---|---|
-    /// | default | v3 | one byte | encrypted only | 2 | v3 flag `00`/`01` | pass 1 only (UdpLibrary codes), none offered | no | no |
-    /// | `soe_uring` | v3 | varint | encrypted only | 2 | v3 flag | as default | no | 45 s |
-    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | v3 flag | as default | no | no |
-    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2 | none | as default | no | no |
-    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request, 17-byte response) | one byte | always | 2 | user-supplied pass | UdpLibrary codes: Xor, XorBuffer, user supplied 1/2; none offered | yes | 45 s |
-    /// | `eq` (EQEmu "Daybreak") | 14-byte request with version 3, 17-byte response | one byte | always | 2 | pass, flag `5A`/`A5` | EQ codes: compression, XOR; compression offered | yes | no |
     pub fn soe_uring() -> Self {
         Self {
             multi_length: MultiLength::Varint,
