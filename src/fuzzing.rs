@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
 use crate::protocol::packet::{DataBundle, MultiPacket};
+use crate::protocol::passes::PassBuffers;
 use crate::protocol::varint::{bundle_len, multi_len};
 use crate::protocol::{
-    Compressor, Crc32, DecodeError, Decompressor, DisconnectReason, FrameError, Framing,
-    InflateError, OpCode, Packet, Rc4KeyState, SessionRequest, SessionResponse, Unframed,
+    Compressor, Crc32, DecodeError, Decompressor, DisconnectReason, EncryptMethod, FrameError,
+    Framing, InflateError, OpCode, Packet, PassContext, Passes, Rc4KeyState, SessionRequest,
+    SessionResponse, Unframed,
 };
 use crate::session::{Channel, MultiLength, SessionMode, SessionState, ZeroEscape};
 
@@ -193,7 +195,9 @@ fn collect_items<'a>(
 /// `0..=4` and compression; then a 4-byte CRC seed); the rest is the datagram. What
 /// unframes is checked against the datagram's layout. The rest is then sealed with
 /// `Framing::seal` and must unframe to exactly what its layout says, and fail the
-/// CRC with a corrupted trailer.
+/// CRC with a corrupted trailer. Flag bits 3–6 also pick encryption passes, under
+/// which `Framing::open` must never panic and must read an encrypted, sealed
+/// datagram as `unframe` reads the plain one.
 pub fn frame(data: &[u8]) {
     let mut input = Cursor(data);
     let flags = input.u8();
@@ -212,6 +216,7 @@ pub fn frame(data: &[u8]) {
     if let Ok(unframed) = framing.unframe(datagram) {
         check_unframed(&framing, datagram, unframed);
     }
+    frame_with_passes(&framing, usize::from(flags >> 3) & 0x0F, datagram);
 
     // Sealed prefixes of one or two bytes: shorter than what an op code needs once
     // the CRC is stripped, but a peer that knows the seed can send them.
@@ -249,6 +254,75 @@ pub fn frame(data: &[u8]) {
             "a corrupted CRC trailer was accepted"
         );
     }
+}
+
+/// Pairs of passes the `frame` target picks from.
+const PASS_PAIRS: [[EncryptMethod; 2]; 8] = {
+    use EncryptMethod::{Compression, None, Xor, XorBuffer};
+    [
+        [Xor, None],
+        [XorBuffer, None],
+        [Compression, None],
+        [None, Xor],
+        [Compression, Xor],
+        [Xor, Compression],
+        [XorBuffer, Xor],
+        [None, None],
+    ]
+};
+
+/// An owned copy of what a datagram unframes to.
+fn owned(
+    u: Result<Unframed<'_>, FrameError>,
+) -> Result<(u8, Option<OpCode>, bool, Vec<u8>), FrameError> {
+    u.map(|u| match u {
+        Unframed::Contextless(op, bytes) => (0, Some(op), false, bytes.to_vec()),
+        Unframed::Application(data) => (1, None, false, data.to_vec()),
+        Unframed::Contextual {
+            op,
+            compressed,
+            body,
+        } => (2, Some(op), compressed, body.to_vec()),
+    })
+}
+
+/// `frame` under encryption passes: arbitrary input never panics `open`, and the
+/// input as a cooked datagram, encrypted and sealed, opens to what its plain form
+/// unframes to.
+fn frame_with_passes(plain: &Framing, pick: usize, datagram: &[u8]) {
+    let methods = PASS_PAIRS[pick % PASS_PAIRS.len()];
+    let context = PassContext::new(1, plain.crc_seed());
+    let Ok(Some(passes)) = Passes::new(methods, [None, None], context, 512) else {
+        return;
+    };
+    let framing = plain.clone().with_passes(Some(passes));
+    assert_eq!(framing.overhead(), plain.overhead() + framing.expansion());
+    let mut out = Vec::new();
+    let mut scratch = PassBuffers::new();
+    let mut inflater = Decompressor::new();
+    let _ = framing.open(datagram, &mut out, &mut scratch, &mut inflater, 1024);
+
+    let contextless = matches!(datagram, [0, ty, ..]
+        if OpCode::from_type_byte(*ty).is_some_and(OpCode::is_contextless));
+    // A lone `00` is no packet a sender makes (application data starting with
+    // `00` is escaped): a pass's flag byte after it would read as an op code.
+    if datagram.is_empty() || datagram == [0] || contextless || datagram.len() > 400 {
+        return;
+    }
+    let crc_length = usize::from(plain.crc_length());
+    let mut sealed = datagram.to_vec();
+    sealed.resize(datagram.len() + crc_length, 0);
+    plain.seal(&mut sealed, datagram.len());
+    let expected = owned(plain.unframe(&sealed));
+    let mut encrypted = datagram.to_vec();
+    let passes = framing.passes().expect("just set");
+    passes.encrypt(&mut encrypted, 0, &mut scratch, None);
+    assert!(encrypted.len() <= datagram.len() + passes.expansion());
+    let n = encrypted.len();
+    encrypted.resize(n + crc_length, 0);
+    framing.seal(&mut encrypted, n);
+    let got = owned(framing.open(&encrypted, &mut out, &mut scratch, &mut inflater, 1024));
+    assert_eq!(got, expected, "encrypted {encrypted:02x?}");
 }
 
 /// What unframing `sealed` (= `cooked` ++ CRC) must give.

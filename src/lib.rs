@@ -92,7 +92,10 @@ pub use mux::{
     ConnectError, MuxStats, RemoteAddr, SessionTransfer, SocketConfig, SocketEvent, SoeMultiplexer,
     seed_lane,
 };
-pub use protocol::{DisconnectReason, OpCode, Rc4KeyState};
+pub use protocol::{
+    DecryptError, DisconnectReason, EncryptMethod, EncryptionPass, OpCode, PassCodes, PassContext,
+    Rc4KeyState,
+};
 #[cfg(target_os = "linux")]
 pub use runtime::{
     DrainReport, EventStream, ServerError, ServerStats, ShardContext, ShardHandler, ShardHealth,

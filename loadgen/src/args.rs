@@ -216,17 +216,20 @@ pub struct ServerOpts {
 /// Protocol settings both sides must agree on.
 #[derive(Debug, Clone, Args)]
 pub struct ProtoOpts {
-    /// Application protocol name (both sides must match).
+    /// Application protocol name (both sides must match). Profiles whose handshake
+    /// carries no name (udp-library, eq) ignore it on soe-uring sides.
     #[arg(long, default_value = "loadgen", value_name = "NAME")]
     pub app_protocol: String,
     /// Compression: the server offers it and clients adopt the server's choice.
+    /// (The eq profile always compresses, with EQ's own pass; udp-library has
+    /// none without an application pass.)
     #[arg(long)]
     pub compression: bool,
     /// RC4 key for reliable data, in hex (both sides).
     #[arg(long, value_parser = parse_hex, value_name = "HEX")]
     pub rc4_key: Option<HexKey>,
     /// Session parameters for a family of peers (soe-uring sides only): default,
-    /// soe-uring, soe-protocol, h1emu, udp-library.
+    /// soe-uring, soe-protocol, h1emu, udp-library, eq. Both sides need the same.
     #[arg(long, default_value = "default", value_parser = parse_profile, value_name = "NAME")]
     pub profile: String,
     /// Turn congestion control and pacing off (soe-uring sides), to compare.

@@ -81,7 +81,7 @@ impl ServerSpec {
             ..SocketConfig::default()
         };
         let p = &mut c.default_session_params;
-        p.application_protocol = self.app_protocol.clone();
+        p.application_protocol = app_protocol(p, &self.app_protocol);
         p.congestion_control = self.congestion_control;
         p.is_compression_enabled = self.compression;
         if let Some(n) = self.crc_length {
@@ -461,6 +461,17 @@ async fn serve_peer(
     Ok(())
 }
 
+/// The application protocol name soe-uring sides use under a profile: the 14-byte
+/// requests of the udp-library and eq profiles carry none, and a server with a
+/// name refuses them, so both sides go without one there.
+fn app_protocol(params: &SessionParameters, name: &str) -> String {
+    if params.names_protocol() {
+        name.to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// soe-uring's client configuration for the same protocol settings.
 pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConfig {
     let mut c = SocketConfig {
@@ -468,7 +479,7 @@ pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConf
         ..SocketConfig::default()
     };
     let p = &mut c.default_session_params;
-    p.application_protocol = proto.app_protocol.clone();
+    p.application_protocol = app_protocol(p, &proto.app_protocol);
     p.congestion_control = !proto.no_congestion_control;
     // A client adopts the server's choice; set it anyway for symmetry.
     p.is_compression_enabled = proto.compression;

@@ -236,6 +236,39 @@ fn serve_and_run_in_two_processes_then_sigterm() {
     assert!(status.success(), "serve exited with {status:?}");
 }
 
+/// The profiles whose handshake names no application protocol (the 14-byte
+/// request) work end to end: eq with EQ's compression pass, udp-library.
+#[test]
+fn serve_and_run_with_the_eq_and_udp_library_profiles() {
+    for profile in ["eq", "udp-library"] {
+        let (mut server, addr) = serve(&["--profile", profile]);
+        let mut args = vec![
+            "run",
+            "--target",
+            addr.as_str(),
+            "--profile",
+            profile,
+            "--size",
+            "16-1500",
+            "--json",
+            "-",
+        ];
+        args.extend_from_slice(QUICK);
+        let out = loadgen(&args);
+        assert!(
+            out.status.success(),
+            "{profile}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        check_result(&v, "external", true);
+        sigterm(&server);
+        let status = wait_exit(&mut server, Duration::from_secs(20));
+        assert!(status.success(), "serve exited with {status:?}");
+    }
+}
+
 fn fails_with(args: &[&str], expected: &str) {
     let out = loadgen(args);
     let stderr = text(&out.stderr);

@@ -5,13 +5,23 @@
 //! needs a reusable buffer, which the session owns.
 //!
 //! Framing of outgoing packets is done by the session's datagram assembler with
-//! [`Framing::seal`] for the CRC.
+//! [`Framing::seal`] for the CRC (and [`Passes::encrypt`] before it, when the
+//! session negotiated encryption passes).
 //!
 //! Unreliable application datagrams (first byte non-zero, or `00 00` zero-escaped)
-//! carry a CRC but never a compression flag, as `soe-protocol` frames them.
+//! carry a CRC but never a compression flag, as `soe-protocol` frames them. They do
+//! go through encryption passes, as in UdpLibrary.
+//!
+//! A session with encryption passes ([`super::passes`]) opens datagrams with
+//! [`Framing::open`], which needs a buffer to decrypt into; without passes it is
+//! [`Framing::unframe`], which only borrows.
+
+use std::sync::Arc;
 
 use super::OpCode;
+use super::compress::Decompressor;
 use super::crc::Crc32;
+use super::passes::{PassBuffers, PassError, Passes};
 
 /// The negotiated framing of a session's contextual datagrams.
 #[derive(Debug, Clone)]
@@ -20,6 +30,8 @@ pub struct Framing {
     crc_seed: u32,
     crc_length: u8,
     compression: bool,
+    /// Shared and boxed: most sessions have none, and the framing stays small.
+    passes: Option<Arc<Passes>>,
 }
 
 /// Why a received datagram was rejected before parsing.
@@ -37,6 +49,10 @@ pub enum FrameError {
     /// `00 xx` with an undefined packet type.
     #[error("unknown op code 0x{0:02x}")]
     UnknownOpCode(u8),
+    /// The CRC matched but an encryption pass could not be undone: the peer sent
+    /// something corrupt (UdpLibrary ends the session on it).
+    #[error("encryption pass: {0}")]
+    Pass(PassError),
 }
 
 /// A classified received datagram.
@@ -65,7 +81,24 @@ impl Framing {
             crc_seed,
             crc_length: crc_length.min(4),
             compression,
+            passes: None,
         }
+    }
+
+    /// The same framing with encryption passes run on every contextual datagram.
+    pub fn with_passes(mut self, passes: Option<Passes>) -> Self {
+        self.passes = passes.map(Arc::new);
+        self
+    }
+
+    /// The encryption passes, if the session negotiated any.
+    pub fn passes(&self) -> Option<&Passes> {
+        self.passes.as_deref()
+    }
+
+    /// The most bytes the encryption passes add to a datagram.
+    pub fn expansion(&self) -> usize {
+        self.passes().map_or(0, Passes::expansion)
     }
 
     /// The CRC seed.
@@ -83,9 +116,10 @@ impl Framing {
         self.compression
     }
 
-    /// Bytes added to every contextual packet: the flag (if negotiated) and the CRC.
+    /// Bytes added to every contextual packet: the flag (if negotiated), what the
+    /// encryption passes may add, and the CRC.
     pub fn overhead(&self) -> usize {
-        usize::from(self.compression) + usize::from(self.crc_length)
+        usize::from(self.compression) + self.expansion() + usize::from(self.crc_length)
     }
 
     /// The seeded CRC.
@@ -96,6 +130,78 @@ impl Framing {
     /// Appends the CRC of `buf[..len]` at `buf[len..]`; returns the sealed length.
     pub fn seal(&self, buf: &mut [u8], len: usize) -> usize {
         self.crc.append(buf, len, self.crc_length)
+    }
+
+    /// Classifies and opens a received datagram of a session with encryption passes:
+    /// checks and strips the CRC, copies the rest into `out` and undoes the passes
+    /// there (EQ's compression pass inflating at most `max_inflated` bytes), then
+    /// reads it as [`Framing::unframe`] does. Without passes it is `unframe`.
+    pub fn open<'a>(
+        &self,
+        datagram: &'a [u8],
+        out: &'a mut Vec<u8>,
+        scratch: &mut PassBuffers,
+        inflater: &mut Decompressor,
+        max_inflated: usize,
+    ) -> Result<Unframed<'a>, FrameError> {
+        let Some(passes) = self.passes() else {
+            return self.unframe(datagram);
+        };
+        let op = match datagram {
+            [] => return Err(FrameError::Empty),
+            [0, ty, ..] => {
+                let op = OpCode::from_type_byte(*ty).ok_or(FrameError::UnknownOpCode(*ty))?;
+                if op.is_contextless() {
+                    return Ok(Unframed::Contextless(op, datagram));
+                }
+                Some(op)
+            }
+            _ => None,
+        };
+        let Some(cooked) = self.crc.verify(datagram, self.crc_length) else {
+            let short = op.is_some() && datagram.len() < 2 + usize::from(self.crc_length);
+            return Err(if short {
+                FrameError::TooShort
+            } else {
+                FrameError::CrcMismatch
+            });
+        };
+        if cooked.len() < op.map_or(1, |_| 2) {
+            return Err(FrameError::TooShort);
+        }
+        out.clear();
+        out.extend_from_slice(cooked);
+        passes
+            .decrypt(out, scratch, inflater, max_inflated)
+            .map_err(FrameError::Pass)?;
+        let cooked: &'a [u8] = out;
+        let Some(op) = op else {
+            return Ok(Unframed::Application(cooked));
+        };
+        self.contextual(op, cooked)
+    }
+
+    /// Reads a contextual packet whose CRC (and passes) are gone.
+    fn contextual<'a>(&self, op: OpCode, cooked: &'a [u8]) -> Result<Unframed<'a>, FrameError> {
+        if op == OpCode::ZeroEscape {
+            return Ok(Unframed::Application(&cooked[1..]));
+        }
+        if self.compression {
+            match cooked.get(2) {
+                Some(&flag) => Ok(Unframed::Contextual {
+                    op,
+                    compressed: flag != 0,
+                    body: &cooked[3..],
+                }),
+                None => Err(FrameError::TooShort),
+            }
+        } else {
+            Ok(Unframed::Contextual {
+                op,
+                compressed: false,
+                body: &cooked[2..],
+            })
+        }
     }
 
     /// Classifies and opens a received datagram.
@@ -134,25 +240,7 @@ impl Framing {
             // The CRC took bytes the op code needed.
             return Err(FrameError::TooShort);
         }
-        if op == OpCode::ZeroEscape {
-            return Ok(Unframed::Application(&cooked[1..]));
-        }
-        if self.compression {
-            match cooked.get(2) {
-                Some(&flag) => Ok(Unframed::Contextual {
-                    op,
-                    compressed: flag != 0,
-                    body: &cooked[3..],
-                }),
-                None => Err(FrameError::TooShort),
-            }
-        } else {
-            Ok(Unframed::Contextual {
-                op,
-                compressed: false,
-                body: &cooked[2..],
-            })
-        }
+        self.contextual(op, cooked)
     }
 }
 
@@ -255,5 +343,181 @@ mod tests {
                 body: &[0x12, 0x34]
             })
         );
+    }
+
+    mod passes {
+        use super::*;
+        use crate::protocol::compress::Compressor;
+        use crate::protocol::passes::{Deflate, EncryptMethod, PassContext};
+        use proptest::prelude::*;
+
+        const SEED: u32 = 0xDEAD_BEEF;
+
+        fn framing(methods: [EncryptMethod; 2], seed: u32, crc_length: u8) -> Framing {
+            let passes =
+                Passes::new(methods, [None, None], PassContext::new(1, seed), 512).unwrap();
+            Framing::new(seed, crc_length, false).with_passes(passes)
+        }
+
+        /// Opens `datagram` and returns what it holds, owned.
+        fn open(f: &Framing, datagram: &[u8]) -> Result<(Option<OpCode>, Vec<u8>), FrameError> {
+            let mut out = Vec::new();
+            let mut scratch = PassBuffers::new();
+            let mut inflater = Decompressor::new();
+            Ok(
+                match f.open(datagram, &mut out, &mut scratch, &mut inflater, 4096)? {
+                    Unframed::Application(data) => (None, data.to_vec()),
+                    Unframed::Contextual { op, body, .. } => (Some(op), body.to_vec()),
+                    Unframed::Contextless(op, bytes) => (Some(op), bytes.to_vec()),
+                },
+            )
+        }
+
+        /// Encrypts and seals a cooked packet as the assembler does.
+        fn seal(f: &Framing, cooked: &[u8], zlib: Option<&mut Compressor>) -> Vec<u8> {
+            let mut buf = cooked.to_vec();
+            let deflate = zlib.map(|zlib| Deflate { zlib, min_len: 31 });
+            f.passes()
+                .unwrap()
+                .encrypt(&mut buf, 0, &mut PassBuffers::new(), deflate);
+            let n = buf.len();
+            buf.resize(n + usize::from(f.crc_length()), 0);
+            f.seal(&mut buf, n);
+            buf
+        }
+
+        // Vectors computed by a separate byte-wise implementation (Python): the
+        // passes over what follows the header, then CRC(seed, encrypted bytes).
+
+        #[test]
+        fn xor_ack_all_vector() {
+            let f = framing([EncryptMethod::Xor, EncryptMethod::None], SEED, 2);
+            assert_eq!(f.overhead(), 2);
+            let wire = hex("00 15 ef e5 87 1e");
+            assert_eq!(seal(&f, &hex("00 15 00 0a"), None), wire);
+            assert_eq!(
+                open(&f, &wire),
+                Ok((Some(OpCode::AcknowledgeAll(0)), hex("00 0a")))
+            );
+            // The CRC covers the encrypted bytes.
+            let mut bad = wire.clone();
+            bad[3] ^= 1;
+            assert_eq!(open(&f, &bad), Err(FrameError::CrcMismatch));
+        }
+
+        #[test]
+        fn xor_application_vector() {
+            let f = framing([EncryptMethod::Xor, EncryptMethod::None], SEED, 2);
+            let wire = hex("42 8e dc ce ba eb e8 e9 78 ef");
+            assert_eq!(seal(&f, b"\x42abcdefg", None), wire);
+            assert_eq!(open(&f, &wire), Ok((None, b"\x42abcdefg".to_vec())));
+        }
+
+        #[test]
+        fn xor_buffer_reliable_vector() {
+            let f = framing([EncryptMethod::XorBuffer, EncryptMethod::None], SEED, 2);
+            let wire = hex("00 09 a3 07 00 c9 eb 95 d6 10 93 ec 6c 3b 4a f2 ab");
+            let mut cooked = hex("00 09 00 01");
+            cooked.extend_from_slice(b"hello world");
+            assert_eq!(seal(&f, &cooked, None), wire);
+            assert_eq!(
+                open(&f, &wire),
+                Ok((Some(OpCode::ReliableData(0)), cooked[2..].to_vec()))
+            );
+        }
+
+        #[test]
+        fn eq_flag_vectors() {
+            let eq = framing([EncryptMethod::Compression, EncryptMethod::None], SEED, 2);
+            assert_eq!(eq.overhead(), 3);
+            let wire = hex("00 06 a5 1e e9");
+            assert_eq!(seal(&eq, &hex("00 06"), None), wire);
+            assert_eq!(open(&eq, &wire), Ok((Some(OpCode::Heartbeat), vec![])));
+            // Compression, then XOR over the flag.
+            let both = framing([EncryptMethod::Compression, EncryptMethod::Xor], SEED, 2);
+            let wire = hex("00 06 4a e1 00");
+            assert_eq!(seal(&both, &hex("00 06"), None), wire);
+            assert_eq!(open(&both, &wire), Ok((Some(OpCode::Heartbeat), vec![])));
+            // A body C zlib compressed at level 1 behind 5A.
+            let wire = hex("00 09 5a 78 01 63 60 4c 24 12 00 00 37 16 0f 2a 4c d5");
+            let mut body = hex("00 01");
+            body.extend_from_slice(&[b'a'; 40]);
+            assert_eq!(
+                open(&eq, &wire),
+                Ok((Some(OpCode::ReliableData(0)), body.clone()))
+            );
+            // Ours compresses too, and reads back.
+            let mut cooked = hex("00 09");
+            cooked.extend_from_slice(&body);
+            let mut zlib = Compressor::new(1);
+            let sealed = seal(&eq, &cooked, Some(&mut zlib));
+            assert_eq!(sealed[2], 0x5A);
+            assert!(sealed.len() < cooked.len());
+            assert_eq!(
+                open(&eq, &sealed),
+                Ok((Some(OpCode::ReliableData(0)), body))
+            );
+            // A body flagged 5A that does not inflate (XORed as pass 1 would): a
+            // pass error, once the CRC has held.
+            let xor = framing([EncryptMethod::None, EncryptMethod::Xor], SEED, 2);
+            let bad = seal(&xor, &hex("00 09 5a 01 02 03"), None);
+            assert!(matches!(open(&both, &bad), Err(FrameError::Pass(_))));
+        }
+
+        #[test]
+        fn contextless_packets_bypass_the_passes() {
+            let f = framing([EncryptMethod::Xor, EncryptMethod::XorBuffer], SEED, 2);
+            let d = hex("00 1d");
+            assert_eq!(open(&f, &d), Ok((Some(OpCode::UnknownSender), d.clone())));
+            assert_eq!(open(&f, &[]), Err(FrameError::Empty));
+            assert_eq!(
+                open(&f, &hex("00 04 00 00")),
+                Err(FrameError::UnknownOpCode(4))
+            );
+            assert_eq!(open(&f, &hex("00 09 00")), Err(FrameError::TooShort));
+        }
+
+        proptest! {
+            #[test]
+            fn seal_then_open_round_trips(
+                seed in any::<u32>(),
+                crc_length in 0u8..=4,
+                m0 in 0usize..4,
+                m1 in 0usize..4,
+                first in any::<u8>(),
+                ty in prop::sample::select(vec![0x00u8, 0x03, 0x05, 0x06, 0x09, 0x0E, 0x11, 0x17, 0x19, 0x1B]),
+                body in proptest::collection::vec(any::<u8>(), 0..120),
+            ) {
+                let methods = [
+                    EncryptMethod::None,
+                    EncryptMethod::Xor,
+                    EncryptMethod::XorBuffer,
+                    EncryptMethod::Compression,
+                ];
+                let f = framing([methods[m0], methods[m1]], seed, crc_length);
+                if f.passes().is_none() {
+                    return Ok(());
+                }
+                let mut cooked = if first == 0 { vec![0, ty] } else { vec![first] };
+                cooked.extend_from_slice(&body);
+                let mut zlib = Compressor::new(1);
+                let sealed = seal(&f, &cooked, Some(&mut zlib));
+                prop_assert!(sealed.len() <= cooked.len() + f.overhead());
+                let expected = if first != 0 {
+                    (None, cooked.clone())
+                } else if ty == 0 {
+                    (None, cooked[1..].to_vec())
+                } else {
+                    (OpCode::from_type_byte(ty), cooked[2..].to_vec())
+                };
+                prop_assert_eq!(open(&f, &sealed), Ok(expected));
+                if crc_length > 0 {
+                    let mut bad = sealed.clone();
+                    let last = bad.len() - 1;
+                    bad[last] ^= 0x80;
+                    prop_assert_eq!(open(&f, &bad), Err(FrameError::CrcMismatch));
+                }
+            }
+        }
     }
 }

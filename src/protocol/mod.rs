@@ -13,12 +13,16 @@
 //! ```
 //!
 //! [`frame`] strips and adds the outer layer (CRC and compression flag);
-//! [`packet`] parses and emits the inner ("cooked") packet.
+//! [`packet`] parses and emits the inner ("cooked") packet. Sessions that negotiated
+//! encryption passes ([`passes`]: UdpLibrary's Xor/XorBuffer, EQ's compression,
+//! application hooks) run them over everything after the op code (after the first
+//! byte of application data) just before the CRC.
 
 pub mod compress;
 pub mod crc;
 pub mod frame;
 pub mod packet;
+pub mod passes;
 pub mod rc4;
 pub mod varint;
 
@@ -28,6 +32,10 @@ pub use frame::{FrameError, Framing, Unframed};
 pub use packet::{
     DecodeError, Disconnect, NetStatusRequest, NetStatusResponse, Packet, RemapConnection,
     SessionRequest, SessionResponse,
+};
+pub use passes::{
+    DecryptError, EncryptMethod, EncryptionPass, PassCodes, PassContext, PassError, Passes,
+    UnsupportedPass,
 };
 pub use rc4::Rc4KeyState;
 
@@ -208,7 +216,9 @@ pub enum DisconnectReason {
     ApplicationReleased = 14,
     /// A malformed packet arrived.
     CorruptPacket = 15,
-    /// Protocol version or application protocol name mismatch.
+    /// Protocol version or application protocol name mismatch; also a handshake
+    /// that negotiates encryption passes this side cannot run (an unknown method
+    /// code, a user-supplied pass without a hook) or cannot express.
     ProtocolMismatch = 16,
 }
 

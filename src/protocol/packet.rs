@@ -115,9 +115,11 @@ pub struct SessionResponse {
     pub crc_seed: u32,
     /// Number of CRC bytes per contextual datagram (0..=4).
     pub crc_length: u8,
-    /// Encryption pass 0; in v3 a non-zero value means "compression negotiated".
+    /// Byte 11: encryption pass 0 as a method code in the 17-byte UdpLibrary and EQ
+    /// forms; in the v3 form a non-zero value means "compression negotiated" (see
+    /// [`PassCodes`](super::PassCodes)).
     pub compression: u8,
-    /// Encryption pass 1 (always 0 in v3).
+    /// Byte 12: encryption pass 1 as a method code (always 0 from v3 peers).
     pub encryption_pass_1: u8,
     /// The largest datagram the server will accept.
     pub udp_length: u32,

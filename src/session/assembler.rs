@@ -5,12 +5,14 @@
 //! length-prefixed sub-packets of one multi-packet (`00 03`) until the next one would
 //! not fit in the negotiated datagram length; a multi-packet holding a single
 //! sub-packet goes out as that bare packet. Each finished datagram gets its
-//! compression flag (compressing the body when negotiated and worth it) and CRC.
+//! compression flag (compressing the body when negotiated and worth it), then its
+//! encryption passes, if any, then its CRC.
 //!
 //! Sub-packets never carry their own flag or CRC: the outer packet's cover them.
 
 use super::io::SessionIo;
 use super::params::MultiLength;
+use crate::protocol::passes::Deflate;
 use crate::protocol::varint::multi_len;
 use crate::protocol::{Framing, MULTI_PACKET_HEADER, OP_CODE_LEN};
 
@@ -218,6 +220,17 @@ impl<'a> Assembler<'a> {
     }
 
     fn seal(&mut self, start: usize) {
+        if let Some(passes) = self.framing.passes() {
+            let io = &mut *self.io;
+            let deflate = match (self.compression, io.compressor.as_mut()) {
+                (Some(c), Some((_, zlib))) => Some(Deflate {
+                    zlib,
+                    min_len: c.min_len,
+                }),
+                _ => None,
+            };
+            passes.encrypt(&mut io.tx_bytes, start, &mut io.pass_buffers, deflate);
+        }
         let crc_len = usize::from(self.framing.crc_length());
         let tx = &mut self.io.tx_bytes;
         let end = tx.len();

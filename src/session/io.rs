@@ -12,13 +12,14 @@
 //! * delivered application data is copied into a shared receive arena and handed
 //!   out as [`Bytes`] slices of it (one allocation per arena chunk, not per
 //!   message);
-//! * zlib state and scratch buffers are reused.
+//! * zlib state and scratch buffers (encryption passes included) are reused.
 
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
 use super::SessionEvent;
+use crate::protocol::passes::PassBuffers;
 use crate::protocol::{Compressor, Decompressor};
 
 /// Size of one receive-arena chunk.
@@ -41,6 +42,9 @@ pub struct SessionIo {
     arena: BytesMut,
     pub(crate) scratch: Vec<u8>,
     pub(crate) inflated: Vec<u8>,
+    /// A received datagram with its encryption passes undone.
+    pub(crate) opened: Vec<u8>,
+    pub(crate) pass_buffers: PassBuffers,
     pub(crate) compressor: Option<(u32, Compressor)>,
     pub(crate) decompressor: Decompressor,
     /// Bytes all sessions using this io hold for their peers (out-of-order packets,
@@ -67,6 +71,8 @@ impl SessionIo {
             arena: BytesMut::new(),
             scratch: Vec::new(),
             inflated: Vec::new(),
+            opened: Vec::new(),
+            pass_buffers: PassBuffers::new(),
             compressor: None,
             decompressor: Decompressor::new(),
             held: 0,
@@ -192,7 +198,7 @@ impl SessionIo {
         if self.events.is_empty() && self.events.capacity() > KEEP / 64 {
             self.events = Vec::new();
         }
-        for buf in [&mut self.scratch, &mut self.inflated] {
+        for buf in [&mut self.scratch, &mut self.inflated, &mut self.opened] {
             if buf.capacity() > 4 * KEEP {
                 *buf = Vec::new();
             }

@@ -15,6 +15,14 @@
 //! * **Queries**: [`SoeSession::next_deadline`], state, ids, [`SoeSession::stats`].
 //!
 //! Time passed in must never go backwards.
+//!
+//! # Dialects
+//! The SessionResponse also settles the session's encryption passes (UdpLibrary's
+//! Xor and XorBuffer, EQ's compression, application hooks; see
+//! [`crate::protocol::passes`]): a server runs and names the ones in its
+//! [`SessionParameters::encryption_passes`], a client adopts what it is told, and a
+//! side that cannot run them ends the handshake with `ProtocolMismatch`. Sessions
+//! without passes take the same path as before, with no extra buffer or copy.
 
 mod assembler;
 mod congestion;
@@ -39,9 +47,9 @@ use self::reliable_tx::{
 use self::rtt::RttEstimator;
 use crate::protocol::packet::{MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 use crate::protocol::{
-    Disconnect, DisconnectReason, FrameError, Framing, NetStatusRequest, NetStatusResponse,
-    OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet, RELIABLE_CHANNEL_COUNT,
-    Rc4KeyState, Unframed,
+    Disconnect, DisconnectReason, EncryptMethod, FrameError, Framing, NetStatusRequest,
+    NetStatusResponse, OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet,
+    PassContext, Passes, RELIABLE_CHANNEL_COUNT, Rc4KeyState, Unframed, UnsupportedPass,
 };
 
 pub use self::io::SessionIo;
@@ -239,6 +247,11 @@ pub struct SessionStats {
     pub port_alives_sent: u64,
     /// ICMP port-unreachable reports for the peer's address.
     pub unreachable_reports: u64,
+    /// Handshakes refused (with `ProtocolMismatch`) over encryption passes: a
+    /// SessionResponse naming a method this side cannot run (an unknown code, a
+    /// user-supplied pass without its hook), or a server configured with passes it
+    /// cannot name or run.
+    pub refused_passes: u64,
 }
 
 impl SessionStats {
@@ -267,6 +280,7 @@ impl SessionStats {
         self.clock_reflects_received += other.clock_reflects_received;
         self.port_alives_sent += other.port_alives_sent;
         self.unreachable_reports += other.unreachable_reports;
+        self.refused_passes += other.refused_passes;
     }
 }
 
@@ -295,6 +309,15 @@ pub struct SessionSnapshot {
     pub buffered_bytes: usize,
     /// What ClockSync taught a client about its path.
     pub net_status: Option<NetStatus>,
+}
+
+/// Bytes 11 and 12 of a server's SessionResponse, and whether they turn the v3
+/// compression flag on.
+#[derive(Debug, Clone, Copy)]
+struct PassBytes {
+    byte_11: u8,
+    byte_12: u8,
+    compression: bool,
 }
 
 /// Contextless and control packets owed to the peer at the next flush.
@@ -328,7 +351,8 @@ fn assembler<'a>(
     coalesce: bool,
 ) -> Assembler<'a> {
     let multi = (coalesce && params.coalesce).then_some(params.multi_length);
-    let compression = (params.compress_outgoing && framing.compression()).then_some(Compression {
+    let compresses = framing.compression() || framing.passes().is_some_and(Passes::compresses);
+    let compression = (params.compress_outgoing && compresses).then_some(Compression {
         level: params.compression_level,
         min_len: params.compress_min_len,
     });
@@ -702,7 +726,8 @@ impl SoeSession {
         let channel = match channel {
             Channel::Unreliable => {
                 let escape = usize::from(data[0] == 0);
-                let fits = escape + data.len() + usize::from(self.framing.crc_length()) <= send_len;
+                let overhead = usize::from(self.framing.crc_length()) + self.framing.expansion();
+                let fits = escape + data.len() + overhead <= send_len;
                 if fits {
                     self.unreliable.buf.extend_from_slice(data);
                     self.unreliable.items.push((data.len() as u32, false));
@@ -823,10 +848,43 @@ impl SoeSession {
         }
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        let unframed = match self.framing.unframe(datagram) {
+        if self.framing.passes().is_none() {
+            let unframed = self.framing.unframe(datagram);
+            return self.handle_unframed(unframed, now, io);
+        }
+        // Passes are undone in a buffer of the io, taken so the session can use the
+        // io while it reads the packet.
+        let mut opened = std::mem::take(&mut io.opened);
+        let unframed = self.framing.open(
+            datagram,
+            &mut opened,
+            &mut io.pass_buffers,
+            &mut io.decompressor,
+            self.params.max_inflated_len,
+        );
+        self.handle_unframed(unframed, now, io);
+        io.opened = opened;
+    }
+
+    fn handle_unframed(
+        &mut self,
+        unframed: Result<Unframed<'_>, FrameError>,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        let unframed = match unframed {
             Ok(u) => u,
             Err(FrameError::CrcMismatch) => {
                 self.stats.crc_failures += 1;
+                return;
+            }
+            Err(FrameError::Pass(_)) => {
+                // The CRC held, so the peer itself sent something we cannot
+                // decrypt: corrupt, as UdpLibrary judges it.
+                self.stats.malformed_datagrams += 1;
+                if self.state == SessionState::Running {
+                    self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+                }
                 return;
             }
             Err(_) => {
@@ -1117,24 +1175,24 @@ impl SoeSession {
         self.params.remote_udp_length = request.udp_length;
         let crc_length = self.params.crc_length.min(4);
         self.params.crc_seed = self.secret_seed;
-        self.framing = Framing::new(
-            self.secret_seed,
-            crc_length,
-            self.params.is_compression_enabled,
-        );
+        // Answered in the request's form: 21 bytes to a named request, 17 to the
+        // 14-byte one.
+        let v3_form = request.application_protocol.is_some();
+        let (bytes, passes) = match self.offer_passes(v3_form) {
+            Ok(offer) => offer,
+            Err(e) => return self.refuse_passes(e, now, io),
+        };
+        self.framing =
+            Framing::new(self.secret_seed, crc_length, bytes.compression).with_passes(passes);
+        self.params.is_compression_enabled = bytes.compression;
         self.response = Some(SessionResponse {
             session_id: self.session_id,
             crc_seed: self.secret_seed,
             crc_length,
-            compression: u8::from(self.params.is_compression_enabled),
-            encryption_pass_1: 0,
+            compression: bytes.byte_11,
+            encryption_pass_1: bytes.byte_12,
             udp_length: self.params.udp_length,
-            // Answered in the request's form: 21 bytes to a named request, 17 to the
-            // 14-byte v2 one.
-            protocol_version: request
-                .application_protocol
-                .is_some()
-                .then_some(PROTOCOL_VERSION_3),
+            protocol_version: v3_form.then_some(PROTOCOL_VERSION_3),
         });
         self.owed.response = true;
         self.state = SessionState::Running;
@@ -1159,12 +1217,13 @@ impl SoeSession {
         self.params.remote_udp_length = response.udp_length;
         self.params.crc_length = response.crc_length;
         self.params.crc_seed = response.crc_seed;
-        self.params.is_compression_enabled = response.compression != 0;
-        self.framing = Framing::new(
-            response.crc_seed,
-            response.crc_length,
-            response.compression != 0,
-        );
+        let (compression, passes) = match self.adopt_passes(&response) {
+            Ok(adopted) => adopted,
+            Err(e) => return self.refuse_passes(e, now, io),
+        };
+        self.params.is_compression_enabled = compression;
+        self.framing =
+            Framing::new(response.crc_seed, response.crc_length, compression).with_passes(passes);
         self.state = SessionState::Running;
         self.running_since = Some(now);
         self.owed.request = false;
@@ -1505,6 +1564,69 @@ impl SoeSession {
         self.last_sent = now;
     }
 
+    /// The passes a server runs and how its response names them, in the form it
+    /// answers in (pass 0 is refused where byte 11 is the compression flag).
+    fn offer_passes(&self, v3_form: bool) -> Result<(PassBytes, Option<Passes>), UnsupportedPass> {
+        let p = &self.params;
+        let [pass_0, pass_1] = p.encryption_passes;
+        let code = |m| {
+            p.pass_codes
+                .code(m)
+                .ok_or(UnsupportedPass::Unexpressible(m))
+        };
+        let (byte_11, compression) = if p.pass_codes.pass_0_in_byte_11(v3_form) {
+            (code(pass_0)?, false)
+        } else if pass_0 != EncryptMethod::None {
+            return Err(UnsupportedPass::Unexpressible(pass_0));
+        } else {
+            (u8::from(p.is_compression_enabled), p.is_compression_enabled)
+        };
+        let bytes = PassBytes {
+            byte_11,
+            byte_12: code(pass_1)?,
+            compression,
+        };
+        Ok((bytes, self.passes([pass_0, pass_1])?))
+    }
+
+    /// What a client runs after `response`: the compression flag and the passes it
+    /// names, which must be ones this side can run.
+    fn adopt_passes(
+        &mut self,
+        response: &SessionResponse,
+    ) -> Result<(bool, Option<Passes>), UnsupportedPass> {
+        let codes = self.params.pass_codes;
+        let method = |c| codes.method(c).ok_or(UnsupportedPass::UnknownCode(c));
+        let (pass_0, compression) = if codes.pass_0_in_byte_11(response.protocol_version.is_some())
+        {
+            (method(response.compression)?, false)
+        } else {
+            (EncryptMethod::None, response.compression != 0)
+        };
+        let pass_1 = method(response.encryption_pass_1)?;
+        let passes = self.passes([pass_0, pass_1])?;
+        self.params.encryption_passes = [pass_0, pass_1];
+        Ok((compression, passes))
+    }
+
+    /// The passes `methods` for this session, once its ids and lengths are known.
+    fn passes(&self, methods: [EncryptMethod; 2]) -> Result<Option<Passes>, UnsupportedPass> {
+        let p = &self.params;
+        Passes::new(
+            methods,
+            [p.user_supplied.as_ref(), p.user_supplied_2.as_ref()],
+            PassContext::new(self.session_id, p.crc_seed),
+            p.udp_length.max(p.remote_udp_length) as usize,
+        )
+    }
+
+    /// Ends a handshake over passes this side cannot name or run.
+    fn refuse_passes(&mut self, why: UnsupportedPass, now: Instant, io: &mut SessionIo) {
+        tracing::debug!(session_id = self.session_id, %why, "refused encryption passes");
+        self.stats.refused_passes += 1;
+        self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+    }
+
     fn write_handshake(&mut self, now: Instant, io: &mut SessionIo) {
         let mut bytes = [0u8; 512];
         let len = if std::mem::take(&mut self.owed.request) {
@@ -1512,9 +1634,9 @@ impl SoeSession {
                 return;
             }
             self.last_request = Some(now);
-            let named = self.params.protocol_version >= PROTOCOL_VERSION_3;
+            let named = self.params.names_protocol();
             let request = SessionRequest {
-                protocol_version: if named {
+                protocol_version: if self.params.protocol_version >= PROTOCOL_VERSION_3 {
                     PROTOCOL_VERSION_3
                 } else {
                     PROTOCOL_VERSION_2

@@ -1,8 +1,11 @@
 //! Session configuration: what a session negotiates and how it behaves.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::{DEFAULT_CRC_LENGTH, DEFAULT_UDP_LENGTH, Rc4KeyState};
+use crate::protocol::{
+    DEFAULT_CRC_LENGTH, DEFAULT_UDP_LENGTH, EncryptMethod, EncryptionPass, PassCodes, Rc4KeyState,
+};
 
 /// How reliable application payloads that begin with `0x00` are escaped.
 ///
@@ -72,8 +75,28 @@ pub struct SessionParameters {
     /// CRC bytes per contextual datagram (0..=4). A server asks for this many.
     pub crc_length: u8,
     /// Whether contextual packets carry a compression flag. A server offers it; a
-    /// client adopts the server's choice.
+    /// client adopts the server's choice. It is byte 11 of the SessionResponse
+    /// unless [`PassCodes`] make that byte pass 0 (the 17-byte form with
+    /// UdpLibrary or EQ codes), where a server ignores it: compression is then a
+    /// pass ([`EncryptMethod::Compression`] in EQ, a user-supplied one in UdpLibrary).
     pub is_compression_enabled: bool,
+    /// Raw-packet encryption passes, pass 0 first (`soe-spec.md` §11.3): a server
+    /// runs these and names them in bytes 11 and 12 of its SessionResponse; a
+    /// client runs what the response names (this field then holds it). Pass 0 can
+    /// only be named in the 17-byte response, with UdpLibrary or EQ
+    /// [`pass_codes`](Self::pass_codes). A server that cannot name or run its passes
+    /// (a user-supplied method without its hook) refuses every session, and a client
+    /// refuses a response naming a pass it cannot run; both end with
+    /// `ProtocolMismatch`, counted in `SessionStats::refused_passes`. Default: none.
+    pub encryption_passes: [EncryptMethod; 2],
+    /// How bytes 11 and 12 of the SessionResponse name the passes (see
+    /// [`PassCodes`]).
+    pub pass_codes: PassCodes,
+    /// The application's pass for [`EncryptMethod::UserSupplied`] (method 1).
+    /// Without it that method is refused.
+    pub user_supplied: Option<Arc<dyn EncryptionPass>>,
+    /// The application's pass for [`EncryptMethod::UserSupplied2`] (method 2).
+    pub user_supplied_2: Option<Arc<dyn EncryptionPass>>,
     /// Receive window per reliable channel, in packets; packets further ahead are
     /// dropped unacknowledged. Cap of the out-of-order stash. The default, 1024, is
     /// four times `soe-protocol`'s: its go-back-N sender can run well past 256
@@ -101,6 +124,11 @@ pub struct SessionParameters {
     /// expects the 21-byte response; 2 sends the 14-byte UdpLibrary request and
     /// expects the 17-byte response. A server answers both forms in kind.
     pub protocol_version: u32,
+    /// Whether a client of `protocol_version` 3 names the application protocol in
+    /// its SessionRequest (the default). Without it the request is the 14-byte form
+    /// carrying version 3, as EQ clients send it, and the server answers with the
+    /// 17-byte response.
+    pub named_request: bool,
     /// A client repeats its SessionRequest this often until answered.
     pub connect_retry_interval: Duration,
     /// A client gives up (`ConnectFail`) after this long without a SessionResponse.
@@ -201,6 +229,10 @@ impl Default for SessionParameters {
             crc_seed: 0,
             crc_length: DEFAULT_CRC_LENGTH,
             is_compression_enabled: false,
+            encryption_passes: [EncryptMethod::None; 2],
+            pass_codes: PassCodes::V3,
+            user_supplied: None,
+            user_supplied_2: None,
             max_queued_incoming_reliable: 1024,
             max_queued_outgoing_reliable: 196,
             data_ack_window: 32,
@@ -209,6 +241,7 @@ impl Default for SessionParameters {
             acknowledge_all_data: false,
             max_ack_delay: Duration::from_millis(2),
             protocol_version: 3,
+            named_request: true,
             connect_retry_interval: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(10),
             initial_rto: Duration::from_millis(500),
@@ -239,8 +272,19 @@ impl Default for SessionParameters {
 }
 
 impl SessionParameters {
-    /// Parameters for peers of one family (see the table on
-    /// [`SessionParameters::profile`]); `None` for an unknown name.
+    /// Parameters for peers of one family; `None` for an unknown name. Both sides
+    /// of a session need the same family. Names: `default`, `soe-uring`,
+    /// `soe-protocol` (or `ps2`), `h1emu` (or `h1z1`), `udp-library` (or `swg`),
+    /// `eq` (or `everquest`).
+    ///
+    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | compression | encryption passes (bytes 11/12) | unreliable in multi-packets | client ClockSync |
+    /// |---|---|---|---|---|---|---|---|---|
+    /// | default | v3 | one byte | encrypted only | 2 | v3 flag `00`/`01` | pass 1 only (UdpLibrary codes), none offered | no | no |
+    /// | `soe_uring` | v3 | varint | encrypted only | 2 | v3 flag | as default | no | 45 s |
+    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | v3 flag | as default | no | no |
+    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2 | none | as default | no | no |
+    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request, 17-byte response) | one byte | always | 2 | user-supplied pass | UdpLibrary codes: Xor, XorBuffer, user supplied 1/2; none offered | yes | 45 s |
+    /// | `eq` (EQEmu "Daybreak") | 14-byte request with version 3, 17-byte response | one byte | always | 2 | pass, flag `5A`/`A5` | EQ codes: compression, XOR; compression offered | yes | no |
     pub fn profile(name: &str) -> Option<Self> {
         match name {
             "default" => Some(Self::default()),
@@ -248,30 +292,24 @@ impl SessionParameters {
             "soe-protocol" | "ps2" => Some(Self::soe_protocol()),
             "h1emu" | "h1z1" => Some(Self::h1emu()),
             "udp-library" | "swg" => Some(Self::udp_library()),
+            "eq" | "everquest" => Some(Self::eq()),
             _ => None,
         }
     }
 
     /// The names [`SessionParameters::profile`] knows.
-    pub const PROFILES: [&'static str; 5] = [
+    pub const PROFILES: [&'static str; 6] = [
         "default",
         "soe-uring",
         "soe-protocol",
         "h1emu",
         "udp-library",
+        "eq",
     ];
 
     /// soe-uring on both sides: full-size packets share datagrams with acks (the
     /// v3 varint lengths), clients sync clocks every 45 s, everything else as by
     /// default.
-    ///
-    /// | profile | handshake | multi-packet lengths | zero-escape | CRC | unreliable in multi-packets | client ClockSync |
-    /// |---|---|---|---|---|---|---|
-    /// | default | v3 | one byte | encrypted only | 2 | no | no |
-    /// | `soe_uring` | v3 | varint | encrypted only | 2 | no | 45 s |
-    /// | `soe_protocol` (PS2, `soe-protocol`) | v3 | varint | encrypted only | 2 | no | no |
-    /// | `h1emu` (H1Z1 emulator) | v3 | one byte | encrypted only | 2, no compression | no | no |
-    /// | `udp_library` (SWG, Free Realms) | v2 (14-byte request) | one byte | always | 2 | yes | 45 s |
     pub fn soe_uring() -> Self {
         Self {
             multi_length: MultiLength::Varint,
@@ -307,16 +345,53 @@ impl SessionParameters {
 
     /// SWG's UdpLibrary and its ports: the 14-byte v2 handshake, one length byte,
     /// every reliable payload that starts with `00` escaped, unreliable data
-    /// bundled in multi-packets, clients sync clocks every 45 s.
+    /// bundled in multi-packets, clients sync clocks every 45 s. The 17-byte
+    /// response names encryption passes in UdpLibrary's codes: set
+    /// [`encryption_passes`](Self::encryption_passes) on a server to offer Xor or
+    /// XorBuffer, and install [`user_supplied`](Self::user_supplied) to run method 1.
     pub fn udp_library() -> Self {
         Self {
             protocol_version: 2,
+            pass_codes: PassCodes::UdpLibrary,
             multi_length: MultiLength::OneByte,
             zero_escape: ZeroEscape::Always,
             coalesce_unreliable: true,
             clock_sync_interval: Some(CLOCK_SYNC_INTERVAL),
             ..Self::default()
         }
+    }
+
+    /// EQEmu's "Daybreak" stack (EverQuest): the 14-byte request carrying version 3
+    /// and no name, the 17-byte response naming passes in EQ's codes, one length
+    /// byte, every reliable payload that starts with `00` escaped (EQ's padding
+    /// packet), unreliable data in multi-packets. A server offers EQ's compression
+    /// pass as zone servers do: bodies over 30 bytes are compressed with zlib at
+    /// level 1 behind a `5A` flag when that is no larger, others go behind `A5`;
+    /// received packets inflate to at most 4096 bytes, EQ's own cap. Add
+    /// [`EncryptMethod::Xor`] as pass 1 (or pass 0, as EQ's "encoded" streams do)
+    /// for its XOR pass.
+    pub fn eq() -> Self {
+        Self {
+            protocol_version: 3,
+            named_request: false,
+            pass_codes: PassCodes::Eq,
+            encryption_passes: [EncryptMethod::Compression, EncryptMethod::None],
+            is_compression_enabled: false,
+            compression_level: 1,
+            compress_min_len: 31,
+            max_inflated_len: 4096,
+            crc_length: 2,
+            multi_length: MultiLength::OneByte,
+            zero_escape: ZeroEscape::Always,
+            coalesce_unreliable: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a client with these parameters names the application protocol in
+    /// its SessionRequest (a server then compares it with its own).
+    pub fn names_protocol(&self) -> bool {
+        self.protocol_version >= 3 && self.named_request
     }
 
     /// The largest message a session with these parameters can ever queue.
