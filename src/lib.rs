@@ -6,14 +6,14 @@
 //!
 //! * [`protocol`] — the wire: op codes, typed packet views and emitters, seeded
 //!   CRC-32, zlib, RC4, variable-length integers, framing. Parsers never panic.
-//! * [`session`] — [`SoeSession`], one peer: handshake (v3 and v2), four reliable
+//! * `session` — [`SoeSession`], one peer: handshake (v3 and v2), four reliable
 //!   channels (windows, fragmentation, acks, adaptive retransmission), unreliable and
 //!   ordered channels, heartbeats, timeouts, and coalescing on send.
-//! * [`mux`] — [`SoeMultiplexer`], many sessions over one socket: admission, caps,
+//! * `mux` — [`SoeMultiplexer`], many sessions over one socket: admission, caps,
 //!   a timer heap, a reusable outgoing queue, events.
 //! * `driver` — the loop turn both runtimes wrap: commands, parked messages,
 //!   event back-pressure, overload, per-turn bounds ([`DriverStats`]).
-//! * [`runtime`] (Linux) — [`SoeServer`]: one pinned shard thread per core, each
+//! * `runtime` (Linux, feature `runtime`, on by default) — [`SoeServer`]: one pinned shard thread per core, each
 //!   with its own `SO_REUSEPORT` socket and multiplexer; [`SoeHandle`] reaches any
 //!   shard from any thread.
 //! * `tokio_rt` (feature `tokio`) — `TokioSoeServer`/`TokioSoeClient` with the API
@@ -68,25 +68,31 @@
 //! assert_eq!(echoed.as_deref(), Some(&b"hello"[..]));
 //! ```
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(any(target_os = "linux", feature = "tokio"))]
+#[cfg(any(all(target_os = "linux", feature = "runtime"), feature = "tokio"))]
+// Some of the driver serves the thread-per-core runtime only.
+#[cfg_attr(not(all(target_os = "linux", feature = "runtime")), allow(dead_code))]
 mod driver;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
-pub mod mux;
+mod mux;
 pub mod protocol;
-#[cfg(target_os = "linux")]
-pub mod runtime;
+#[cfg(all(target_os = "linux", feature = "runtime"))]
+mod runtime;
 mod send_error;
-pub mod session;
+mod session;
 #[cfg(any(test, feature = "sim"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
-#[cfg(any(target_os = "linux", feature = "tokio"))]
+#[cfg(any(all(target_os = "linux", feature = "runtime"), feature = "tokio"))]
 mod socket;
+#[cfg(all(target_os = "linux", any(feature = "runtime", feature = "tokio")))]
+mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio_rt;
 
-#[cfg(any(target_os = "linux", feature = "tokio"))]
+#[cfg(any(all(target_os = "linux", feature = "runtime"), feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "runtime", feature = "tokio"))))]
 pub use driver::DriverStats;
 pub use mux::{
     ConnectError, MuxStats, RemoteAddr, SessionTransfer, SocketConfig, SocketEvent, SoeMultiplexer,
@@ -96,7 +102,8 @@ pub use protocol::{
     DecryptError, DisconnectReason, EncryptMethod, EncryptionPass, OpCode, PassCodes, PassContext,
     Rc4KeyState,
 };
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "runtime"))]
+#[cfg_attr(docsrs, doc(cfg(all(target_os = "linux", feature = "runtime"))))]
 pub use runtime::{
     DrainReport, EventStream, ServerError, ServerStats, ShardContext, ShardHandler, ShardHealth,
     ShardInfo, ShardState, ShardStats, SoeHandle, SoeServer, SoeServerBuilder, shard_of,
@@ -108,4 +115,10 @@ pub use session::{
     ZeroEscape,
 };
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use tokio_rt::{ClientEvent, SoeClientHandle, TokioSoeClient, TokioSoeServer};
+
+/// The README's Rust examples, compiled (and run where not `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -562,8 +562,7 @@ impl TokioSoeServer {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
-            let queued =
-                crate::runtime::sys::enable_error_queue(socket.as_raw_fd(), local_addr.is_ipv6());
+            let queued = crate::sys::enable_error_queue(socket.as_raw_fd(), local_addr.is_ipv6());
             if let Err(e) = queued {
                 tracing::warn!(error = %e, "cannot read ICMP errors (IP_RECVERR)");
             }
@@ -1104,11 +1103,10 @@ impl<E: Send + 'static> Task<E> {
             use std::os::fd::AsRawFd;
             const ERRORS_PER_TURN: usize = 64;
             let mut found = Vec::new();
-            let read = crate::runtime::sys::read_error_queue(
-                self.socket.as_raw_fd(),
-                ERRORS_PER_TURN,
-                |to| found.push(to),
-            );
+            let read =
+                crate::sys::read_error_queue(self.socket.as_raw_fd(), ERRORS_PER_TURN, |to| {
+                    found.push(to)
+                });
             self.driver.stats_mut().icmp_other += read.other as u64;
             self.errors_pending = read.more;
             for to in found {

@@ -1,4 +1,3 @@
-#![cfg(feature = "fuzzing")]
 //! A bounded, deterministic run of every fuzz target body on stable Rust (what CI
 //! runs; `fuzz/` holds the coverage-guided setup).
 //!
@@ -11,14 +10,14 @@
 //! override the budget and the seed for longer local runs; `FUZZ_SMOKE_VERBOSE=1`
 //! prints every input before running it (for failures that abort the process);
 //! `FUZZ_SMOKE_REPLAY=<hex>` runs just that input, e.g.
-//! `FUZZ_SMOKE_REPLAY=0880000401 cargo test --all-features --test fuzz_smoke -- --exact session`.
+//! `FUZZ_SMOKE_REPLAY=0880000401 cargo test --test fuzz_smoke -- --exact session`.
 
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Once;
 
-use soe_uring::fuzzing;
+use soe_testkit::fuzz as fuzzing;
 
 /// Inputs that once found bugs, run first on every smoke run (regressions).
 const REGRESSIONS: &[(&str, &str)] = &[
@@ -257,11 +256,6 @@ fn packet() {
 #[test]
 fn frame() {
     smoke("frame", fuzzing::frame, 200_000, 300);
-}
-
-#[test]
-fn varint() {
-    smoke("varint", fuzzing::varint, 100_000, 64);
 }
 
 #[test]

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use soe_uring::protocol::packet::{SessionRequest, SessionResponse};
-use soe_uring::protocol::{Compressor, Crc32, Packet};
+use soe_testkit::peer::{self, fragment, reliable};
+use soe_uring::protocol::{Compressor, Framing, Packet, SessionResponse};
 use soe_uring::*;
 
 const PROTOCOL: &str = "Hostile";
@@ -18,9 +18,8 @@ fn client() -> SocketAddr {
 struct Server {
     mux: SoeMultiplexer<SocketAddr>,
     now: Instant,
-    crc: Crc32,
-    crc_length: u8,
-    compression: bool,
+    /// What the client negotiated.
+    framing: Framing,
 }
 
 fn config(compression: bool) -> SocketConfig {
@@ -37,15 +36,7 @@ fn config(compression: bool) -> SocketConfig {
 }
 
 fn request(session_id: u32) -> Vec<u8> {
-    let p = Packet::SessionRequest(SessionRequest {
-        protocol_version: 3,
-        session_id,
-        udp_length: 512,
-        application_protocol: Some(PROTOCOL.as_bytes()),
-    });
-    let mut out = vec![0; p.encoded_len()];
-    p.emit(&mut out);
-    out
+    peer::session_request(3, session_id, 512, Some(PROTOCOL))
 }
 
 impl Server {
@@ -69,9 +60,7 @@ impl Server {
         let mut server = Self {
             mux,
             now,
-            crc: Crc32::new(crc_seed),
-            crc_length,
-            compression,
+            framing: Framing::new(crc_seed, crc_length, compression),
         };
         // A heartbeat completes the handshake (the server opens on the next packet).
         server.feed(&[0x00, 0x06]);
@@ -84,15 +73,7 @@ impl Server {
 
     /// Frames a cooked contextual packet: flag (uncompressed) and CRC.
     fn seal(&self, cooked: &[u8]) -> Vec<u8> {
-        let mut out = cooked[..2].to_vec();
-        if self.compression {
-            out.push(0);
-        }
-        out.extend_from_slice(&cooked[2..]);
-        let len = out.len();
-        out.resize(len + usize::from(self.crc_length), 0);
-        self.crc.append(&mut out, len, self.crc_length);
-        out
+        peer::seal(&self.framing, cooked)
     }
 
     fn send_raw(&mut self, datagram: &[u8]) {
@@ -123,20 +104,6 @@ impl Server {
     fn stats(&self) -> MuxStats {
         self.mux.stats()
     }
-}
-
-fn reliable(seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x00, 0x09];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn fragment(seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x00, 0x0D];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
 }
 
 #[test]
@@ -278,10 +245,7 @@ fn compression_bomb_is_capped() {
     assert!(n < 2_000);
     let mut datagram = vec![0x00, 0x09, 0x01];
     datagram.extend_from_slice(&packed[..n]);
-    let len = datagram.len();
-    datagram.resize(len + usize::from(s.crc_length), 0);
-    s.crc.append(&mut datagram, len, s.crc_length);
-    s.send_raw(&datagram);
+    s.send_raw(&peer::with_crc(&s.framing, &datagram));
     assert_eq!(s.closed_reason(), Some(DisconnectReason::CorruptPacket));
 }
 
@@ -411,8 +375,7 @@ fn many_sessions_beyond_the_half_open_cap_all_open() {
             panic!("no response for {i}")
         };
         mux.consume_outgoing(usize::MAX);
-        let mut hb = vec![0x00, 0x06, 0, 0];
-        Crc32::new(r.crc_seed).append(&mut hb, 2, 2);
+        let hb = peer::seal(&Framing::new(r.crc_seed, 2, false), &[0x00, 0x06]);
         mux.process_incoming(from, &hb, now);
         mux.run_tick(now);
         mux.consume_outgoing(usize::MAX);
@@ -437,8 +400,7 @@ fn half_open_bookkeeping_stays_bounded_under_churn() {
             panic!()
         };
         mux.consume_outgoing(usize::MAX);
-        let mut hb = vec![0x00, 0x06, 0, 0];
-        Crc32::new(r.crc_seed).append(&mut hb, 2, 2);
+        let hb = peer::seal(&Framing::new(r.crc_seed, 2, false), &[0x00, 0x06]);
         mux.process_incoming(from, &hb, now);
         mux.terminate(&from, DisconnectReason::Application, now);
         mux.run_tick(now);
@@ -468,15 +430,11 @@ fn buffer_budget_bounds_what_all_sessions_hold() {
             panic!()
         };
         mux.consume_outgoing(usize::MAX);
-        seals.push((from, Crc32::new(r.crc_seed)));
+        seals.push((from, Framing::new(r.crc_seed, 2, false)));
     }
     let send = |mux: &mut SoeMultiplexer<SocketAddr>, who: usize, cooked: &[u8]| {
-        let (from, crc) = &seals[who];
-        let mut d = cooked.to_vec();
-        let n = d.len();
-        d.resize(n + 2, 0);
-        crc.append(&mut d, n, 2);
-        mux.process_incoming(*from, &d, now);
+        let (from, framing) = &seals[who];
+        mux.process_incoming(*from, peer::seal(framing, cooked), now);
         mux.run_tick(now);
         mux.consume_outgoing(usize::MAX);
     };

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use soe_uring::protocol::Packet;
-use soe_uring::protocol::packet::RemapConnection;
+use soe_uring::protocol::RemapConnection;
 use soe_uring::sim::{LinkConfig, Sim};
 use soe_uring::*;
 

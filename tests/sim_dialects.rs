@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use soe_uring::protocol::Packet;
-use soe_uring::protocol::packet::SessionResponse;
+use soe_uring::protocol::SessionResponse;
 use soe_uring::sim::{LinkConfig, Sim};
 use soe_uring::*;
 

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use soe_uring::protocol::packet::{SessionRequest, SessionResponse};
-use soe_uring::protocol::varint::{bundle_len, multi_len};
 use soe_uring::protocol::{
-    Crc32, DecodeError, FrameError, Framing, OpCode, Packet, Rc4KeyState, Unframed, soe_crc32,
+    Crc32, DataBundle, DecodeError, FrameError, Framing, MultiPacket, OpCode, Packet, Rc4KeyState,
+    Unframed, soe_crc32,
 };
+use soe_uring::protocol::{SessionRequest, SessionResponse};
 use soe_uring::{Channel, DisconnectReason, SocketConfig, SocketEvent, SoeMultiplexer};
 
 /// One named vector: its keys in file order.
@@ -607,8 +607,8 @@ fn check_varint(v: &Vector) {
     v.only_keys(&["form", "wire", "value", "used", "encode", "sizes"], &[]);
     let form = v.req("form");
     let read = |wire: &[u8]| match form {
-        "multi" => multi_len::read(wire),
-        "bundle" => bundle_len::read(wire),
+        "multi" => MultiPacket::read_prefix(wire),
+        "bundle" => DataBundle::read_prefix(wire),
         other => panic!("{}: unknown form {other:?}", v.name),
     };
     if let Some(sizes) = v.get("sizes") {
@@ -618,17 +618,11 @@ fn check_varint(v: &Vector) {
                 .unwrap_or_else(|| panic!("{}: bad size {pair:?}", v.name));
             let (value, len) = (parse_num(value) as u32, parse_num(len) as usize);
             let mut out = [0u8; 7];
-            let (n, predicted) = match form {
-                "multi" => (
-                    multi_len::write(value, 0, &mut out),
-                    multi_len::encoded_len(value, 0),
-                ),
-                _ => (
-                    bundle_len::write(value, &mut out),
-                    bundle_len::encoded_len(value),
-                ),
+            let n = match form {
+                "multi" => MultiPacket::write_prefix(value, 0, &mut out),
+                _ => DataBundle::write_prefix(value, &mut out),
             };
-            assert_eq!((n, predicted), (len, len), "{}: size of {value}", v.name);
+            assert_eq!(n, len, "{}: size of {value}", v.name);
             let mut wire = out[..n].to_vec();
             wire.push(0);
             assert_eq!(read(&wire), Ok((value, n)), "{}: reads back", v.name);
@@ -640,8 +634,8 @@ fn check_varint(v: &Vector) {
     assert_eq!(read(&wire), Ok((value, used)), "{}: read", v.name);
     let mut out = [0u8; 7];
     let n = match form {
-        "multi" => multi_len::write(value, wire.get(used).copied().unwrap_or(0), &mut out),
-        _ => bundle_len::write(value, &mut out),
+        "multi" => MultiPacket::write_prefix(value, wire.get(used).copied().unwrap_or(0), &mut out),
+        _ => DataBundle::write_prefix(value, &mut out),
     };
     let same = out[..n] == wire[..used];
     assert_eq!(

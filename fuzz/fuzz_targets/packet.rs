@@ -1,6 +1,6 @@
 #![no_main]
-//! `soe_uring::fuzzing::packet`; see its docs for what the target checks.
+//! `soe_testkit::fuzz::packet`; see its docs for what the target checks.
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| soe_uring::fuzzing::packet(data));
+fuzz_target!(|data: &[u8]| soe_testkit::fuzz::packet(data));

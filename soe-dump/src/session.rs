@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use soe_uring::protocol::packet::{DataBundle, MultiPacket};
 use soe_uring::protocol::{
     DATA_BUNDLE_HEADER, Decompressor, FrameError, Framing, Packet, RELIABLE_CHANNEL_COUNT,
     SessionResponse, Unframed,
 };
+use soe_uring::protocol::{DataBundle, MultiPacket};
 use soe_uring::{DisconnectReason, Rc4KeyState};
 
 use crate::capture::Timestamp;

@@ -1,62 +1,4 @@
-//! Many sessions over one socket, keyed by remote address.
-//!
-//! [`SoeMultiplexer`] owns the sessions of one socket (or one shard). It is sans-IO:
-//! the caller feeds datagrams with their source address and the time, and drains
-//! datagrams to send and events to handle.
-//!
-//! # Driving it
-//! 1. For each received datagram: [`SoeMultiplexer::process_incoming`].
-//! 2. Application commands: [`SoeMultiplexer::connect`],
-//!    [`SoeMultiplexer::enqueue_data_on`], [`SoeMultiplexer::terminate`].
-//! 3. Once per loop turn: [`SoeMultiplexer::run_tick`] runs the timers that are due
-//!    and flushes every session touched since the last call. This is where datagrams
-//!    are produced, so messages enqueued in one turn share datagrams.
-//! 4. Send [`SoeMultiplexer::outgoing`] and [`SoeMultiplexer::consume_outgoing`]
-//!    what went out; handle [`SoeMultiplexer::poll_event`].
-//! 5. Sleep until [`SoeMultiplexer::next_deadline`] or the next datagram.
-//!
-//! Timers live in a heap keyed by each session's next deadline, so a tick costs
-//! O(sessions due · log n), not O(sessions). Outgoing datagrams accumulate in one
-//! reusable buffer and delivered messages are slices of a shared arena: the steady
-//! state does not allocate per datagram.
-//!
-//! # Limits
-//! * `max_sessions` sessions; further SessionRequests are dropped and counted.
-//! * `max_half_open_sessions` server sessions that answered a request but have not
-//!   heard from the client since. When full, the oldest half-open session makes room
-//!   for the new request (counted as `evicted_half_open`): a flood of forged
-//!   SessionRequests churns this pool instead of locking clients out. Half-open
-//!   sessions otherwise expire with the inactivity timeout, as in `soe-protocol`.
-//! * Per-session caps: see [`SessionParameters`].
-//!
-//! # Remapping
-//! A client behind a NAT may reach the server from a new port (or address) in the
-//! middle of a session. The server answers its first datagrams with UnknownSender;
-//! the client proves it owns the session with a RemapConnection carrying the
-//! session id (the client's random choice) and the CRC seed (the server's), and the
-//! session moves to the new address. Both values are secret to anyone off the
-//! path: guessing them takes about 2^60 tries with soe-uring on both sides (both
-//! from a CSPRNG; a sharded server spends a few seed bits on the shard number),
-//! and refused attempts are capped at `unknown_sender_replies_per_sec`, so blind
-//! guessing does not finish in the life of a session. Anyone on the path sees both
-//! values, but can already read and inject the session's traffic. Moving to the
-//! same host needs nothing more; moving to another host is also what a hijacker
-//! off the path would want, so it is a separate switch (`allow_address_remaps`),
-//! off by default: turn it on where players switch networks (mobile, CGNAT) and a
-//! client's session ids are random (ids from a predictable generator, as in
-//! `soe-protocol`, leave only the seed's bits).
-//!
-//! A sharded server spreads sessions by address, so the session's shard is
-//! recorded in its CRC seed ([`SoeMultiplexer::set_seed_lane`], [`seed_lane`]): a
-//! RemapConnection that arrives elsewhere is sent to that shard, which moves the
-//! session ([`SoeMultiplexer::take_session`]) to the shard that owns the new
-//! address ([`SoeMultiplexer::adopt_session`]).
-//!
-//! # Events
-//! Per session, `SessionOpened` comes before any `DataReceived` and `SessionClosed`
-//! after all of them. A server session the application never saw opened (a
-//! rejected handshake, an expired half-open session) closes silently; a client
-//! session always reports its `SessionClosed` (e.g. `ConnectFail`).
+//! The multiplexer: many sessions over one socket ([`SoeMultiplexer`]).
 
 mod ids;
 
@@ -102,11 +44,11 @@ pub struct SocketConfig {
     pub app_params: ApplicationParameters,
     /// Let a server session move to a new port of the same host when the client
     /// proves ownership with its session id and CRC seed (RemapConnection), as
-    /// after a NAT rebinding. On by default (see the [module docs](self#remapping)).
+    /// after a NAT rebinding. On by default (see [`SoeMultiplexer`], "Remapping").
     pub allow_port_remaps: bool,
     /// Let a server session move to another address too (CGNAT pools, a phone
     /// going from Wi-Fi to cellular). Off by default: see the
-    /// [module docs](self#remapping) for what it trusts.
+    /// [`SoeMultiplexer`] ("Remapping") for what it trusts.
     pub allow_address_remaps: bool,
     /// Seed for session ids and CRC seeds. `None` (the default) draws them from the
     /// OS CSPRNG; `Some` makes them deterministic, for tests and simulations only.
@@ -178,7 +120,7 @@ pub enum SocketEvent<A> {
     /// A peer reached the server from a new address (its NAT mapping moved) and
     /// proved it owns the session: from now on the session's events carry `new`,
     /// and commands for it name `new`. Not in `soe-protocol`, which moves sessions
-    /// without saying so; see the [module docs](self#remapping).
+    /// without saying so; see [`SoeMultiplexer`] ("Remapping").
     SessionRemapped {
         /// The address the session had.
         old: A,
@@ -316,7 +258,65 @@ fn shrink_vec<T>(v: &mut Vec<T>) {
     }
 }
 
-/// Sessions over one socket, keyed by remote address. See the [module docs](self).
+/// Many sessions over one socket, keyed by remote address.
+///
+/// [`SoeMultiplexer`] owns the sessions of one socket (or one shard). It is sans-IO:
+/// the caller feeds datagrams with their source address and the time, and drains
+/// datagrams to send and events to handle.
+///
+/// # Driving it
+/// 1. For each received datagram: [`SoeMultiplexer::process_incoming`].
+/// 2. Application commands: [`SoeMultiplexer::connect`],
+///    [`SoeMultiplexer::enqueue_data_on`], [`SoeMultiplexer::terminate`].
+/// 3. Once per loop turn: [`SoeMultiplexer::run_tick`] runs the timers that are due
+///    and flushes every session touched since the last call. This is where datagrams
+///    are produced, so messages enqueued in one turn share datagrams.
+/// 4. Send [`SoeMultiplexer::outgoing`] and [`SoeMultiplexer::consume_outgoing`]
+///    what went out; handle [`SoeMultiplexer::poll_event`].
+/// 5. Sleep until [`SoeMultiplexer::next_deadline`] or the next datagram.
+///
+/// Timers live in a heap keyed by each session's next deadline, so a tick costs
+/// O(sessions due · log n), not O(sessions). Outgoing datagrams accumulate in one
+/// reusable buffer and delivered messages are slices of a shared arena: the steady
+/// state does not allocate per datagram.
+///
+/// # Limits
+/// * `max_sessions` sessions; further SessionRequests are dropped and counted.
+/// * `max_half_open_sessions` server sessions that answered a request but have not
+///   heard from the client since. When full, the oldest half-open session makes room
+///   for the new request (counted as `evicted_half_open`): a flood of forged
+///   SessionRequests churns this pool instead of locking clients out. Half-open
+///   sessions otherwise expire with the inactivity timeout, as in `soe-protocol`.
+/// * Per-session caps: see [`SessionParameters`].
+///
+/// # Remapping
+/// A client behind a NAT may reach the server from a new port (or address) in the
+/// middle of a session. The server answers its first datagrams with UnknownSender;
+/// the client proves it owns the session with a RemapConnection carrying the
+/// session id (the client's random choice) and the CRC seed (the server's), and the
+/// session moves to the new address. Both values are secret to anyone off the
+/// path: guessing them takes about 2^60 tries with soe-uring on both sides (both
+/// from a CSPRNG; a sharded server spends a few seed bits on the shard number),
+/// and refused attempts are capped at `unknown_sender_replies_per_sec`, so blind
+/// guessing does not finish in the life of a session. Anyone on the path sees both
+/// values, but can already read and inject the session's traffic. Moving to the
+/// same host needs nothing more; moving to another host is also what a hijacker
+/// off the path would want, so it is a separate switch (`allow_address_remaps`),
+/// off by default: turn it on where players switch networks (mobile, CGNAT) and a
+/// client's session ids are random (ids from a predictable generator, as in
+/// `soe-protocol`, leave only the seed's bits).
+///
+/// A sharded server spreads sessions by address, so the session's shard is
+/// recorded in its CRC seed ([`SoeMultiplexer::set_seed_lane`], [`seed_lane`]): a
+/// RemapConnection that arrives elsewhere is sent to that shard, which moves the
+/// session ([`SoeMultiplexer::take_session`]) to the shard that owns the new
+/// address ([`SoeMultiplexer::adopt_session`]).
+///
+/// # Events
+/// Per session, `SessionOpened` comes before any `DataReceived` and `SessionClosed`
+/// after all of them. A server session the application never saw opened (a
+/// rejected handshake, an expired half-open session) closes silently; a client
+/// session always reports its `SessionClosed` (e.g. `ConnectFail`).
 #[derive(Debug)]
 pub struct SoeMultiplexer<A: RemoteAddr> {
     config: SocketConfig,

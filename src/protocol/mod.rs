@@ -12,30 +12,30 @@
 //! [00][op] [compression flag, if negotiated] [body ...] [CRC, 0..=4 bytes]
 //! ```
 //!
-//! [`frame`] strips and adds the outer layer (CRC and compression flag);
-//! [`packet`] parses and emits the inner ("cooked") packet. Sessions that negotiated
-//! encryption passes ([`passes`]: UdpLibrary's Xor/XorBuffer, EQ's compression,
+//! [`Framing`] strips and adds the outer layer (CRC and compression flag);
+//! [`Packet`] parses and emits the inner ("cooked") packet. Sessions that negotiated
+//! encryption passes ([`Passes`]: UdpLibrary's Xor/XorBuffer, EQ's compression,
 //! application hooks) run them over everything after the op code (after the first
 //! byte of application data) just before the CRC.
 
-pub mod compress;
-pub mod crc;
-pub mod frame;
-pub mod packet;
-pub mod passes;
-pub mod rc4;
-pub mod varint;
+mod compress;
+mod crc;
+mod frame;
+mod packet;
+mod passes;
+mod rc4;
+pub(crate) mod varint;
 
 pub use compress::{Compressor, Decompressor, InflateError};
 pub use crc::{Crc32, crc_matches, soe_crc32};
 pub use frame::{FrameError, Framing, Unframed};
 pub use packet::{
-    DecodeError, Disconnect, NetStatusRequest, NetStatusResponse, Packet, RemapConnection,
-    SessionRequest, SessionResponse,
+    BundleIter, DataBundle, DecodeError, Disconnect, MultiIter, MultiPacket, NetStatusRequest,
+    NetStatusResponse, Packet, RemapConnection, SessionRequest, SessionResponse,
 };
 pub use passes::{
-    DecryptError, EncryptMethod, EncryptionPass, PassCodes, PassContext, PassError, Passes,
-    UnsupportedPass,
+    DecryptError, Deflate, EQ_COMPRESSED, EQ_UNCOMPRESSED, EncryptMethod, EncryptionPass,
+    PassBuffers, PassCodes, PassContext, PassError, Passes, UnsupportedPass,
 };
 pub use rc4::Rc4KeyState;
 

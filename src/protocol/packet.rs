@@ -348,9 +348,27 @@ pub struct MultiPacket<'a> {
 }
 
 impl<'a> MultiPacket<'a> {
+    /// The longest length prefix of a sub-packet.
+    pub const MAX_PREFIX_LEN: usize = multi_len::MAX_LEN;
+
     /// Wraps a multi-packet body (the bytes after the op code).
     pub fn new(body: &'a [u8]) -> Self {
         Self { body }
+    }
+
+    /// Writes the length prefix of a `len`-byte sub-packet whose first byte is
+    /// `first` into `out` (at least [`Self::MAX_PREFIX_LEN`] bytes) and returns its
+    /// size: one byte below 255, else the long forms that every v3 reader decodes
+    /// alike (`docs/protocol.md` §10.3). Readers that take one byte only (UL, EQ,
+    /// h1emu) need sub-packets under 256 bytes.
+    pub fn write_prefix(len: u32, first: u8, out: &mut [u8]) -> usize {
+        multi_len::write(len, first, out)
+    }
+
+    /// Reads the length prefix at the start of `buf` as [`Self::iter`] does:
+    /// `(length, prefix size)`, or `BadLength` when `buf` ends inside it.
+    pub fn read_prefix(buf: &[u8]) -> Result<(u32, usize), DecodeError> {
+        Ok(multi_len::read(buf)?)
     }
 
     /// The raw body.
@@ -361,7 +379,7 @@ impl<'a> MultiPacket<'a> {
     /// Iterates the sub-packets. Yields `Err(BadLength)` once and stops if a length
     /// prefix is truncated, shorter than 1 byte, or runs past the end.
     ///
-    /// Lengths are read as the v3 varint ([`super::varint::multi_len`]), which is
+    /// Lengths are read as the v3 varint (`docs/protocol.md` §10.3), which is
     /// what a session does: it also reads every one-byte length below 255 and the
     /// 255-byte sub-packets that start with `00`.
     pub fn iter(&self) -> MultiIter<'a> {
@@ -429,9 +447,25 @@ pub struct DataBundle<'a> {
 }
 
 impl<'a> DataBundle<'a> {
+    /// The longest length prefix of an item.
+    pub const MAX_PREFIX_LEN: usize = bundle_len::MAX_LEN;
+
     /// Wraps a bundle body (the bytes after `00 19`).
     pub fn new(body: &'a [u8]) -> Self {
         Self { body }
+    }
+
+    /// Writes the length prefix of a `len`-byte item into `out` (at least
+    /// [`Self::MAX_PREFIX_LEN`] bytes) and returns its size (`docs/protocol.md`
+    /// §11.1).
+    pub fn write_prefix(len: u32, out: &mut [u8]) -> usize {
+        bundle_len::write(len, out)
+    }
+
+    /// Reads the length prefix at the start of `buf` as [`Self::iter`] does:
+    /// `(length, prefix size)`, or `BadLength` when `buf` ends inside it.
+    pub fn read_prefix(buf: &[u8]) -> Result<(u32, usize), DecodeError> {
+        Ok(bundle_len::read(buf)?)
     }
 
     /// The raw body.

@@ -14,13 +14,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::health::Liveness;
 use super::stats::{ServerStats, ShardStats};
 use super::steer::shard_of;
-use super::sys::Doorbell;
 use super::wakers::WakerSet;
 use crate::driver::Command;
 use crate::mux::SessionTransfer;
 use crate::protocol::{DisconnectReason, RELIABLE_CHANNEL_COUNT};
 use crate::send_error::SendError;
 use crate::session::{Channel, SessionSnapshot};
+use crate::sys::Doorbell;
 
 /// Requests that must reach a shard whatever its data queues hold. Stopping is a
 /// flag ([`Inbox::stop`]), so it needs no room at all.

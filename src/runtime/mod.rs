@@ -1,70 +1,12 @@
-//! The thread-per-core server (Linux).
-//!
-//! [`SoeServer`] runs one shard per core. A shard is a pinned thread that owns one
-//! `SO_REUSEPORT` UDP socket and one [`crate::SoeMultiplexer`] (inside the shared
-//! sans-IO driver) holding only its own sessions; nothing on the per-datagram path
-//! is shared between shards. The kernel steers each remote's datagrams to the
-//! shard that owns it ([`shard_of`], mirrored by a classic-BPF program), and a
-//! shard forwards what it receives for another. Datagrams move in batches
-//! (`recvmmsg`/`sendmmsg`); an idle shard sleeps in `ppoll` on its socket and a
-//! doorbell, so a datagram, a command or its next deadline always wakes it.
-//!
-//! Two ways to handle events:
-//! * **Shard-local handler** ([`SoeServerBuilder::handler`]): your code runs on the
-//!   shard that owns the session and replies through a [`ShardContext`], with no
-//!   channel hop. The fast path for game logic.
-//! * **Merged stream** (the default): events of all shards in one bounded channel,
-//!   read with [`SoeServer::recv_event`], replies sent through a [`SoeHandle`] —
-//!   the actor style of `soe-protocol`'s `TokioSoeServer`. When the stream is full
-//!   the shards stop reading their sockets until there is room: events are never
-//!   dropped.
-//!
-//! # When to pick which server
-//! * `SoeServer` for dedicated Linux game servers that need many sessions per core
-//!   and the lowest CPU per message.
-//! * [`crate::tokio_rt::TokioSoeServer`] (feature `tokio`) when the game already
-//!   lives in a Tokio runtime, or on other systems.
-//!
-//! # Supervision
-//! [`SoeServer::health`] reads each shard's state without asking it (serving,
-//! stopped, failed; the age of its last turn; whether it is late for a planned
-//! wake-up; whether it is at capacity). A shard that ends unexpectedly (a panic in
-//! a handler, say) closes its sessions towards the application (`SessionClosed`
-//! with `ManagerDeleted`) and the peers, logs an error, shows as
-//! [`ShardState::Failed`], and makes [`SoeServer::shutdown`] return an error. Its
-//! socket stays bound, so steering of the other shards is unchanged.
-//!
-//! # Requirements
-//! Linux ≥ 4.5 (`SO_ATTACH_REUSEPORT_CBPF`; without it shards forward). Start-up
-//! failures are reported as [`ServerError`]s that name the fix.
-//!
-//! ```no_run
-//! use soe_uring::{SocketConfig, SocketEvent, SoeServer};
-//!
-//! let mut config = SocketConfig::default();
-//! config.default_session_params.application_protocol = "MyGame".into();
-//! let server = SoeServer::builder("0.0.0.0:20260".parse().unwrap(), config)
-//!     .handler(|_shard| {
-//!         |event, ctx: &mut soe_uring::ShardContext<'_>| {
-//!             if let SocketEvent::DataReceived { remote, data, channel } = event {
-//!                 let _ = ctx.enqueue_data_on(&remote, &data, channel); // echo
-//!             }
-//!         }
-//!     })
-//!     .start()
-//!     .expect("server starts");
-//! let handle = server.handle(); // Clone + Send + Sync
-//! # drop(handle);
-//! server.shutdown().unwrap();
-//! ```
+//! The thread-per-core runtime ([`SoeServer`]): shard threads, steering,
+//! handles, supervision.
 
 mod handle;
 mod handler;
 mod health;
 mod shard;
 mod stats;
-mod steer;
-pub(crate) mod sys;
+pub(crate) mod steer;
 mod wakers;
 
 use std::fmt;
@@ -80,6 +22,7 @@ use self::handle::{Inbox, Shared};
 use self::shard::{EventTarget, HandlerFactory, ShardSetup};
 use crate::driver::Limits;
 use crate::mux::{SocketConfig, SocketEvent};
+use crate::sys;
 
 pub use self::handle::{EventStream, SoeHandle};
 
@@ -443,7 +386,65 @@ pub struct DrainReport {
     pub sessions_left: u64,
 }
 
-/// A running thread-per-core SOE server. See the [module docs](self).
+/// The thread-per-core server (Linux).
+///
+/// [`SoeServer`] runs one shard per core. A shard is a pinned thread that owns one
+/// `SO_REUSEPORT` UDP socket and one [`crate::SoeMultiplexer`] (inside the shared
+/// sans-IO driver) holding only its own sessions; nothing on the per-datagram path
+/// is shared between shards. The kernel steers each remote's datagrams to the
+/// shard that owns it ([`shard_of`], mirrored by a classic-BPF program), and a
+/// shard forwards what it receives for another. Datagrams move in batches
+/// (`recvmmsg`/`sendmmsg`); an idle shard sleeps in `ppoll` on its socket and a
+/// doorbell, so a datagram, a command or its next deadline always wakes it.
+///
+/// Two ways to handle events:
+/// * **Shard-local handler** ([`SoeServerBuilder::handler`]): your code runs on the
+///   shard that owns the session and replies through a [`ShardContext`], with no
+///   channel hop. The fast path for game logic.
+/// * **Merged stream** (the default): events of all shards in one bounded channel,
+///   read with [`SoeServer::recv_event`], replies sent through a [`SoeHandle`] —
+///   the actor style of `soe-protocol`'s `TokioSoeServer`. When the stream is full
+///   the shards stop reading their sockets until there is room: events are never
+///   dropped.
+///
+/// # When to pick which server
+/// * `SoeServer` for dedicated Linux game servers that need many sessions per core
+///   and the lowest CPU per message.
+/// * [`crate::tokio_rt::TokioSoeServer`] (feature `tokio`) when the game already
+///   lives in a Tokio runtime, or on other systems.
+///
+/// # Supervision
+/// [`SoeServer::health`] reads each shard's state without asking it (serving,
+/// stopped, failed; the age of its last turn; whether it is late for a planned
+/// wake-up; whether it is at capacity). A shard that ends unexpectedly (a panic in
+/// a handler, say) closes its sessions towards the application (`SessionClosed`
+/// with `ManagerDeleted`) and the peers, logs an error, shows as
+/// [`ShardState::Failed`], and makes [`SoeServer::shutdown`] return an error. Its
+/// socket stays bound, so steering of the other shards is unchanged.
+///
+/// # Requirements
+/// Linux ≥ 4.5 (`SO_ATTACH_REUSEPORT_CBPF`; without it shards forward). Start-up
+/// failures are reported as [`ServerError`]s that name the fix.
+///
+/// ```no_run
+/// use soe_uring::{SocketConfig, SocketEvent, SoeServer};
+///
+/// let mut config = SocketConfig::default();
+/// config.default_session_params.application_protocol = "MyGame".into();
+/// let server = SoeServer::builder("0.0.0.0:20260".parse().unwrap(), config)
+///     .handler(|_shard| {
+///         |event, ctx: &mut soe_uring::ShardContext<'_>| {
+///             if let SocketEvent::DataReceived { remote, data, channel } = event {
+///                 let _ = ctx.enqueue_data_on(&remote, &data, channel); // echo
+///             }
+///         }
+///     })
+///     .start()
+///     .expect("server starts");
+/// let handle = server.handle(); // Clone + Send + Sync
+/// # drop(handle);
+/// server.shutdown().unwrap();
+/// ```
 ///
 /// Dropping it shuts it down (Disconnect to every peer, bounded in time).
 pub struct SoeServer {

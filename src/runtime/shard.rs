@@ -28,11 +28,11 @@ use tracing::{debug, error, trace};
 use super::handle::{Control, Forwarded, ForwardedKind, InboxReceivers, SoeHandle};
 use super::handler::{ShardContext, ShardHandler, ShardInfo};
 use super::steer::{is_remap, route, shard_of};
-use super::sys::{self, RecvBatch, RecvDrop, SendBatch};
 use crate::driver::{Delivery, Driver, EventSink, Limits, Offer};
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
 use crate::protocol::{DisconnectReason, OpCode, PORT_ALIVE_TTL, is_port_alive};
 use crate::socket::{is_icmp_error, with_ttl};
+use crate::sys::{self, RecvBatch, RecvDrop, SendBatch};
 
 /// Builds a shard's handler on the shard's thread.
 pub(crate) type HandlerFactory = dyn Fn(ShardInfo) -> Box<dyn ShardHandler> + Send + Sync;

@@ -56,39 +56,33 @@ pub fn shard_of(remote: &SocketAddr, shards: usize) -> usize {
     (mixed % shards as u32) as usize
 }
 
-/// One classic-BPF instruction, laid out as the kernel's `struct sock_filter`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub(crate) struct BpfInsn {
-    code: u16,
-    jt: u8,
-    jf: u8,
-    k: u32,
-}
+/// One classic-BPF instruction: the kernel's `struct sock_filter`.
+pub(crate) type BpfInsn = libc::sock_filter;
 
 const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> BpfInsn {
     BpfInsn { code, jt, jf, k }
 }
 
-// Classic BPF opcodes (linux/filter.h): class | size | mode. BPF_LD (0x00) and
-// BPF_W (0x00) contribute no bits.
-const BPF_ABS: u16 = 0x20;
-const LD_B_ABS: u16 = 0x10 | BPF_ABS;
-const LD_H_ABS: u16 = 0x08 | BPF_ABS;
-const LD_W_ABS: u16 = BPF_ABS;
-const ALU_AND_K: u16 = 0x04 | 0x50;
-const ALU_RSH_K: u16 = 0x04 | 0x70;
-const ALU_MUL_K: u16 = 0x04 | 0x20;
-const ALU_MOD_K: u16 = 0x04 | 0x90;
-const ALU_XOR_X: u16 = 0x04 | 0xa0 | 0x08;
-const JMP_JA: u16 = 0x05;
-const JMP_JEQ_K: u16 = 0x05 | 0x10;
-const RET_K: u16 = 0x06;
-const RET_A: u16 = 0x06 | 0x10;
-const MISC_TAX: u16 = 0x07;
+// Classic BPF opcodes (linux/filter.h): class | size | mode | source.
+const fn op(bits: u32) -> u16 {
+    bits as u16
+}
+const LD_B_ABS: u16 = op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS);
+const LD_H_ABS: u16 = op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS);
+const LD_W_ABS: u16 = op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS);
+const ALU_AND_K: u16 = op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K);
+const ALU_RSH_K: u16 = op(libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K);
+const ALU_MUL_K: u16 = op(libc::BPF_ALU | libc::BPF_MUL | libc::BPF_K);
+const ALU_MOD_K: u16 = op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K);
+const ALU_XOR_X: u16 = op(libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X);
+const JMP_JA: u16 = op(libc::BPF_JMP | libc::BPF_JA);
+const JMP_JEQ_K: u16 = op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K);
+const RET_K: u16 = op(libc::BPF_RET | libc::BPF_K);
+const RET_A: u16 = op(libc::BPF_RET | libc::BPF_A);
+const MISC_TAX: u16 = op(libc::BPF_MISC | libc::BPF_TAX);
 
 /// `SKF_NET_OFF`: offsets relative to the network header.
-const NET: u32 = (-0x10_0000i32) as u32;
+const NET: u32 = libc::SKF_NET_OFF as u32;
 /// Returned where the packet shape is unexpected: out of range, so the kernel uses
 /// its own hash (and the receiving shard forwards).
 const FALLBACK: u32 = u32::MAX;

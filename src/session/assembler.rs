@@ -12,7 +12,7 @@
 
 use super::io::SessionIo;
 use super::params::MultiLength;
-use crate::protocol::passes::Deflate;
+use crate::protocol::Deflate;
 use crate::protocol::varint::multi_len;
 use crate::protocol::{Framing, MULTI_PACKET_HEADER, OP_CODE_LEN};
 

@@ -19,7 +19,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 
 use super::SessionEvent;
-use crate::protocol::passes::PassBuffers;
+use crate::protocol::PassBuffers;
 use crate::protocol::{Compressor, Decompressor};
 
 /// Size of one receive-arena chunk.

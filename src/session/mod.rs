@@ -1,28 +1,4 @@
-//! One SOE session: handshake, reliable and unreliable channels, heartbeats, timers.
-//!
-//! [`SoeSession`] is a deterministic state machine. It never reads a clock or touches
-//! a socket: every input carries `now`, and every output is appended to a
-//! [`SessionIo`] the caller owns (usually a [`crate::mux::SoeMultiplexer`]).
-//!
-//! # Calls
-//! * **Inputs**: [`SoeSession::handle_datagram`] for each datagram from the peer;
-//!   [`SoeSession::handle_timeout`] when [`SoeSession::next_deadline`] has passed.
-//! * **Commands**: [`SoeSession::enqueue`], [`SoeSession::terminate`].
-//! * **Output**: [`SoeSession::flush`] writes every datagram due now (handshake,
-//!   acks, heartbeats, retransmissions, new data) into the `SessionIo`, coalesced.
-//!   Call it after a batch of inputs and commands; it is cheap when there is
-//!   nothing to send.
-//! * **Queries**: [`SoeSession::next_deadline`], state, ids, [`SoeSession::stats`].
-//!
-//! Time passed in must never go backwards.
-//!
-//! # Dialects
-//! The SessionResponse also settles the session's encryption passes (UdpLibrary's
-//! Xor and XorBuffer, EQ's compression, application hooks; see
-//! [`crate::protocol::passes`]): a server runs and names the ones in its
-//! [`SessionParameters::encryption_passes`], a client adopts what it is told, and a
-//! side that cannot run them ends the handshake with `ProtocolMismatch`. Sessions
-//! without passes take the same path as before, with no extra buffer or copy.
+//! One peer ([`SoeSession`]): handshake, channels, timers, coalescing.
 
 mod assembler;
 mod congestion;
@@ -45,12 +21,12 @@ use self::reliable_tx::{
     AckOutcome, LossTimes, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
 };
 use self::rtt::RttEstimator;
-use crate::protocol::packet::{MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 use crate::protocol::{
     Disconnect, DisconnectReason, EncryptMethod, FrameError, Framing, NetStatusRequest,
     NetStatusResponse, OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet,
     PassContext, Passes, RELIABLE_CHANNEL_COUNT, Rc4KeyState, Unframed, UnsupportedPass,
 };
+use crate::protocol::{MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 
 pub use self::io::SessionIo;
 pub use self::net_status::NetStatus;
@@ -359,7 +335,31 @@ fn assembler<'a>(
     Assembler::new(io, framing, params.send_datagram_len(), multi, compression)
 }
 
-/// One SOE session. See the [module docs](self) for the calling contract.
+/// One SOE session: handshake, reliable and unreliable channels, heartbeats, timers.
+///
+/// [`SoeSession`] is a deterministic state machine. It never reads a clock or touches
+/// a socket: every input carries `now`, and every output is appended to a
+/// [`SessionIo`] the caller owns (usually a [`crate::mux::SoeMultiplexer`]).
+///
+/// # Calls
+/// * **Inputs**: [`SoeSession::handle_datagram`] for each datagram from the peer;
+///   [`SoeSession::handle_timeout`] when [`SoeSession::next_deadline`] has passed.
+/// * **Commands**: [`SoeSession::enqueue`], [`SoeSession::terminate`].
+/// * **Output**: [`SoeSession::flush`] writes every datagram due now (handshake,
+///   acks, heartbeats, retransmissions, new data) into the `SessionIo`, coalesced.
+///   Call it after a batch of inputs and commands; it is cheap when there is
+///   nothing to send.
+/// * **Queries**: [`SoeSession::next_deadline`], state, ids, [`SoeSession::stats`].
+///
+/// Time passed in must never go backwards.
+///
+/// # Dialects
+/// The SessionResponse also settles the session's encryption passes (UdpLibrary's
+/// Xor and XorBuffer, EQ's compression, application hooks; see
+/// [`crate::protocol::Passes`]): a server runs and names the ones in its
+/// [`SessionParameters::encryption_passes`], a client adopts what it is told, and a
+/// side that cannot run them ends the handshake with `ProtocolMismatch`. Sessions
+/// without passes take the same path as before, with no extra buffer or copy.
 #[derive(Debug)]
 pub struct SoeSession {
     mode: SessionMode,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::assembler::Assembler;
 use super::io::SessionIo;
 use super::{Channel, SessionEvent};
-use crate::protocol::packet::DataBundle;
+use crate::protocol::DataBundle;
 use crate::protocol::{DATA_BUNDLE_HEADER, OpCode, Rc4KeyState};
 
 /// Why the channel gave up on the peer.

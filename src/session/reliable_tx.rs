@@ -752,7 +752,7 @@ fn copy_virtual(out: &mut Vec<u8>, cursor: &mut FragmentCursor, msg: &[u8], take
 #[allow(clippy::disallowed_methods)] // tests take an arbitrary epoch from the clock
 mod tests {
     use super::*;
-    use crate::protocol::packet::DataBundle;
+    use crate::protocol::DataBundle;
     use crate::protocol::{Framing, Packet};
     use crate::session::io::SessionIo;
 

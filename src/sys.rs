@@ -7,6 +7,8 @@
 //! This is the only module of the crate with `unsafe` code: calls the standard
 //! library does not wrap. Each documents why its pointers are valid.
 #![allow(unsafe_code)]
+// The Tokio adapter uses the error queue only.
+#![cfg_attr(not(feature = "runtime"), allow(dead_code))]
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -16,13 +18,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::steer::{BpfInsn, steering_program};
-
-/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h).
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 0x0035;
+#[cfg(feature = "runtime")]
+use crate::runtime::steer::{BpfInsn, steering_program};
 
 /// Binds `count` sockets to `addr` with `SO_REUSEPORT`, in order (socket `i` is
 /// index `i` of the reuseport group), non-blocking, with `buffer` bytes of kernel
@@ -60,20 +57,20 @@ pub(crate) fn bind_group(
 }
 
 /// Attaches the steering program for `shards` sockets to the group of `socket`.
+#[cfg(feature = "runtime")]
 pub(crate) fn attach_steering(socket: &UdpSocket, shards: usize) -> io::Result<()> {
     let mut program: Vec<BpfInsn> = steering_program(shards);
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
-        filter: program.as_mut_ptr().cast::<libc::sock_filter>(),
+        filter: program.as_mut_ptr(),
     };
-    // SAFETY: `fprog` points at `program`, a live Vec of `#[repr(C)]` instructions
-    // laid out exactly as `struct sock_filter` (u16, u8, u8, u32), for `len`
-    // entries; the kernel copies the program during the call and keeps no pointer.
+    // SAFETY: `fprog` points at `program`, a live Vec of `struct sock_filter`
+    // instructions, for `len` entries; the kernel copies the program during the call and keeps no pointer.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
             (&raw const fprog).cast::<libc::c_void>(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )

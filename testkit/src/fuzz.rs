@@ -1,27 +1,26 @@
-//! Bodies of the fuzz targets (feature `fuzzing`).
+//! Bodies of the fuzz targets.
 //!
 //! Each `pub fn name(data: &[u8])` here is one target. `fuzz/fuzz_targets/<name>.rs`
 //! hands it libFuzzer's input; `tests/fuzz_smoke.rs` runs it on the seeds and on
 //! pseudo-random inputs with stable Rust. A target panics only when it has found a
 //! bug: a panic inside the library, or a broken invariant (the `assert!`s below).
 //!
-//! This module is a test harness, not part of the supported API.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
-use crate::protocol::packet::{DataBundle, MultiPacket};
-use crate::protocol::passes::PassBuffers;
-use crate::protocol::varint::{bundle_len, multi_len};
-use crate::protocol::{
-    Compressor, Crc32, DecodeError, Decompressor, DisconnectReason, EncryptMethod, FrameError,
-    Framing, InflateError, OpCode, Packet, PassContext, Passes, Rc4KeyState, SessionRequest,
-    SessionResponse, Unframed,
+use crate::peer::{framing_of, read_as_peer, with_crc};
+use soe_uring::protocol::{
+    Compressor, DataBundle, DecodeError, Decompressor, DisconnectReason, EncryptMethod, FrameError,
+    Framing, InflateError, MultiPacket, OpCode, Packet, PassBuffers, PassContext, Passes,
+    Rc4KeyState, SessionRequest, SessionResponse, Unframed,
 };
-use crate::session::{Channel, MultiLength, SessionMode, SessionState, ZeroEscape};
+use soe_uring::{
+    Channel, MultiLength, SessionMode, SessionState, SocketConfig, SocketEvent, SoeMultiplexer,
+    ZeroEscape,
+};
 
 /// Reads fuzz input front to back; past the end every read yields zeros.
 struct Cursor<'a>(&'a [u8]);
@@ -129,12 +128,11 @@ fn descend(p: &Packet<'_>, depth: u8) {
         Packet::MultiPacket(multi) => {
             let (subs, failed) = collect_items(multi.iter());
             let mut rebuilt = Vec::new();
-            let mut prefix = [0u8; multi_len::MAX_LEN];
+            let mut prefix = [0u8; MultiPacket::MAX_PREFIX_LEN];
             for sub in &subs {
                 assert!(!sub.is_empty(), "empty multi-packet sub-packet");
                 check_cooked(sub, depth + 1);
-                let n = multi_len::write(sub.len() as u32, sub[0], &mut prefix);
-                assert_eq!(n, multi_len::encoded_len(sub.len() as u32, sub[0]));
+                let n = MultiPacket::write_prefix(sub.len() as u32, sub[0], &mut prefix);
                 rebuilt.extend_from_slice(&prefix[..n]);
                 rebuilt.extend_from_slice(sub);
             }
@@ -148,11 +146,10 @@ fn descend(p: &Packet<'_>, depth: u8) {
         Packet::DataBundle(bundle) => {
             let (items, _) = collect_items(bundle.iter());
             let mut rebuilt = Vec::new();
-            let mut prefix = [0u8; bundle_len::MAX_LEN];
+            let mut prefix = [0u8; DataBundle::MAX_PREFIX_LEN];
             for item in &items {
                 check_cooked(item, depth + 1);
-                let n = bundle_len::write(item.len() as u32, &mut prefix);
-                assert_eq!(n, bundle_len::encoded_len(item.len() as u32));
+                let n = DataBundle::write_prefix(item.len() as u32, &mut prefix);
                 rebuilt.extend_from_slice(&prefix[..n]);
                 rebuilt.extend_from_slice(item);
             }
@@ -398,121 +395,6 @@ fn check_unframed(framing: &Framing, datagram: &[u8], unframed: Unframed<'_>) {
 }
 
 // ---------------------------------------------------------------------------------
-// varint
-// ---------------------------------------------------------------------------------
-
-/// Values at the edges of the 1-, 3- and 7-byte forms.
-const VARINT_EDGES: [u32; 10] = [
-    0,
-    0xFE,
-    0xFF,
-    0x100,
-    0xFEFF,
-    0xFF00,
-    0xFFFE,
-    0xFFFF,
-    0x1_0000,
-    u32::MAX,
-];
-
-/// `varint::multi_len::read` and `varint::bundle_len::read` on the input at several
-/// offsets (consumed length and value checked against the encoding), then
-/// write/read round trips of values taken from the input: each writer's output must
-/// read back as the value, in exactly `encoded_len` bytes.
-pub fn varint(data: &[u8]) {
-    for start in 0..data.len().min(16) {
-        check_varint_readers(&data[start..]);
-    }
-    let mut input = Cursor(data);
-    while !input.is_empty() {
-        let selector = input.u8();
-        let value = match selector % 4 {
-            0 => u32::from(input.u8()),
-            1 => u32::from(input.u16()),
-            2 => input.u32(),
-            _ => {
-                let edge = VARINT_EDGES[usize::from(selector >> 2) % VARINT_EDGES.len()];
-                edge.wrapping_add(u32::from(selector >> 6)).wrapping_sub(1)
-            }
-        };
-        let first = input.u8();
-        let tail = input.take(2);
-        varint_round_trip(value, first, tail);
-    }
-}
-
-fn check_varint_readers(buf: &[u8]) {
-    match multi_len::read(buf) {
-        Ok((value, n)) => {
-            assert!(n <= buf.len(), "multi_len consumed past the end");
-            match n {
-                1 => {
-                    assert!(buf[0] < 0xFF || buf[1] == 0);
-                    assert_eq!(value, u32::from(buf[0]));
-                }
-                3 => {
-                    assert!(buf[0] == 0xFF && buf[1] != 0 && !(buf[1] == 0xFF && buf[2] == 0xFF));
-                    assert_eq!(value, u32::from(u16::from_be_bytes([buf[1], buf[2]])));
-                }
-                7 => {
-                    assert_eq!(buf[..3], [0xFF; 3]);
-                    assert_eq!(value, u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]));
-                }
-                _ => panic!("multi_len consumed {n} bytes"),
-            }
-        }
-        Err(_) => assert!(
-            buf.len() < multi_len::MAX_LEN,
-            "multi_len failed on {buf:02x?}"
-        ),
-    }
-    match bundle_len::read(buf) {
-        Ok((value, n)) => {
-            assert!(n <= buf.len(), "bundle_len consumed past the end");
-            match n {
-                1 => assert!(buf[0] != 0xFF && value == u32::from(buf[0])),
-                3 => {
-                    assert!(buf[0] == 0xFF && !(buf[1] == 0xFF && buf[2] == 0xFF));
-                    assert_eq!(value, u32::from(u16::from_be_bytes([buf[1], buf[2]])));
-                }
-                7 => {
-                    assert_eq!(buf[..3], [0xFF; 3]);
-                    assert_eq!(value, u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]));
-                }
-                _ => panic!("bundle_len consumed {n} bytes"),
-            }
-        }
-        Err(_) => assert!(
-            buf.len() < bundle_len::MAX_LEN,
-            "bundle_len failed on {buf:02x?}"
-        ),
-    }
-}
-
-fn varint_round_trip(value: u32, first: u8, tail: &[u8]) {
-    let mut wire = [0u8; multi_len::MAX_LEN + 3];
-    // The multi-packet reader sees the length, then the sub-packet's first byte.
-    let n = multi_len::write(value, first, &mut wire);
-    assert_eq!(n, multi_len::encoded_len(value, first));
-    wire[n] = first;
-    wire[n + 1..n + 1 + tail.len()].copy_from_slice(tail);
-    assert_eq!(
-        multi_len::read(&wire[..n + 1 + tail.len()]),
-        Ok((value, n)),
-        "multi_len round trip of {value} before {first:#04x}"
-    );
-
-    let n = bundle_len::write(value, &mut wire);
-    assert_eq!(n, bundle_len::encoded_len(value));
-    wire[n..n + tail.len()].copy_from_slice(tail);
-    assert_eq!(
-        bundle_len::read(&wire[..n + tail.len()]),
-        Ok((value, n)),
-        "bundle_len round trip of {value}"
-    );
-}
-
-// ---------------------------------------------------------------------------------
 // inflate
 // ---------------------------------------------------------------------------------
 
@@ -680,21 +562,6 @@ fn fuzz_config(flags: [u8; 2]) -> SocketConfig {
     config
 }
 
-/// The framing of what the session with `remote` sends (and expects): the
-/// negotiated one once running; before that it sends only contextless packets.
-fn framing_of(mux: &SoeMultiplexer<SocketAddr>, remote: &SocketAddr) -> Option<Framing> {
-    let s = mux.session(remote)?;
-    Some(if s.state() == SessionState::Running {
-        Framing::new(
-            s.crc_seed(),
-            s.params().crc_length,
-            s.params().is_compression_enabled,
-        )
-    } else {
-        Framing::new(0, 0, false)
-    })
-}
-
 /// Drives one multiplexer with virtual time and checks every output.
 struct Harness {
     mux: SoeMultiplexer<SocketAddr>,
@@ -769,14 +636,10 @@ impl Harness {
 
     /// Cooked bytes sealed with the CRC of `to`'s session (unchanged without one).
     fn sealed(&self, to: &SocketAddr, cooked: &[u8]) -> Vec<u8> {
-        let mut buf = cooked.to_vec();
-        if let Some(framing) = framing_of(&self.mux, to) {
-            let crc_length = framing.crc_length();
-            buf.resize(cooked.len() + usize::from(crc_length), 0);
-            let n = Crc32::new(framing.crc_seed()).append(&mut buf, cooked.len(), crc_length);
-            assert_eq!(n, buf.len());
+        match framing_of(&self.mux, to) {
+            Some(framing) => with_crc(&framing, cooked),
+            None => cooked.to_vec(),
         }
-        buf
     }
 
     fn compression_on(&self, to: &SocketAddr) -> bool {
@@ -977,11 +840,11 @@ impl Harness {
         let Some(s) = self.mux.session(&self.peer) else {
             return;
         };
-        let remap = crate::protocol::RemapConnection {
+        let remap = soe_uring::protocol::RemapConnection {
             session_id: s.session_id(),
             crc_seed: s.crc_seed(),
         };
-        let mut bytes = [0u8; crate::protocol::RemapConnection::LEN];
+        let mut bytes = [0u8; soe_uring::protocol::RemapConnection::LEN];
         Packet::RemapConnection(remap).emit(&mut bytes);
         let (alt, peer) = (self.alt, self.peer);
         let alt_taken = self.mux.session(&alt).is_some();
@@ -1089,8 +952,9 @@ impl Harness {
             return;
         }
         let session_id = self.mux.session(&peer).map_or(0, |s| s.session_id());
-        let mut cooked = vec![0u8; crate::protocol::Disconnect::LEN];
-        Packet::Disconnect(crate::protocol::Disconnect { session_id, reason }).emit(&mut cooked);
+        let mut cooked = vec![0u8; soe_uring::protocol::Disconnect::LEN];
+        Packet::Disconnect(soe_uring::protocol::Disconnect { session_id, reason })
+            .emit(&mut cooked);
         if self.compression_on(&peer) {
             cooked.insert(2, 0);
         }
@@ -1119,62 +983,6 @@ impl Harness {
             "timers left with no session"
         );
     }
-}
-
-/// What the peer makes of `datagram` under `framing`: `None` when it cannot read it
-/// (it must unframe, inflate and parse, and so must the sub-packets of a
-/// multi-packet); otherwise the unreliable application messages it delivers.
-fn read_as_peer(
-    framing: &Framing,
-    datagram: &[u8],
-    decompressor: &mut Decompressor,
-) -> Option<Vec<Vec<u8>>> {
-    let mut messages = Vec::new();
-    match framing.unframe(datagram).ok()? {
-        Unframed::Contextless(_, bytes) => {
-            Packet::parse(bytes).ok()?;
-        }
-        Unframed::Application(data) => {
-            if data.is_empty() {
-                return None;
-            }
-            messages.push(data.to_vec());
-        }
-        Unframed::Contextual {
-            op,
-            compressed,
-            body,
-        } => {
-            let mut inflated = Vec::new();
-            let body = if compressed {
-                decompressor.inflate(body, &mut inflated, 1 << 16).ok()?;
-                &inflated[..]
-            } else {
-                body
-            };
-            let p = Packet::parse_contextual(op, body).ok()?;
-            read_packet(&p, 0, &mut messages)?;
-        }
-    }
-    Some(messages)
-}
-
-fn read_packet(p: &Packet<'_>, depth: u8, messages: &mut Vec<Vec<u8>>) -> Option<()> {
-    match p {
-        Packet::MultiPacket(m) => {
-            if depth >= MAX_DEPTH {
-                return None;
-            }
-            for sub in m.iter() {
-                read_packet(&Packet::parse(sub.ok()?).ok()?, depth + 1, messages)?;
-            }
-        }
-        Packet::Application(data) | Packet::ZeroEscaped(data) if depth > 0 => {
-            messages.push(data.to_vec());
-        }
-        _ => {}
-    }
-    Some(())
 }
 
 /// A server multiplexer (`SoeMultiplexer<SocketAddr>`) with a deterministic seed and

@@ -1,6 +1,0 @@
-#![no_main]
-//! `soe_uring::fuzzing::varint`; see its docs for what the target checks.
-
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| soe_uring::fuzzing::varint(data));
