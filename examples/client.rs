@@ -64,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 // Only a server sees its peers move.
                 SocketEvent::SessionRemapped { .. } => {}
+                _ => {} // kinds added in later versions
             }
         }
         if mux

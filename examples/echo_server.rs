@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 SocketEvent::SessionRemapped { old, new } => {
                     println!("shard {}: {old} moved to {new}", ctx.shard())
                 }
+                _ => {} // kinds added in later versions
             }
         })
         .start()?;

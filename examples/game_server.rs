@@ -116,5 +116,6 @@ async fn on_event(
                 players.insert(new, p);
             }
         }
+        _ => {} // kinds added in later versions
     }
 }

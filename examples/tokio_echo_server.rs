@@ -39,11 +39,8 @@ async fn main() -> std::io::Result<()> {
                 channel,
             } => {
                 // Waits while the command queue is full instead of dropping the echo.
-                if handle
-                    .enqueue_data_on_async(remote, data, channel)
-                    .await
-                    .is_err()
-                {
+                let sent = handle.enqueue_data_on_async(remote, data, channel).await;
+                if sent.is_err() {
                     break;
                 }
             }
@@ -51,6 +48,7 @@ async fn main() -> std::io::Result<()> {
                 println!("{remote}: closed ({reason:?})")
             }
             SocketEvent::SessionRemapped { old, new } => println!("{old}: moved to {new}"),
+            _ => {} // kinds added in later versions
         }
     }
     Ok(())

@@ -122,3 +122,25 @@ pub use tokio_rt::{ClientEvent, SoeClientHandle, TokioSoeClient, TokioSoeServer}
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
+
+/// Handles are shared across threads and tasks: a change that made one of them
+/// `!Send` or `!Sync` must fail to compile here, not in a user's code.
+#[allow(dead_code)]
+const HANDLES_ARE_SEND_AND_SYNC: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    #[cfg(all(target_os = "linux", feature = "runtime"))]
+    {
+        send_sync::<SoeHandle>();
+        send_sync::<SoeServer>();
+        send_sync::<EventStream>();
+        send_sync::<ServerError>();
+    }
+    #[cfg(feature = "tokio")]
+    {
+        send_sync::<tokio_rt::SoeHandle>();
+        send_sync::<SoeClientHandle>();
+    }
+    send_sync::<SendError<bytes::Bytes>>();
+    send_sync::<ConnectError>();
+    send_sync::<EnqueueError>();
+};

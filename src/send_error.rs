@@ -5,6 +5,7 @@ use std::fmt;
 /// Why a handle could not queue a command. Either way nothing was queued and the
 /// value the command carried comes back, so no payload is ever dropped silently.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError<T> {
     /// The bounded command queue is full: back off and retry (or use a waiting
     /// variant where the handle has one).

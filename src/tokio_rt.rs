@@ -629,6 +629,7 @@ impl TokioSoeServer {
 
 /// What a [`TokioSoeClient`] reports about its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// The session is established; data may be sent from now on (earlier messages
     /// are refused and dropped). Always the first event.

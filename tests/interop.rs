@@ -174,6 +174,7 @@ fn reference_client_against_our_server(case: Case) {
                 soe_uring::SocketEvent::SessionRemapped { old, new } => {
                     panic!("no remap expected: {old} → {new}")
                 }
+                other => panic!("unexpected {other:?}"),
             }
         }
         server.drive();
@@ -222,6 +223,7 @@ fn our_client_against_reference_server(case: Case) {
                     panic!("our client closed: {reason:?}")
                 }
                 soe_uring::SocketEvent::SessionRemapped { .. } => unreachable!("a client"),
+                other => panic!("unexpected {other:?}"),
             }
         }
         if opened {

@@ -229,6 +229,7 @@ fn echo_server_with(
                     ctx.enqueue_data_on(&remote, &data, channel).unwrap();
                 }
                 SocketEvent::SessionClosed { .. } | SocketEvent::SessionRemapped { .. } => {}
+                other => panic!("unexpected {other:?}"),
             }
         })
         .start()
@@ -342,6 +343,7 @@ fn merged_stream_and_handle_replies_from_many_threads() {
                         opened.insert(new, true);
                     }
                     SocketEvent::SessionClosed { .. } => {}
+                    other => panic!("unexpected {other:?}"),
                 }
             }
         })

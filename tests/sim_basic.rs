@@ -510,6 +510,7 @@ fn a_client_that_moves_mid_transfer_loses_nothing() {
                     }
                     SocketEvent::SessionClosed { reason, .. } => panic!("closed: {reason:?}"),
                     SocketEvent::SessionOpened { .. } => {}
+                    other => panic!("unexpected {other:?}"),
                 }
             }
             sim.pump(server);

@@ -217,6 +217,7 @@ impl Harness {
                     SocketEvent::SessionRemapped { old, new } => {
                         panic!("session {me} ↔ {old} remapped to {new}")
                     }
+                    other => panic!("unexpected event {other:?}"),
                 }
             }
         }

@@ -138,6 +138,7 @@ async fn spawn_our_echo_server(
                 SocketEvent::SessionOpened { .. }
                 | SocketEvent::SessionClosed { .. }
                 | SocketEvent::SessionRemapped { .. } => {}
+                other => panic!("unexpected {other:?}"),
             }
         }
     });

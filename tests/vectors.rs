@@ -241,6 +241,7 @@ fn decode_error_name(e: DecodeError) -> &'static str {
         DecodeError::UnknownOpCode(_) => "unknown-op",
         DecodeError::TooShort => "too-short",
         DecodeError::BadLength => "bad-length",
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -527,6 +528,7 @@ fn check_frame(v: &Vector) {
         FrameError::TooShort => "too-short",
         FrameError::UnknownOpCode(_) => "unknown-op",
         FrameError::Pass(_) => "pass",
+        other => panic!("unexpected {other:?}"),
     };
     match (v.req("expect"), got) {
         (

@@ -273,6 +273,7 @@ impl Ours {
                 soe_uring::SocketEvent::SessionRemapped { old, new } => {
                     panic!("server session {old} remapped to {new}")
                 }
+                _ => {} // kinds added in later versions
             }
         }
     }
@@ -295,6 +296,7 @@ impl Ours {
                     panic!("client session {remote} closed: {reason:?}")
                 }
                 soe_uring::SocketEvent::SessionRemapped { .. } => unreachable!("a client"),
+                _ => {} // kinds added in later versions
             }
         }
     }

@@ -899,6 +899,7 @@ impl Worker {
                 SocketEvent::SessionRemapped { .. } => {
                     self.error(|| "a client session was remapped".into())
                 }
+                other => self.error(|| format!("an event the client does not expect: {other:?}")),
             }
         }
     }

@@ -95,6 +95,7 @@ impl Default for SocketConfig {
 
 /// What happened to a session, tagged with its remote address.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SocketEvent<A> {
     /// A session is established.
     SessionOpened {
@@ -150,6 +151,7 @@ pub enum ConnectError {
 
 /// Multiplexer counters. Session counters include sessions that have ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MuxStats {
     /// Sum of every session's counters.
     pub sessions: SessionStats,

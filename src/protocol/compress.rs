@@ -13,6 +13,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 /// Why a compressed body could not be inflated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InflateError {
     /// The stream is not valid zlib, or ends early.
     #[error("corrupt zlib stream")]

@@ -36,6 +36,7 @@ pub struct Framing {
 
 /// Why a received datagram was rejected before parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// An empty datagram.
     #[error("empty datagram")]

@@ -14,6 +14,7 @@ use super::{DisconnectReason, OpCode};
 
 /// Why a cooked packet could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The buffer was empty.
     #[error("empty packet")]

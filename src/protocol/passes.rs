@@ -95,6 +95,7 @@ impl PassCodes {
 
 /// Why a set of passes cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UnsupportedPass {
     /// A SessionResponse byte that names no method of the dialect.
     #[error("unknown encryption method code {0}")]
@@ -135,6 +136,7 @@ pub struct DecryptError;
 
 /// Why a received datagram's passes could not be undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PassError {
     /// A user-supplied pass refused the body.
     #[error("user-supplied pass failed")]

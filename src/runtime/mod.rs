@@ -234,29 +234,96 @@ impl SoeServerBuilder {
             return Err(ServerError::NoShards);
         }
         let placement = self.placement(shards, &allowed)?;
+        let (sockets, local_addr, steering) = self.bind_sockets(shards)?;
+        let (handle, receivers) = self.handle(shards, local_addr)?;
+        let (events_tx, events_rx) = crossbeam_channel::bounded(self.event_queue);
+        let mut server = SoeServer {
+            handle,
+            events: self.factory.is_none().then_some(events_rx),
+            threads: Vec::with_capacity(shards),
+            local_addr,
+            steering,
+        };
+        let mut readiness = Vec::with_capacity(shards);
+        for (index, (socket, queues)) in sockets.into_iter().zip(receivers).enumerate() {
+            let setup = ShardSetup {
+                index,
+                socket,
+                config: self.config.clone(),
+                queues,
+                handle: server.handle.clone(),
+                events: match &self.factory {
+                    Some(f) => EventTarget::Factory(f.clone()),
+                    None => EventTarget::Stream(events_tx.clone()),
+                },
+                tick: self.tick,
+                batch: self.batch,
+                slot: (self.config.default_session_params.udp_length as usize).clamp(2048, 65_536),
+                limits: Limits {
+                    max_parked: self.command_queue,
+                    ..Limits::default()
+                },
+            };
+            match spawn_shard(setup, placement[index]) {
+                Ok((thread, ready)) => {
+                    server.threads.push(thread);
+                    readiness.push(ready);
+                }
+                Err(source) => {
+                    let _ = server.stop();
+                    return Err(ServerError::Start {
+                        shard: index,
+                        source,
+                    });
+                }
+            }
+        }
+        drop(events_tx);
+        for (shard, ready) in readiness.into_iter().enumerate() {
+            if ready.recv_timeout(Duration::from_secs(10)).is_err() {
+                let detail = server.handle.shared.inboxes[shard]
+                    .liveness
+                    .failure()
+                    .unwrap_or_else(|| "did not start within 10 s".into());
+                let _ = server.stop();
+                return Err(ServerError::ShardFailed { shard, detail });
+            }
+        }
+        tracing::info!(%local_addr, shards, steering, "soe server started");
+        Ok(server)
+    }
+
+    /// Binds the shards' sockets; returns them, the bound address and whether the
+    /// kernel steers datagrams to the owning shard (else shards forward).
+    fn bind_sockets(
+        &self,
+        shards: usize,
+    ) -> Result<(Vec<std::net::UdpSocket>, SocketAddr, bool), ServerError> {
         let bind_error = |source| ServerError::Bind {
             addr: self.bind,
             source,
         };
         let sockets = sys::bind_group(self.bind, shards, self.socket_buffer).map_err(bind_error)?;
-        let local_addr = sockets[0]
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: self.bind,
-                source,
-            })?;
-        let steering = if self.kernel_steering && shards > 1 {
-            match sys::attach_steering(&sockets[0], shards) {
+        let local_addr = sockets[0].local_addr().map_err(bind_error)?;
+        let steering = self.kernel_steering
+            && shards > 1
+            && match sys::attach_steering(&sockets[0], shards) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot attach the reuseport steering program; shards will forward");
                     false
                 }
-            }
-        } else {
-            false
-        };
+            };
+        Ok((sockets, local_addr, steering))
+    }
 
+    /// The server's handle, with one command inbox per shard, and the receiving
+    /// ends the shards take.
+    fn handle(
+        &self,
+        shards: usize,
+        local_addr: SocketAddr,
+    ) -> Result<(SoeHandle, Vec<handle::InboxReceivers>), ServerError> {
         let mut inboxes = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
         for shard in 0..shards {
@@ -276,90 +343,36 @@ impl SoeServerBuilder {
                 event_readers: Default::default(),
             }),
         };
-        let (events_tx, events_rx) = crossbeam_channel::bounded(self.event_queue);
-        let events = self.factory.is_none().then_some(events_rx);
-        let slot = (self.config.default_session_params.udp_length as usize).clamp(2048, 65_536);
-        let limits = Limits {
-            max_parked: self.command_queue,
-            ..Limits::default()
-        };
-
-        let mut threads = Vec::with_capacity(shards);
-        let mut readiness = Vec::with_capacity(shards);
-        for (index, (socket, queues)) in sockets.into_iter().zip(receivers).enumerate() {
-            let setup = ShardSetup {
-                index,
-                socket,
-                config: self.config.clone(),
-                queues,
-                handle: handle.clone(),
-                events: match &self.factory {
-                    Some(f) => EventTarget::Factory(f.clone()),
-                    None => EventTarget::Stream(events_tx.clone()),
-                },
-                tick: self.tick,
-                batch: self.batch,
-                slot,
-                limits,
-            };
-            let cpu = placement[index];
-            let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-            readiness.push(ready_rx);
-            let spawned = std::thread::Builder::new()
-                .name(format!("soe-shard-{index}"))
-                .spawn(move || {
-                    if let Some(cpu) = cpu
-                        && let Err(e) = sys::pin_current_thread(cpu)
-                    {
-                        tracing::warn!(shard = index, cpu, error = %e, "cannot pin the shard");
-                    }
-                    let outcome = shard::run(setup, ready_tx);
-                    let _ = done_tx.send(());
-                    outcome
-                });
-            match spawned {
-                Ok(thread) => threads.push(ShardThread {
-                    thread: Some(thread),
-                    done: done_rx,
-                }),
-                Err(source) => {
-                    let mut partial = SoeServer {
-                        handle,
-                        events: None,
-                        threads,
-                        local_addr,
-                        steering,
-                    };
-                    let _ = partial.stop();
-                    return Err(ServerError::Start {
-                        shard: index,
-                        source,
-                    });
-                }
-            }
-        }
-        drop(events_tx);
-        let mut server = SoeServer {
-            handle,
-            events,
-            threads,
-            local_addr,
-            steering,
-        };
-        for (shard, ready) in readiness.into_iter().enumerate() {
-            if ready.recv_timeout(Duration::from_secs(10)).is_err() {
-                let detail = server.handle.shared.inboxes[shard]
-                    .liveness
-                    .failure()
-                    .unwrap_or_else(|| "did not start within 10 s".into());
-                let _ = server.stop();
-                return Err(ServerError::ShardFailed { shard, detail });
-            }
-        }
-        tracing::info!(%local_addr, shards, steering, "soe server started");
-        Ok(server)
+        Ok((handle, receivers))
     }
+}
+
+/// Starts one shard's thread, pinned to `cpu` when given; returns the thread and
+/// the channel on which the shard says it is serving.
+fn spawn_shard(
+    setup: ShardSetup,
+    cpu: Option<usize>,
+) -> std::io::Result<(ShardThread, Receiver<()>)> {
+    let index = setup.index;
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("soe-shard-{index}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu
+                && let Err(e) = sys::pin_current_thread(cpu)
+            {
+                tracing::warn!(shard = index, cpu, error = %e, "cannot pin the shard");
+            }
+            let outcome = shard::run(setup, ready_tx);
+            let _ = done_tx.send(());
+            outcome
+        })?;
+    let thread = ShardThread {
+        thread: Some(thread),
+        done: done_rx,
+    };
+    Ok((thread, ready_rx))
 }
 
 #[allow(clippy::disallowed_methods)] // the runtime is where the clock is read

@@ -129,6 +129,7 @@ pub enum Channel {
 
 /// What a session reports to its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionEvent {
     /// The session is established. A server reports it when the first packet after
     /// its SessionResponse arrives (proof the client got the response).
@@ -174,6 +175,7 @@ pub enum EnqueueError {
 
 /// Per-session counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionStats {
     /// Datagrams handed to the socket.
     pub datagrams_sent: u64,
@@ -285,6 +287,19 @@ pub struct SessionSnapshot {
     pub buffered_bytes: usize,
     /// What ClockSync taught a client about its path.
     pub net_status: Option<NetStatus>,
+}
+
+/// How a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// This side ends it and tells the peer: queued data within the window goes
+    /// out, then a Disconnect.
+    Announced,
+    /// This side ends it without a word (timeouts, refusals, a peer that cannot
+    /// be reached or must not be answered).
+    Silent,
+    /// The peer's Disconnect ended it.
+    ByPeer,
 }
 
 /// Bytes 11 and 12 of a server's SessionResponse, and whether they turn the v3
@@ -807,21 +822,19 @@ impl SoeSession {
         now: Instant,
         io: &mut SessionIo,
     ) {
-        self.end(reason, notify_remote, false, now, io);
+        let how = if notify_remote {
+            Ending::Announced
+        } else {
+            Ending::Silent
+        };
+        self.end(reason, how, now, io);
     }
 
-    fn end(
-        &mut self,
-        reason: DisconnectReason,
-        notify_remote: bool,
-        by_remote: bool,
-        now: Instant,
-        io: &mut SessionIo,
-    ) {
+    fn end(&mut self, reason: DisconnectReason, how: Ending, now: Instant, io: &mut SessionIo) {
         if self.state == SessionState::Terminated {
             return;
         }
-        if notify_remote && self.state == SessionState::Running {
+        if how == Ending::Announced && self.state == SessionState::Running {
             self.closing = true;
             self.flush(now, io);
             let packet = Disconnect {
@@ -836,7 +849,7 @@ impl SoeSession {
         }
         self.state = SessionState::Terminated;
         self.termination_reason = reason;
-        self.terminated_by_remote = by_remote;
+        self.terminated_by_remote = how == Ending::ByPeer;
         self.open_on_next_packet = false;
         io.emit(SessionEvent::Closed(reason));
     }
@@ -883,7 +896,7 @@ impl SoeSession {
                 // decrypt: corrupt, as UdpLibrary judges it.
                 self.stats.malformed_datagrams += 1;
                 if self.state == SessionState::Running {
-                    self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+                    self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
                 }
                 return;
             }
@@ -917,7 +930,9 @@ impl SoeSession {
                             .inflate(body, &mut inflated, self.params.max_inflated_len);
                     match outcome {
                         Ok(()) => self.handle_contextual(op, &inflated, now, io),
-                        Err(_) => self.end(DisconnectReason::CorruptPacket, true, false, now, io),
+                        Err(_) => {
+                            self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io)
+                        }
                     }
                     io.inflated = inflated;
                 } else {
@@ -942,7 +957,7 @@ impl SoeSession {
     fn handle_contextual(&mut self, op: OpCode, body: &[u8], now: Instant, io: &mut SessionIo) {
         match Packet::parse_contextual(op, body) {
             Ok(packet) => self.handle_packet(packet, 0, now, io),
-            Err(_) => self.end(DisconnectReason::CorruptPacket, true, false, now, io),
+            Err(_) => self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io),
         }
     }
 
@@ -952,13 +967,18 @@ impl SoeSession {
             Packet::DataBundle(bundle) => {
                 // Outside a reliable payload a bundle's items are cooked packets.
                 if depth >= MAX_NESTING {
-                    return self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+                    return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
                 }
                 for item in bundle.iter() {
                     match item.and_then(Packet::parse) {
                         Ok(p) => self.handle_packet(p, depth + 1, now, io),
                         Err(_) => {
-                            return self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+                            return self.end(
+                                DisconnectReason::CorruptPacket,
+                                Ending::Announced,
+                                now,
+                                io,
+                            );
                         }
                     }
                     if self.state == SessionState::Terminated {
@@ -968,7 +988,7 @@ impl SoeSession {
             }
             Packet::Disconnect(d) => {
                 if d.session_id == self.session_id {
-                    self.end(d.reason, false, true, now, io);
+                    self.end(d.reason, Ending::ByPeer, now, io);
                 } else {
                     self.stats.ignored_packets += 1;
                 }
@@ -1043,12 +1063,14 @@ impl SoeSession {
         io: &mut SessionIo,
     ) {
         if depth >= MAX_NESTING {
-            return self.end(DisconnectReason::CorruptPacket, true, false, now, io);
+            return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
         }
         for sub in multi.iter() {
             match sub.and_then(Packet::parse) {
                 Ok(p) => self.handle_packet(p, depth + 1, now, io),
-                Err(_) => return self.end(DisconnectReason::CorruptPacket, true, false, now, io),
+                Err(_) => {
+                    return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
+                }
             }
             // A sub-packet may have ended the session: the rest is not processed.
             if self.state == SessionState::Terminated {
@@ -1073,11 +1095,14 @@ impl SoeSession {
         match outcome {
             Ok(()) => {}
             Err(RxError::Corrupt) => {
-                self.end(DisconnectReason::CorruptPacket, true, false, now, io)
+                self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io)
             }
-            Err(RxError::Overflow) => {
-                self.end(DisconnectReason::ReliableOverflow, true, false, now, io)
-            }
+            Err(RxError::Overflow) => self.end(
+                DisconnectReason::ReliableOverflow,
+                Ending::Announced,
+                now,
+                io,
+            ),
         }
     }
 
@@ -1132,7 +1157,7 @@ impl SoeSession {
                     } else {
                         DisconnectReason::ConnectError
                     };
-                    self.end(reason, false, false, now, io);
+                    self.end(reason, Ending::Silent, now, io);
                 } else {
                     self.stats.ignored_packets += 1;
                 }
@@ -1168,7 +1193,7 @@ impl SoeSession {
             PROTOCOL_VERSION_2 | PROTOCOL_VERSION_3
         );
         if !(name_ok && version_ok) {
-            self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+            self.end(DisconnectReason::ProtocolMismatch, Ending::Silent, now, io);
             return;
         }
         self.session_id = request.session_id;
@@ -1211,7 +1236,7 @@ impl SoeSession {
             .is_some_and(|v| v != PROTOCOL_VERSION_3)
             || response.crc_length > 4
         {
-            self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+            self.end(DisconnectReason::ProtocolMismatch, Ending::Silent, now, io);
             return;
         }
         self.params.remote_udp_length = response.udp_length;
@@ -1256,11 +1281,11 @@ impl SoeSession {
         }
         // In the table's order: an ending beats what else is due.
         if due.connect_timeout {
-            self.end(DisconnectReason::ConnectFail, false, false, now, io);
+            self.end(DisconnectReason::ConnectFail, Ending::Silent, now, io);
         } else if due.connect_retry {
             self.owed.request = true;
         } else if due.inactivity {
-            self.end(DisconnectReason::Timeout, false, false, now, io);
+            self.end(DisconnectReason::Timeout, Ending::Silent, now, io);
         } else {
             if due.heartbeat {
                 self.owed.heartbeat = true;
@@ -1447,8 +1472,7 @@ impl SoeSession {
         if gave_up {
             self.end(
                 DisconnectReason::UnacknowledgedTimeout,
-                true,
-                false,
+                Ending::Announced,
                 now,
                 io,
             );
@@ -1503,8 +1527,7 @@ impl SoeSession {
         }
         self.end(
             DisconnectReason::UnreachableConnection,
-            false,
-            false,
+            Ending::Silent,
             now,
             io,
         );
@@ -1543,7 +1566,7 @@ impl SoeSession {
         match self.unreachable_since {
             None => self.unreachable_since = Some(now),
             Some(since) if now.saturating_duration_since(since) >= grace => {
-                self.end(DisconnectReason::IcmpError, false, false, now, io)
+                self.end(DisconnectReason::IcmpError, Ending::Silent, now, io)
             }
             Some(_) => {}
         }
@@ -1624,7 +1647,7 @@ impl SoeSession {
     fn refuse_passes(&mut self, why: UnsupportedPass, now: Instant, io: &mut SessionIo) {
         tracing::debug!(session_id = self.session_id, %why, "refused encryption passes");
         self.stats.refused_passes += 1;
-        self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+        self.end(DisconnectReason::ProtocolMismatch, Ending::Silent, now, io);
     }
 
     fn write_handshake(&mut self, now: Instant, io: &mut SessionIo) {
@@ -1646,7 +1669,7 @@ impl SoeSession {
                 application_protocol: named.then_some(self.params.application_protocol.as_bytes()),
             };
             if request.encoded_len() > bytes.len() {
-                return self.end(DisconnectReason::ProtocolMismatch, false, false, now, io);
+                return self.end(DisconnectReason::ProtocolMismatch, Ending::Silent, now, io);
             }
             Packet::SessionRequest(request).emit(&mut bytes)
         } else {

@@ -446,6 +446,7 @@ pub fn inflate(data: &[u8]) {
             }
         }
         Err(InflateError::Corrupt) => {}
+        Err(e) => panic!("an inflate error this target does not know: {e}"),
     }
 
     // Round trip.
@@ -728,6 +729,7 @@ impl Harness {
                         "{old} → {new} remapped without being open"
                     );
                 }
+                other => panic!("an event this harness does not model: {other:?}"),
             }
         }
 
