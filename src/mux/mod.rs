@@ -60,6 +60,9 @@
 
 mod ids;
 
+#[cfg(test)]
+mod conversation_tests;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 

@@ -33,6 +33,9 @@ mod reliable_rx;
 mod reliable_tx;
 mod rtt;
 
+#[cfg(test)]
+mod conversation_tests;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
