@@ -209,12 +209,15 @@ fn client_v3_handshake() {
     assert_eq!(c.session.crc_seed(), SEED);
     assert_eq!(c.session.params().crc_length, 3);
     assert_eq!(c.session.params().remote_udp_length, 0x1F0);
-    // A Heartbeat at once completes the server's side (§7.3 step 3), with the
-    // three CRC bytes the server asked for.
-    let heartbeat = hex("00 06");
-    let mut expected = heartbeat.clone();
-    expected.extend_from_slice(&soe_crc32(SEED, &heartbeat).to_be_bytes()[1..]);
-    assert_eq!(c.tick(1020), [expected]);
+    // From now on every contextual datagram ends with the three CRC bytes the
+    // server asked for (§4.2).
+    let seal3 = |cooked: Vec<u8>| {
+        let mut datagram = cooked.clone();
+        datagram.extend_from_slice(&soe_crc32(SEED, &cooked).to_be_bytes()[1..]);
+        datagram
+    };
+    // A Heartbeat at once completes the server's side (§7.3 step 3).
+    assert_eq!(c.tick(1020), [seal3(hex("00 06"))]);
     // The request is not repeated once running.
     assert!(c.tick(2020).is_empty());
 
@@ -222,11 +225,17 @@ fn client_v3_handshake() {
     // op code + sequence (4) leave 489 payload bytes, of which a first fragment
     // carries 485 after the total length (§9.2).
     c.enqueue(&[0x5A; 600]);
+    let mut first = hex(concat!(
+        "00 0D",       // ReliableDataFragment, channel 0
+        "00 00",       // sequence 0
+        "00 00 02 58", // total length 600
+    ));
+    first.extend_from_slice(&[0x5A; 485]);
+    let mut second = hex("00 0D 00 01"); // Fragment, sequence 1
+    second.extend_from_slice(&[0x5A; 600 - 485]);
     let out = c.tick(2030);
-    assert_eq!(out.len(), 2);
+    assert_eq!(out, [seal3(first), seal3(second)]);
     assert_eq!(out[0].len(), 496);
-    assert_eq!(out[0][..8], hex("00 0D 00 00 00 00 02 58")); // Fragment, seq 0, 600 bytes
-    assert_eq!(out[1].len(), 4 + (600 - 485) + 3);
 }
 
 /// §7.4: a client of `protocol_version` 2 sends the 14-byte request and accepts
