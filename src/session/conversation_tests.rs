@@ -407,6 +407,25 @@ fn reliable_message_is_resent_after_the_rto_until_acknowledged() {
     assert_eq!(c.session.stats().reliable_packets_resent, 3);
 }
 
+/// §8.7: "when nothing at all has been acknowledged for a probe timeout" the
+/// oldest packet is sent again. Flushes that send nothing and acknowledge
+/// nothing (an application that flushes every game tick, a peer whose other
+/// traffic wakes the session) must not push the probe back.
+#[test]
+fn flushes_that_send_nothing_do_not_postpone_the_probe() {
+    let mut c = server(SessionParameters::default());
+    let data = sealed("00 09 00 00 68 65 6C 6C 6F"); // ReliableData seq 0, "hello"
+    c.enqueue(b"hello");
+    assert_eq!(c.tick(10), std::slice::from_ref(&data));
+    assert_eq!(c.tick(510), std::slice::from_ref(&data)); // the RTO
+    // The application flushes every 100 ms; nothing is due.
+    for ms in (610..1010).step_by(100) {
+        assert!(c.tick(ms).is_empty(), "sent at {ms} ms");
+    }
+    // The probe is where it was: 500 ms after the retransmission.
+    assert_eq!(c.tick(1010), [data]);
+}
+
 /// §8.4, §10.1, §10.5: what a client sends after the handshake shares one
 /// multi-packet (one-byte lengths by default); the peer's multi-packets are read
 /// sub-packet by sub-packet, and an ack alone goes out as a bare packet.
