@@ -426,6 +426,26 @@ fn flushes_that_send_nothing_do_not_postpone_the_probe() {
     assert_eq!(c.tick(1010), [data]);
 }
 
+/// §8.6, §8.7: an ack that releases something restarts the probe timer, with
+/// the round trip it measured: PTO = SRTT + 4·RTTVAR + `peer_max_ack_delay`.
+#[test]
+fn an_ack_restarts_the_probe_with_the_measured_round_trip() {
+    let mut c = server(SessionParameters::default());
+    c.enqueue(b"a");
+    assert_eq!(c.tick(10), [sealed("00 09 00 00 61")]); // ReliableData seq 0, "a"
+    c.enqueue(b"b");
+    assert_eq!(c.tick(20), [sealed("00 09 00 01 62")]); // ReliableData seq 1, "b"
+    // Sequence 0 acknowledged after 20 ms: SRTT 20, RTTVAR 10, so the PTO is
+    // 20 + 40 + 25 = 85 ms from the ack, and the RTO 100 ms (its floor).
+    c.recv(30, &sealed("00 15 00 00")); // AcknowledgeAll 0
+    assert_eq!(c.session.rtt(), Some(Duration::from_millis(20)));
+    assert!(c.tick(114).is_empty());
+    assert_eq!(c.tick(115), [sealed("00 09 00 01 62")]); // the probe
+    c.recv(130, &sealed("00 15 00 01")); // AcknowledgeAll 1
+    assert!(c.session.is_flushed());
+    assert!(c.tick(1000).is_empty());
+}
+
 /// §8.4, §10.1, §10.5: what a client sends after the handshake shares one
 /// multi-packet (one-byte lengths by default); the peer's multi-packets are read
 /// sub-packet by sub-packet, and an ack alone goes out as a bare packet.
