@@ -363,3 +363,68 @@ fn disconnects_both_ways() {
     assert!(c.tick(20).is_empty());
     assert_eq!(c.mux.session_count(), 0);
 }
+
+/// §7.5: while draining, a SessionRequest is answered with a SessionResponse and
+/// at once a Disconnect (`ConnectionRefused`), and no session is kept.
+#[test]
+fn draining_refuses_with_response_and_disconnect() {
+    let client = addr("10.0.0.1:5000");
+    let mut c = Conversation::new(SocketConfig::default());
+    c.mux.set_draining(true);
+    c.recv(0, client, &hex(REQUEST_V3));
+    let out = c.sent();
+    assert_eq!(out.len(), 2);
+    let seed = be_u32(&out[0].1[6..10]);
+    let mut response = hex("00 02 11 22 33 44"); // SessionResponse, session id
+    response.extend_from_slice(&seed.to_be_bytes()); // CRC seed
+    response.extend_from_slice(&hex("02 00 00 00 00 02 00 00 00 00 03"));
+    let disconnect = sealed(
+        seed,
+        concat!(
+            "00 05",       // Disconnect
+            "11 22 33 44", // session id
+            "00 0A",       // ConnectionRefused
+        ),
+    );
+    assert_eq!(out, [(client, response), (client, disconnect)]);
+    assert!(c.tick(0).is_empty());
+    assert!(c.events().is_empty());
+    assert_eq!(c.mux.session_count(), 0);
+    assert_eq!(c.mux.stats().refused_draining, 1);
+}
+
+/// §7.5: an exact SessionRequest with another session id from the address of a
+/// server session is a restarted client: the old session ends quietly
+/// (`NewConnectionAttempt`) and the request is admitted with a fresh seed.
+#[test]
+fn a_restarted_client_replaces_its_old_session() {
+    let client = addr("10.0.0.1:5000");
+    let mut c = Conversation::new(SocketConfig::default());
+    c.open(0, client);
+    c.recv(
+        100,
+        client,
+        &hex(concat!(
+            "00 01",       // SessionRequest
+            "00 00 00 03", // version 3
+            "55 66 77 88", // a new session id
+            "00 00 02 00", // udp_length 512
+            "00",          // name ""
+        )),
+    );
+    assert_eq!(
+        c.events(),
+        [SocketEvent::SessionClosed {
+            remote: client,
+            reason: DisconnectReason::NewConnectionAttempt,
+        }]
+    );
+    let out = c.tick(100);
+    assert_eq!(out.len(), 1); // no Disconnect for the old session
+    let seed = be_u32(&out[0].1[6..10]);
+    let mut response = hex("00 02 55 66 77 88"); // SessionResponse, the new id
+    response.extend_from_slice(&seed.to_be_bytes());
+    response.extend_from_slice(&hex("02 00 00 00 00 02 00 00 00 00 03"));
+    assert_eq!(out, [(client, response)]);
+    assert_eq!(c.mux.session(&client).unwrap().session_id(), 0x5566_7788);
+}

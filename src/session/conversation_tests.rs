@@ -446,6 +446,64 @@ fn an_ack_restarts_the_probe_with_the_measured_round_trip() {
     assert!(c.tick(1000).is_empty());
 }
 
+/// §8.6, §8.7: selective acks of three later packets declare the first lost
+/// (RFC 9002's packet threshold): it is sent again at the next flush, before any
+/// timer.
+#[test]
+fn selective_acks_past_a_packet_declare_it_lost() {
+    let mut c = server(SessionParameters::default());
+    for (ms, byte) in [(10, 0x61), (11, 0x62), (12, 0x63), (13, 0x64)] {
+        c.enqueue(&[byte]);
+        let mut packet = hex("00 09 00"); // ReliableData, channel 0, sequence 00..
+        packet.push(byte - 0x61); // ..00 to 03
+        packet.push(byte); // "a" to "d"
+        assert_eq!(c.tick(ms), [seal(&packet)]);
+    }
+    c.recv(
+        40,
+        &sealed(concat!(
+            "00 03",          // MultiPacket
+            "04 00 11 00 01", // length 4, Acknowledge ch 0, seq 1
+            "04 00 11 00 02", // length 4, Acknowledge ch 0, seq 2
+            "04 00 11 00 03", // length 4, Acknowledge ch 0, seq 3
+        )),
+    );
+    assert_eq!(c.tick(40), [sealed("00 09 00 00 61")]); // seq 0 again
+    assert_eq!(c.session.stats().reliable_packets_resent, 1);
+    c.recv(50, &sealed("00 15 00 03")); // AcknowledgeAll 3
+    assert!(c.session.is_flushed());
+    assert!(c.tick(2000).is_empty());
+}
+
+/// §3.3, §10.6, §14.3: a packet whose CRC holds but that does not parse (a
+/// multi-packet length past the end) ends the session with `CorruptPacket`, and
+/// the peer is told.
+#[test]
+fn corrupt_packet_with_a_valid_crc_ends_the_session_with_a_disconnect() {
+    let mut c = server(SessionParameters::default());
+    c.recv(
+        10,
+        &sealed(concat!(
+            "00 03", // MultiPacket
+            "05",    // length 5, but only two bytes follow
+            "00 06", // Heartbeat
+        )),
+    );
+    assert_eq!(
+        c.sent(),
+        [sealed(concat!(
+            "00 05",       // Disconnect
+            "11 22 33 44", // session id
+            "00 0F",       // CorruptPacket
+        ))]
+    );
+    assert_eq!(
+        c.events(),
+        [SessionEvent::Closed(DisconnectReason::CorruptPacket)]
+    );
+    assert!(c.tick(10).is_empty());
+}
+
 /// §8.4, §10.1, §10.5: what a client sends after the handshake shares one
 /// multi-packet (one-byte lengths by default); the peer's multi-packets are read
 /// sub-packet by sub-packet, and an ack alone goes out as a bare packet.
