@@ -2,6 +2,9 @@
 
 mod ids;
 
+#[cfg(test)]
+mod conversation_tests;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 

@@ -9,6 +9,9 @@ mod reliable_rx;
 mod reliable_tx;
 mod rtt;
 
+#[cfg(test)]
+mod conversation_tests;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1128,6 +1131,8 @@ impl SoeSession {
                 if !all && let Some(sent) = sender.detect_losses(now, self.rtt.loss_delay()) {
                     self.congestion.on_lost(sent, now);
                 }
+                // Progress restarts the probe timer (RFC 9002 §6.2.1).
+                sender.arm_probe(now, self.rtt.pto(self.params.peer_max_ack_delay));
             }
         }
     }
@@ -1432,7 +1437,10 @@ impl SoeSession {
                         sent += 1;
                         in_flight += 1;
                     }
-                    if in_flight > before || s.in_flight() > 0 {
+                    // Only fresh packets (re)start the timers: a flush that sends
+                    // nothing must not push the probe back (acks restart it in
+                    // `handle_ack`).
+                    if in_flight > before {
                         s.arm_timer(now, times);
                     }
                 }

@@ -646,7 +646,9 @@ impl ReliableSender {
         self.arm_probe(now, times.pto);
     }
 
-    fn arm_probe(&mut self, now: Instant, pto: Duration) {
+    /// Arms the probe a probe timeout from `now` (doubled per probe since the
+    /// last progress), or clears it when nothing is in flight.
+    pub(crate) fn arm_probe(&mut self, now: Instant, pto: Duration) {
         self.probe_at =
             (self.in_flight() > 0).then(|| now + pto.saturating_mul(1 << self.probes.min(10)));
     }
