@@ -1,7 +1,7 @@
 //! Bodies of the fuzz targets.
 //!
 //! Each `pub fn name(data: &[u8])` here is one target. `fuzz/fuzz_targets/<name>.rs`
-//! hands it libFuzzer's input; `tests/fuzz_smoke.rs` runs it on the seeds and on
+//! hands it libFuzzer's input; `testkit/tests/fuzz_smoke.rs` runs it on the seeds and on
 //! pseudo-random inputs with stable Rust. A target panics only when it has found a
 //! bug: a panic inside the library, or a broken invariant (the `assert!`s below).
 //!

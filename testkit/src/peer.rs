@@ -1,7 +1,7 @@
 //! The scripted peer: writes packets as the other side of a session would and reads
 //! back what the code under test sent, with nothing but the public wire codec
 //! (`soe_uring::protocol`). The fuzz harness ([`crate::fuzz`]) and the hostile-input
-//! tests (`tests/hostile.rs`) both drive a multiplexer through it.
+//! tests (`testkit/tests/hostile.rs`) both drive a multiplexer through it.
 
 use std::net::SocketAddr;
 
