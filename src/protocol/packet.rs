@@ -51,6 +51,74 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(raw)
 }
 
+fn put_u16(out: &mut [u8], at: usize, value: u16) {
+    out[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+fn put_u32(out: &mut [u8], at: usize, value: u32) {
+    out[at..at + 4].copy_from_slice(&value.to_be_bytes());
+}
+
+fn put_u64(out: &mut [u8], at: usize, value: u64) {
+    out[at..at + 8].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Where the body starts: after the two op-code bytes. Parsers that get the body
+/// alone subtract it from the offsets below.
+const BODY: usize = 2;
+
+/// Where each field of the fixed layouts starts, counted from the first op-code
+/// byte (`docs/protocol.md` §7, §14, §15, §16). Parsers and emitters both read
+/// them, so a layout is written down once.
+mod at {
+    /// SessionRequest (§7.1).
+    pub(super) mod request {
+        pub(crate) const VERSION: usize = 2;
+        pub(crate) const SESSION_ID: usize = 6;
+        pub(crate) const UDP_LENGTH: usize = 10;
+    }
+    /// SessionResponse (§7.2).
+    pub(super) mod response {
+        pub(crate) const SESSION_ID: usize = 2;
+        pub(crate) const CRC_SEED: usize = 6;
+        pub(crate) const CRC_LENGTH: usize = 10;
+        pub(crate) const PASS_0: usize = 11;
+        pub(crate) const PASS_1: usize = 12;
+        pub(crate) const UDP_LENGTH: usize = 13;
+        pub(crate) const VERSION: usize = 17;
+    }
+    /// Disconnect (§14.1).
+    pub(super) mod disconnect {
+        pub(crate) const SESSION_ID: usize = 2;
+        pub(crate) const REASON: usize = 6;
+    }
+    /// RemapConnection (§15.2).
+    pub(super) mod remap {
+        pub(crate) const SESSION_ID: usize = 2;
+        pub(crate) const CRC_SEED: usize = 6;
+    }
+    /// NetStatusRequest, "ClockSync" (§16.1).
+    pub(super) mod clock_sync {
+        pub(crate) const TIMESTAMP: usize = 2;
+        pub(crate) const MASTER_PING: usize = 4;
+        pub(crate) const AVERAGE_PING: usize = 8;
+        pub(crate) const LOW_PING: usize = 12;
+        pub(crate) const HIGH_PING: usize = 16;
+        pub(crate) const LAST_PING: usize = 20;
+        pub(crate) const OUR_SENT: usize = 24;
+        pub(crate) const OUR_RECEIVED: usize = 32;
+    }
+    /// NetStatusResponse, "ClockReflect" (§16.1).
+    pub(super) mod clock_reflect {
+        pub(crate) const TIMESTAMP: usize = 2;
+        pub(crate) const SERVER_STAMP: usize = 4;
+        pub(crate) const YOUR_SENT: usize = 8;
+        pub(crate) const YOUR_RECEIVED: usize = 16;
+        pub(crate) const OUR_SENT: usize = 24;
+        pub(crate) const OUR_RECEIVED: usize = 32;
+    }
+}
+
 /// SessionRequest (`00 01`): a client asks for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionRequest<'a> {
@@ -79,9 +147,9 @@ impl<'a> SessionRequest<'a> {
             &name[..end]
         });
         Ok(Self {
-            protocol_version: be_u32(b, 2),
-            session_id: be_u32(b, 6),
-            udp_length: be_u32(b, 10),
+            protocol_version: be_u32(b, at::request::VERSION),
+            session_id: be_u32(b, at::request::SESSION_ID),
+            udp_length: be_u32(b, at::request::UDP_LENGTH),
             application_protocol,
         })
     }
@@ -93,9 +161,9 @@ impl<'a> SessionRequest<'a> {
 
     fn emit(&self, out: &mut [u8]) -> usize {
         out[..2].copy_from_slice(&OpCode::SessionRequest.to_bytes());
-        out[2..6].copy_from_slice(&self.protocol_version.to_be_bytes());
-        out[6..10].copy_from_slice(&self.session_id.to_be_bytes());
-        out[10..14].copy_from_slice(&self.udp_length.to_be_bytes());
+        put_u32(out, at::request::VERSION, self.protocol_version);
+        put_u32(out, at::request::SESSION_ID, self.session_id);
+        put_u32(out, at::request::UDP_LENGTH, self.udp_length);
         let mut n = Self::FIXED_LEN;
         if let Some(name) = self.application_protocol {
             out[n..n + name.len()].copy_from_slice(name);
@@ -139,13 +207,13 @@ impl SessionResponse {
             return Err(DecodeError::TooShort);
         }
         Ok(Self {
-            session_id: be_u32(b, 2),
-            crc_seed: be_u32(b, 6),
-            crc_length: b[10],
-            compression: b[11],
-            encryption_pass_1: b[12],
-            udp_length: be_u32(b, 13),
-            protocol_version: (b.len() >= Self::V3_LEN).then(|| be_u32(b, 17)),
+            session_id: be_u32(b, at::response::SESSION_ID),
+            crc_seed: be_u32(b, at::response::CRC_SEED),
+            crc_length: b[at::response::CRC_LENGTH],
+            compression: b[at::response::PASS_0],
+            encryption_pass_1: b[at::response::PASS_1],
+            udp_length: be_u32(b, at::response::UDP_LENGTH),
+            protocol_version: (b.len() >= Self::V3_LEN).then(|| be_u32(b, at::response::VERSION)),
         })
     }
 
@@ -160,14 +228,14 @@ impl SessionResponse {
 
     fn emit(&self, out: &mut [u8]) -> usize {
         out[..2].copy_from_slice(&OpCode::SessionResponse.to_bytes());
-        out[2..6].copy_from_slice(&self.session_id.to_be_bytes());
-        out[6..10].copy_from_slice(&self.crc_seed.to_be_bytes());
-        out[10] = self.crc_length;
-        out[11] = self.compression;
-        out[12] = self.encryption_pass_1;
-        out[13..17].copy_from_slice(&self.udp_length.to_be_bytes());
+        put_u32(out, at::response::SESSION_ID, self.session_id);
+        put_u32(out, at::response::CRC_SEED, self.crc_seed);
+        out[at::response::CRC_LENGTH] = self.crc_length;
+        out[at::response::PASS_0] = self.compression;
+        out[at::response::PASS_1] = self.encryption_pass_1;
+        put_u32(out, at::response::UDP_LENGTH, self.udp_length);
         if let Some(version) = self.protocol_version {
-            out[17..21].copy_from_slice(&version.to_be_bytes());
+            put_u32(out, at::response::VERSION, version);
         }
         self.encoded_len()
     }
@@ -187,24 +255,24 @@ impl Disconnect {
     pub const LEN: usize = 8;
 
     fn parse_body(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() < 4 {
+        if b.len() < at::disconnect::REASON - BODY {
             return Err(DecodeError::TooShort);
         }
-        let reason = if b.len() >= 6 {
-            DisconnectReason::from_u16(be_u16(b, 4))
+        let reason = if b.len() >= Self::LEN - BODY {
+            DisconnectReason::from_u16(be_u16(b, at::disconnect::REASON - BODY))
         } else {
             DisconnectReason::None
         };
         Ok(Self {
-            session_id: be_u32(b, 0),
+            session_id: be_u32(b, at::disconnect::SESSION_ID - BODY),
             reason,
         })
     }
 
     fn emit(&self, out: &mut [u8]) -> usize {
         out[..2].copy_from_slice(&OpCode::Disconnect.to_bytes());
-        out[2..6].copy_from_slice(&self.session_id.to_be_bytes());
-        out[6..8].copy_from_slice(&self.reason.as_u16().to_be_bytes());
+        put_u32(out, at::disconnect::SESSION_ID, self.session_id);
+        put_u16(out, at::disconnect::REASON, self.reason.as_u16());
         Self::LEN
     }
 }
@@ -227,15 +295,15 @@ impl RemapConnection {
             return Err(DecodeError::TooShort);
         }
         Ok(Self {
-            session_id: be_u32(b, 2),
-            crc_seed: be_u32(b, 6),
+            session_id: be_u32(b, at::remap::SESSION_ID),
+            crc_seed: be_u32(b, at::remap::CRC_SEED),
         })
     }
 
     fn emit(&self, out: &mut [u8]) -> usize {
         out[..2].copy_from_slice(&OpCode::RemapConnection.to_bytes());
-        out[2..6].copy_from_slice(&self.session_id.to_be_bytes());
-        out[6..10].copy_from_slice(&self.crc_seed.to_be_bytes());
+        put_u32(out, at::remap::SESSION_ID, self.session_id);
+        put_u32(out, at::remap::CRC_SEED, self.crc_seed);
         Self::LEN
     }
 }
@@ -266,31 +334,33 @@ impl NetStatusRequest {
     pub const LEN: usize = 40;
 
     fn parse_body(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() < Self::LEN - 2 {
+        use at::clock_sync as f;
+        if b.len() < Self::LEN - BODY {
             return Err(DecodeError::TooShort);
         }
         Ok(Self {
-            timestamp: be_u16(b, 0),
-            master_ping: be_u32(b, 2),
-            average_ping: be_u32(b, 6),
-            low_ping: be_u32(b, 10),
-            high_ping: be_u32(b, 14),
-            last_ping: be_u32(b, 18),
-            our_sent: be_u64(b, 22),
-            our_received: be_u64(b, 30),
+            timestamp: be_u16(b, f::TIMESTAMP - BODY),
+            master_ping: be_u32(b, f::MASTER_PING - BODY),
+            average_ping: be_u32(b, f::AVERAGE_PING - BODY),
+            low_ping: be_u32(b, f::LOW_PING - BODY),
+            high_ping: be_u32(b, f::HIGH_PING - BODY),
+            last_ping: be_u32(b, f::LAST_PING - BODY),
+            our_sent: be_u64(b, f::OUR_SENT - BODY),
+            our_received: be_u64(b, f::OUR_RECEIVED - BODY),
         })
     }
 
     fn emit(&self, out: &mut [u8]) -> usize {
+        use at::clock_sync as f;
         out[..2].copy_from_slice(&OpCode::NetStatusRequest.to_bytes());
-        out[2..4].copy_from_slice(&self.timestamp.to_be_bytes());
-        out[4..8].copy_from_slice(&self.master_ping.to_be_bytes());
-        out[8..12].copy_from_slice(&self.average_ping.to_be_bytes());
-        out[12..16].copy_from_slice(&self.low_ping.to_be_bytes());
-        out[16..20].copy_from_slice(&self.high_ping.to_be_bytes());
-        out[20..24].copy_from_slice(&self.last_ping.to_be_bytes());
-        out[24..32].copy_from_slice(&self.our_sent.to_be_bytes());
-        out[32..40].copy_from_slice(&self.our_received.to_be_bytes());
+        put_u16(out, f::TIMESTAMP, self.timestamp);
+        put_u32(out, f::MASTER_PING, self.master_ping);
+        put_u32(out, f::AVERAGE_PING, self.average_ping);
+        put_u32(out, f::LOW_PING, self.low_ping);
+        put_u32(out, f::HIGH_PING, self.high_ping);
+        put_u32(out, f::LAST_PING, self.last_ping);
+        put_u64(out, f::OUR_SENT, self.our_sent);
+        put_u64(out, f::OUR_RECEIVED, self.our_received);
         Self::LEN
     }
 }
@@ -317,27 +387,29 @@ impl NetStatusResponse {
     pub const LEN: usize = 40;
 
     fn parse_body(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() < Self::LEN - 2 {
+        use at::clock_reflect as f;
+        if b.len() < Self::LEN - BODY {
             return Err(DecodeError::TooShort);
         }
         Ok(Self {
-            timestamp: be_u16(b, 0),
-            server_stamp: be_u32(b, 2),
-            your_sent: be_u64(b, 6),
-            your_received: be_u64(b, 14),
-            our_sent: be_u64(b, 22),
-            our_received: be_u64(b, 30),
+            timestamp: be_u16(b, f::TIMESTAMP - BODY),
+            server_stamp: be_u32(b, f::SERVER_STAMP - BODY),
+            your_sent: be_u64(b, f::YOUR_SENT - BODY),
+            your_received: be_u64(b, f::YOUR_RECEIVED - BODY),
+            our_sent: be_u64(b, f::OUR_SENT - BODY),
+            our_received: be_u64(b, f::OUR_RECEIVED - BODY),
         })
     }
 
     fn emit(&self, out: &mut [u8]) -> usize {
+        use at::clock_reflect as f;
         out[..2].copy_from_slice(&OpCode::NetStatusResponse.to_bytes());
-        out[2..4].copy_from_slice(&self.timestamp.to_be_bytes());
-        out[4..8].copy_from_slice(&self.server_stamp.to_be_bytes());
-        out[8..16].copy_from_slice(&self.your_sent.to_be_bytes());
-        out[16..24].copy_from_slice(&self.your_received.to_be_bytes());
-        out[24..32].copy_from_slice(&self.our_sent.to_be_bytes());
-        out[32..40].copy_from_slice(&self.our_received.to_be_bytes());
+        put_u16(out, f::TIMESTAMP, self.timestamp);
+        put_u32(out, f::SERVER_STAMP, self.server_stamp);
+        put_u64(out, f::YOUR_SENT, self.your_sent);
+        put_u64(out, f::YOUR_RECEIVED, self.your_received);
+        put_u64(out, f::OUR_SENT, self.our_sent);
+        put_u64(out, f::OUR_RECEIVED, self.our_received);
         Self::LEN
     }
 }
