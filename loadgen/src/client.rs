@@ -618,6 +618,8 @@ struct Worker {
     capture: Option<Recorder>,
     /// `--scenario game`.
     game: Option<GameClient>,
+    /// `--scenario game`: the multiplexer's counters when the window ended.
+    window_mux_end: Option<MuxStats>,
 }
 
 impl Worker {
@@ -707,6 +709,7 @@ impl Worker {
             },
             capture: plan.capture.as_ref().map(Capture::recorder),
             game: plan.game.as_ref().map(|_| GameClient::new(count)),
+            window_mux_end: None,
             plan,
             ctl,
         })
@@ -780,7 +783,11 @@ impl Worker {
         let now = Instant::now();
         let stats = self.mux.stats();
         self.report.datagrams_received_total = stats.sessions.datagrams_received;
-        let end = self.mux_end.take().unwrap_or(stats);
+        let end = self
+            .window_mux_end
+            .take()
+            .or_else(|| self.mux_end.take())
+            .unwrap_or(stats);
         let start = self.mux_start.take().unwrap_or_else(|| end.clone());
         self.report.mux = diff(&end, &start);
         let cpu_end = self.cpu_end.unwrap_or_else(thread_cpu_time);
@@ -816,6 +823,9 @@ impl Worker {
             self.drain_deadline = Some(now + self.plan.drain);
             if let Some(g) = &mut self.game {
                 g.end_window();
+                // The server keeps sending through the drain: count datagrams over
+                // the window only, as the messages they are divided by.
+                self.window_mux_end = Some(self.mux.stats());
             }
         }
         self.phase = phase;
