@@ -1157,6 +1157,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(2));
         let start = Instant::now();
+        assert_eq!(logic.next_tick(start), start + Duration::from_millis(50));
         let mut sent: Vec<(Vec<u8>, Channel)> = Vec::new();
         for t in 1..=3 {
             logic.tick_if_due(start + Duration::from_millis(50 * t), &mut |_, d, c| {
