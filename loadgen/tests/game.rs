@@ -212,6 +212,47 @@ fn serve_and_run_game_in_two_processes() {
     assert!(status.success(), "serve exited with {status:?}");
 }
 
+/// Through the chaos relay at 10 % loss each way: unreliable inputs and states are
+/// lost and counted, reliable zone-ins all arrive.
+#[test]
+fn bench_game_through_a_lossy_relay_counts_unreliable_losses_only() {
+    let mut args = vec![
+        "bench",
+        "--server",
+        "soe-uring",
+        "--zone-in-every",
+        "1",
+        "--zone-in-size",
+        "20000-40000",
+        "--relay",
+        "loss=0.1,seed=3",
+        "--json",
+        "-",
+    ];
+    args.extend_from_slice(QUICK);
+    let out = loadgen(&args);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(num(&v, "reliable_lost"), 0.0, "{v}");
+    assert!(num(&v, "zone_ins_sent") > 0.0, "{v}");
+    assert_eq!(v["zone_ins_sent"], v["zone_ins_received"], "{v}");
+    assert!(num(&v, "states_lost") > 0.0, "{v}");
+    assert!(num(&v, "inputs_lost") > 0.0, "{v}");
+    assert_eq!(
+        num(&v, "unreliable_lost"),
+        num(&v, "states_lost") + num(&v, "inputs_lost"),
+        "{v}"
+    );
+    // About a tenth of each; far from all.
+    assert!(
+        num(&v, "states_lost") < num(&v, "states_expected") * 0.3,
+        "{v}"
+    );
+    assert!(num(&v, "inputs_lost") < num(&v, "inputs_sent") * 0.3, "{v}");
+}
+
 fn fails_with(args: &[&str], expected: &str) {
     let out = loadgen(args);
     assert!(!out.status.success(), "{args:?} succeeded");
