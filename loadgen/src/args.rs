@@ -93,7 +93,7 @@ pub struct BenchArgs {
     /// Server kinds to run, one after another, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "soe-uring,tokio,peer")]
     pub server: Vec<ServerKind>,
-    /// echo, or game (see the game flags below and README, "Game scenario").
+    /// echo, or game (see the game flags below and loadgen/README.md, "Game scenario").
     #[arg(long, value_enum, default_value_t = Scenario::Echo)]
     pub scenario: Scenario,
     #[command(flatten)]
@@ -369,7 +369,8 @@ pub struct GameServerOpts {
     #[arg(long, default_value = "unreliable", value_parser = parse_channel)]
     pub state_channel: ChannelArg,
     /// Mean seconds between zone-ins of a session (each interval uniform in 0.5–1.5×
-    /// this, the first one within the first interval, from --seed); 0: none.
+    /// this, the first one uniform in 0–1× after the session opens, from --seed);
+    /// 0: none.
     #[arg(long, default_value_t = 30.0, value_parser = parse_every, value_name = "SECS")]
     pub zone_in_every: f64,
     /// Zone-in size in bytes, or MIN-MAX for sizes uniform in that range.
