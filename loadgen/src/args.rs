@@ -76,17 +76,36 @@ impl fmt::Display for ServerKind {
     }
 }
 
+/// What the clients and the server do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Scenario {
+    /// Every message is echoed back (`--size`, `--window` or `--rate`, `--channel`).
+    #[default]
+    Echo,
+    /// A game: clients send small inputs at `--input-rate`; the server's tick loop
+    /// sends every session a state update at `--tick-rate`, plus occasional large
+    /// reliable zone-ins.
+    Game,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Server kinds to run, one after another, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "soe-uring,tokio,peer")]
     pub server: Vec<ServerKind>,
+    /// echo, or game (see the game flags below and loadgen/README.md, "Game scenario").
+    #[arg(long, value_enum, default_value_t = Scenario::Echo)]
+    pub scenario: Scenario,
     #[command(flatten)]
     pub server_opts: ServerOpts,
     #[command(flatten)]
     pub proto: ProtoOpts,
     #[command(flatten)]
     pub workload: Workload,
+    #[command(flatten)]
+    pub game_client: GameClientOpts,
+    #[command(flatten)]
+    pub game_server: GameServerOpts,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -106,10 +125,15 @@ pub struct RunArgs {
         requires = "capture"
     )]
     pub capture_limit: u64,
+    /// echo, or game (against `loadgen serve --scenario game`).
+    #[arg(long, value_enum, default_value_t = Scenario::Echo)]
+    pub scenario: Scenario,
     #[command(flatten)]
     pub proto: ProtoOpts,
     #[command(flatten)]
     pub workload: Workload,
+    #[command(flatten)]
+    pub game_client: GameClientOpts,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -120,8 +144,14 @@ pub struct ServeArgs {
     /// Which implementation serves.
     #[arg(long, default_value = "soe-uring")]
     pub server: ServerKind,
+    /// echo (every message back to its sender), or game (a tick loop sends state
+    /// updates and zone-ins; for `loadgen run --scenario game`).
+    #[arg(long, value_enum, default_value_t = Scenario::Echo)]
+    pub scenario: Scenario,
     #[command(flatten)]
     pub server_opts: ServerOpts,
+    #[command(flatten)]
+    pub game_server: GameServerOpts,
     #[command(flatten)]
     pub proto: ProtoOpts,
     /// Print the server's counters to stderr every SECS seconds (0: never).
@@ -307,6 +337,92 @@ pub struct Workload {
     pub relay: Option<String>,
 }
 
+/// The clients' side of `--scenario game`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Game scenario (clients)")]
+pub struct GameClientOpts {
+    /// Inputs per second per session.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_rate, value_name = "HZ")]
+    pub input_rate: f64,
+    /// Input size in bytes (16-byte header included).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(16..=400), value_name = "BYTES")]
+    pub input_size: u16,
+    /// Channel of the inputs: unreliable (latest wins, the usual choice for a
+    /// stream of inputs) or reliable[:K].
+    #[arg(long, default_value = "unreliable", value_parser = parse_channel)]
+    pub input_channel: ChannelArg,
+}
+
+/// The server's side of `--scenario game`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Game scenario (server)")]
+pub struct GameServerOpts {
+    /// Server ticks per second: each tick sends one state update to every session.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_tick_rate, value_name = "HZ")]
+    pub tick_rate: f64,
+    /// State update size in bytes (28-byte header included; at most 400 so that an
+    /// unreliable one fits a datagram).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(28..=400), value_name = "BYTES")]
+    pub state_size: u16,
+    /// Channel of the state updates: unreliable (the next one supersedes a lost one)
+    /// or reliable[:K].
+    #[arg(long, default_value = "unreliable", value_parser = parse_channel)]
+    pub state_channel: ChannelArg,
+    /// Mean seconds between zone-ins of a session (each interval uniform in 0.5–1.5×
+    /// this, the first one uniform in 0–1× after the session opens, from --seed);
+    /// 0: none.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_every, value_name = "SECS")]
+    pub zone_in_every: f64,
+    /// Zone-in size in bytes, or MIN-MAX for sizes uniform in that range.
+    #[arg(long, default_value = "20000-100000", value_parser = parse_zone_size, value_name = "BYTES|MIN-MAX")]
+    pub zone_in_size: SizeRange,
+    /// Channel of the zone-ins (reliable:K only: they must all arrive).
+    #[arg(long, default_value = "reliable:0", value_parser = parse_reliable_channel, value_name = "reliable[:K]")]
+    pub zone_in_channel: ChannelArg,
+    /// Seed of the zone-in schedule and sizes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 10_000.0 => Ok(v),
+        _ => Err("expected a rate in (0, 10000] per second".into()),
+    }
+}
+
+fn parse_tick_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1_000.0 => Ok(v),
+        _ => Err("expected a tick rate in (0, 1000] per second".into()),
+    }
+}
+
+fn parse_every(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (v == 0.0 || (0.01..=86_400.0).contains(&v)) => Ok(v),
+        _ => Err("expected 0 (never) or a number of seconds in 0.01..=86400".into()),
+    }
+}
+
+/// Largest zone-in: well under the sessions' 1 MiB of pending bytes.
+pub const MAX_ZONE_IN: usize = 512 * 1024;
+
+fn parse_zone_size(s: &str) -> Result<SizeRange, String> {
+    let r = parse_size(s)?;
+    if r.max > MAX_ZONE_IN {
+        return Err(format!("zone-ins may be at most {MAX_ZONE_IN} bytes"));
+    }
+    Ok(r)
+}
+
+fn parse_reliable_channel(s: &str) -> Result<ChannelArg, String> {
+    match parse_channel(s)? {
+        c if c.is_reliable() => Ok(c),
+        _ => Err("zone-ins must go on a reliable channel: reliable or reliable:K".into()),
+    }
+}
+
 /// Message sizes: fixed (`min == max`) or uniform in `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeRange {
@@ -446,6 +562,23 @@ impl Workload {
             .max(1)
     }
 
+    /// `--scenario game` sets its own load: the echo-only flags are refused.
+    pub fn validate_game(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.window.is_some() || self.rate.is_some() {
+            return Err(
+                "--window and --rate do not apply to --scenario game (use --input-rate)".into(),
+            );
+        }
+        if self.churn > 0.0 {
+            return Err("--churn does not apply to --scenario game".into());
+        }
+        if self.sessions == 0 {
+            return Err("--sessions must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// Checks what clap cannot; the message is shown as is.
     pub fn validate(&self) -> Result<(), String> {
         let secs = |name: &str, v: f64, min: f64| {
@@ -510,6 +643,36 @@ mod tests {
         assert_eq!(parse_hex("0aFF").unwrap().0, vec![10, 255]);
         assert!(parse_hex("abc").is_err());
         assert!(parse_hex("zz").is_err());
+    }
+
+    #[test]
+    fn game_flags() {
+        let cli = Cli::try_parse_from(["loadgen", "bench", "--scenario", "game"]).unwrap();
+        let Some(Command::Bench(b)) = cli.command else {
+            panic!("bench expected")
+        };
+        assert_eq!(b.scenario, Scenario::Game);
+        assert_eq!(b.game_client.input_channel.0, Channel::Unreliable);
+        assert_eq!(b.game_server.zone_in_channel.0, Channel::Reliable(0));
+        assert!(b.workload.validate_game().is_ok());
+        for bad in [
+            &["--zone-in-channel", "unreliable"][..],
+            &["--input-size", "8"],
+            &["--state-size", "1000"],
+            &["--tick-rate", "0"],
+            &["--zone-in-size", "2000000"],
+            &["--zone-in-every", "-1"],
+        ] {
+            let mut args = vec!["loadgen", "bench", "--scenario", "game"];
+            args.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["loadgen", "bench", "--scenario", "game", "--rate", "5"]).unwrap();
+        let Some(Command::Bench(b)) = cli.command else {
+            panic!("bench expected")
+        };
+        assert!(b.workload.validate_game().is_err());
     }
 
     #[test]

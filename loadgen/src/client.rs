@@ -32,6 +32,7 @@ use soe_uring::{
 use crate::args::{Mode, SizeRange};
 use crate::capture::{Capture, Recorder, Way};
 use crate::cpu::thread_cpu_time;
+use crate::game::{GameClient, GameClientCfg, GameThreadReport, mono_ns};
 use crate::server::{RunningServer, ServerSnapshot};
 
 /// What the clients do.
@@ -56,6 +57,9 @@ pub struct ClientPlan {
     pub progress: bool,
     /// `run --capture`: every datagram the clients send and receive.
     pub capture: Option<Capture>,
+    /// `--scenario game`: the sessions send inputs (`mode` is their open-loop rate)
+    /// and receive states and zone-ins instead of echoes.
+    pub game: Option<GameClientCfg>,
 }
 
 /// What the clients measured.
@@ -95,6 +99,8 @@ pub struct ClientOutcome {
     pub server_end: Option<ServerSnapshot>,
     /// Open loop: sends more than 1 s behind schedule were skipped.
     pub schedule_skips: u64,
+    /// `--scenario game`: what the sessions received.
+    pub game: Option<GameThreadReport>,
 }
 
 const CONNECT: u8 = 0;
@@ -159,6 +165,7 @@ struct ThreadReport {
     closed_reasons: BTreeMap<u16, u64>,
     datagrams_received_total: u64,
     schedule_skips: u64,
+    game: Option<GameThreadReport>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -310,6 +317,7 @@ pub fn run_clients(
         server_start,
         server_end,
         schedule_skips: 0,
+        game: None,
     };
     for r in reports {
         out.sent += r.sent;
@@ -329,6 +337,11 @@ pub fn run_clients(
         out.enqueue_refused += r.enqueue_refused;
         out.sessions_closed += r.sessions_closed;
         out.schedule_skips += r.schedule_skips;
+        if let Some(g) = &r.game {
+            out.game
+                .get_or_insert_with(GameThreadReport::empty)
+                .add(g)?;
+        }
     }
     Ok(out)
 }
@@ -603,6 +616,10 @@ struct Worker {
     /// and the final disconnects): the only places all of them pass, after the
     /// multiplexer framed them and before it parses them.
     capture: Option<Recorder>,
+    /// `--scenario game`.
+    game: Option<GameClient>,
+    /// `--scenario game`: the multiplexer's counters when the window ended.
+    window_mux_end: Option<MuxStats>,
 }
 
 impl Worker {
@@ -688,8 +705,11 @@ impl Worker {
                 closed_reasons: BTreeMap::new(),
                 datagrams_received_total: 0,
                 schedule_skips: 0,
+                game: None,
             },
             capture: plan.capture.as_ref().map(Capture::recorder),
+            game: plan.game.as_ref().map(|_| GameClient::new(count)),
+            window_mux_end: None,
             plan,
             ctl,
         })
@@ -743,6 +763,7 @@ impl Worker {
                 self.generate(now);
             }
             if self.plan.channel == Channel::Unreliable
+                && self.game.is_none()
                 && now.duration_since(self.last_expiry) >= Duration::from_millis(10)
             {
                 self.expire(now);
@@ -762,11 +783,16 @@ impl Worker {
         let now = Instant::now();
         let stats = self.mux.stats();
         self.report.datagrams_received_total = stats.sessions.datagrams_received;
-        let end = self.mux_end.take().unwrap_or(stats);
+        let end = self
+            .window_mux_end
+            .take()
+            .or_else(|| self.mux_end.take())
+            .unwrap_or(stats);
         let start = self.mux_start.take().unwrap_or_else(|| end.clone());
         self.report.mux = diff(&end, &start);
         let cpu_end = self.cpu_end.unwrap_or_else(thread_cpu_time);
         self.report.cpu = cpu_end.saturating_sub(self.cpu_start.unwrap_or(cpu_end));
+        self.report.game = self.game.take().map(GameClient::finish);
         for (key, datagram) in self.mux.terminate_all(DisconnectReason::Application, now) {
             if let Some(Some(socket)) = self.sockets.get(key.0)
                 && socket.send(&datagram).is_ok()
@@ -786,12 +812,21 @@ impl Worker {
             self.measuring = true;
             self.cpu_start = Some(thread_cpu_time());
             self.mux_start = Some(self.mux.stats());
+            if let Some(g) = &mut self.game {
+                g.start_window();
+            }
         }
         if phase >= DRAIN && self.phase < DRAIN {
             self.measuring = false;
             self.sending = false;
             self.cpu_end = Some(thread_cpu_time());
             self.drain_deadline = Some(now + self.plan.drain);
+            if let Some(g) = &mut self.game {
+                g.end_window();
+                // The server keeps sending through the drain: count datagrams over
+                // the window only, as the messages they are divided by.
+                self.window_mux_end = Some(self.mux.stats());
+            }
         }
         self.phase = phase;
     }
@@ -882,7 +917,9 @@ impl Worker {
                     data,
                     channel,
                 } => {
-                    if k < self.sessions.len() {
+                    if k < self.sessions.len() && self.game.is_some() {
+                        self.on_game(k, &data, channel, now_ns);
+                    } else if k < self.sessions.len() {
                         self.on_echo(k, &data, channel, now_ns);
                     } else {
                         self.error(|| "data on a churn session, which sends none".into());
@@ -911,6 +948,9 @@ impl Worker {
             .entry(reason.as_u16())
             .or_default() += 1;
         let was_open = std::mem::take(&mut self.sessions[k].open);
+        if let Some(g) = &mut self.game {
+            g.closed(k);
+        }
         if was_open {
             self.report.sessions_closed += 1;
             let global = self.first + k;
@@ -925,6 +965,19 @@ impl Worker {
         s.out.clear();
         s.unacked = 0;
         self.counted_unacked -= counted;
+    }
+
+    /// `--scenario game`: a state or zone-in from the server.
+    fn on_game(&mut self, k: usize, data: &[u8], channel: Channel, now_ns: u64) {
+        let global = (self.first + k) as u32 & 0x00FF_FFFF;
+        let measuring = self.measuring;
+        let Some(game) = &mut self.game else {
+            return;
+        };
+        self.received_all += 1;
+        if let Err(e) = game.received(k, global, data, channel, now_ns, mono_ns(), measuring) {
+            self.error(|| e);
+        }
     }
 
     fn on_echo(&mut self, k: usize, data: &[u8], channel: Channel, now_ns: u64) {
@@ -1095,6 +1148,17 @@ impl Worker {
             .mux
             .enqueue_data_on(&Key(i), &self.msg[..size], self.plan.channel)
         {
+            Ok(()) if self.game.is_some() => {
+                // Inputs are not echoed: the states say which ones arrived.
+                if let Some(g) = &mut self.game {
+                    g.input_sent(i, seq, now_ns);
+                }
+                self.sessions[i].next_seq = seq.wrapping_add(1);
+                if self.measuring {
+                    self.report.sent += 1;
+                }
+                true
+            }
             Ok(()) => {
                 let s = &mut self.sessions[i];
                 s.out.push_back(Out {
@@ -1240,7 +1304,10 @@ impl Worker {
             .store(self.received_all, Ordering::Relaxed);
         if self.phase == DRAIN
             && self.mux_end.is_none()
-            && (self.counted_unacked == 0 || self.drain_deadline.is_some_and(|d| now >= d))
+            && (match &self.game {
+                Some(g) => g.all_done(),
+                None => self.counted_unacked == 0,
+            } || self.drain_deadline.is_some_and(|d| now >= d))
         {
             self.mux_end = Some(self.mux.stats());
             progress.drained.store(true, Ordering::Release);

@@ -17,6 +17,7 @@ mod capture;
 mod client;
 mod cpu;
 mod flood;
+mod game;
 mod relay;
 mod report;
 mod server;
@@ -31,8 +32,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use args::{BenchArgs, Cli, Command, Mode, ProtoOpts, RunArgs, ServeArgs, Workload};
+use args::{
+    BenchArgs, Cli, Command, Mode, ProtoOpts, RunArgs, Scenario, ServeArgs, SizeRange, Workload,
+};
 use client::{ClientPlan, run_clients};
+use game::{GameClientCfg, GameServerCfg};
 use report::{RunResult, Setup};
 use server::{RunningServer, ServerSpec, client_config};
 
@@ -89,7 +93,29 @@ pub(crate) fn plan(
         loss_timeout: Duration::from_secs_f64(w.loss_timeout),
         progress: !w.quiet,
         capture: None,
+        game: None,
     }
+}
+
+/// The clients of `--scenario game`: open loop at the input rate.
+fn game_plan(
+    label: String,
+    target: SocketAddr,
+    w: &Workload,
+    proto: &ProtoOpts,
+    game: &GameClientCfg,
+) -> ClientPlan {
+    let mut p = plan(label, target, w, proto);
+    p.mode = Mode::Open {
+        rate: game.input_rate,
+    };
+    p.size = SizeRange {
+        min: game.input_size,
+        max: game.input_size,
+    };
+    p.channel = game.input_channel;
+    p.game = Some(game.clone());
+    p
 }
 
 pub(crate) fn setup(
@@ -121,6 +147,9 @@ pub(crate) fn setup(
 }
 
 fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+    if a.scenario == Scenario::Game {
+        return bench_game(a);
+    }
     a.workload.validate()?;
     let mut kinds = a.server.clone();
     kinds.dedup();
@@ -150,6 +179,169 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         results.push(RunResult::new(s, &outcome));
     }
     output(&results, &a.workload)
+}
+
+/// `bench --scenario game`: each server in turn, with the game logic, under the
+/// same game clients.
+fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
+    a.workload.validate_game()?;
+    let server_cfg = GameServerCfg::new(&a.game_server);
+    let client_cfg = GameClientCfg::new(&a.game_client);
+    let mut kinds = a.server.clone();
+    kinds.dedup();
+    let mut results = Vec::new();
+    for kind in kinds {
+        let mut spec = ServerSpec::new(
+            kind,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            1,
+            &a.server_opts,
+            &a.proto,
+        )?;
+        spec.game = Some(server_cfg.clone());
+        let server = RunningServer::start(&spec)?;
+        let target = server.local_addr;
+        let relay = start_relay(&a.workload, target)?;
+        let client_target = relay.as_ref().map_or(target, |r| r.listen);
+        let p = game_plan(
+            kind.to_string(),
+            client_target,
+            &a.workload,
+            &a.proto,
+            &client_cfg,
+        );
+        let outcome = run_clients(&p, Some(&server));
+        stop_relay(relay)?;
+        let shards = server.shards;
+        let stopped = server.stop();
+        let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
+        stopped?;
+        let server_counters = match (&outcome.server_start, &outcome.server_end) {
+            (Some(a), Some(b)) => Some(b.game.since(&a.game)),
+            _ => None,
+        };
+        results.push(game::GameResult::new(game::GameRun {
+            server: kind.to_string(),
+            shards: Some(shards),
+            sessions: p.sessions,
+            client: &client_cfg,
+            server_cfg: Some(&server_cfg),
+            outcome: &outcome,
+            server_counters,
+        }));
+    }
+    output_game(&results, &a.workload)
+}
+
+/// `run --scenario game`, against `serve --scenario game`.
+fn run_game(a: RunArgs) -> Result<ExitCode, String> {
+    a.workload.validate_game()?;
+    if a.target.port() == 0 {
+        return Err("--target needs a port".into());
+    }
+    let client_cfg = GameClientCfg::new(&a.game_client);
+    let target = normalize(a.target);
+    let relay = start_relay(&a.workload, target)?;
+    let client_target = relay.as_ref().map_or(target, |r| r.listen);
+    let mut p = game_plan(
+        target.to_string(),
+        client_target,
+        &a.workload,
+        &a.proto,
+        &client_cfg,
+    );
+    p.capture = capture::Capture::for_run(a.capture.as_deref(), a.capture_limit)?;
+    let outcome = run_clients(&p, None);
+    stop_relay(relay)?;
+    if let Some(c) = &p.capture {
+        c.finish_and_report()?;
+    }
+    let outcome = outcome?;
+    let result = game::GameResult::new(game::GameRun {
+        server: "external".into(),
+        shards: None,
+        sessions: p.sessions,
+        client: &client_cfg,
+        server_cfg: None,
+        outcome: &outcome,
+        server_counters: None,
+    });
+    output_game(&[result], &a.workload)
+}
+
+/// The game table (stdout, or stderr with `--json -`) and JSON. Exits non-zero when
+/// something arrived wrong, a session closed, or a reliable message was lost.
+fn output_game(results: &[game::GameResult], w: &Workload) -> Result<ExitCode, String> {
+    let mut text = String::new();
+    text += &format!("loadgen: {}\n\n", game::describe(results));
+    text += &game::table(results);
+    let ratios = game::ratios(results);
+    if !ratios.is_empty() {
+        text.push('\n');
+        for (name, ratio) in &ratios {
+            text += &format!("server_cpu_us_per_session_s ratio {name}: {ratio:.2}×\n");
+        }
+    }
+    let json = match results {
+        [one] => serde_json::to_string_pretty(one),
+        many => serde_json::to_string_pretty(&serde_json::json!({
+            "scenario": "game",
+            "results": many,
+            "ratios_server_cpu_per_session_s": ratios
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        })),
+    }
+    .map_err(|e| format!("cannot encode the result: {e}"))?;
+    emit(&text, json, w)?;
+    let mut bad = Vec::new();
+    for r in results {
+        if r.errors > 0 {
+            bad.push(format!(
+                "{}: {} errors (first: {})",
+                r.server,
+                r.errors,
+                r.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if r.reliable_lost > 0 {
+            bad.push(format!(
+                "{}: {} messages lost on a reliable channel",
+                r.server, r.reliable_lost
+            ));
+        }
+        if r.sessions_closed > 0 {
+            bad.push(format!(
+                "{}: {} sessions closed",
+                r.server, r.sessions_closed
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("loadgen: {}", bad.join("; "));
+        Ok(ExitCode::from(3))
+    }
+}
+
+/// Prints `text` and writes `json` where `--json` says.
+fn emit(text: &str, json: String, w: &Workload) -> Result<(), String> {
+    match w.json.as_deref() {
+        Some(path) if path.as_os_str() == "-" => {
+            eprint!("{text}");
+            println!("{json}");
+        }
+        Some(path) => {
+            std::fs::write(path, json + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            print!("{text}");
+        }
+        None => print!("{text}"),
+    }
+    let _ = std::io::stdout().flush();
+    Ok(())
 }
 
 /// The chaos relay `--relay` asks for, in front of `target`.
@@ -218,6 +410,9 @@ fn normalize(target: SocketAddr) -> SocketAddr {
 }
 
 fn run(a: RunArgs) -> Result<ExitCode, String> {
+    if a.scenario == Scenario::Game {
+        return run_game(a);
+    }
     a.workload.validate()?;
     if a.target.port() == 0 {
         return Err("--target needs a port".into());
@@ -264,19 +459,7 @@ fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
         })),
     }
     .map_err(|e| format!("cannot encode the result: {e}"))?;
-    match w.json.as_deref() {
-        Some(path) if path.as_os_str() == "-" => {
-            eprint!("{text}");
-            println!("{json}");
-        }
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            print!("{text}");
-        }
-        None => print!("{text}"),
-    }
-    let _ = std::io::stdout().flush();
+    emit(&text, json, w)?;
     let mut bad = Vec::new();
     for r in results {
         if r.details.errors > 0 {
@@ -303,7 +486,11 @@ fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {
-    let spec = ServerSpec::new(a.server, a.bind, cores(), &a.server_opts, &a.proto)?;
+    let mut spec = ServerSpec::new(a.server, a.bind, cores(), &a.server_opts, &a.proto)?;
+    if a.scenario == Scenario::Game {
+        spec.game = Some(GameServerCfg::new(&a.game_server));
+    }
+    let game = spec.game.is_some();
     if let Some(addr) = a.metrics_addr {
         // Its own thread and runtime: the exporter answers scrapes whatever the
         // server does.
@@ -322,8 +509,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     println!("listening on {}", server.local_addr);
     let _ = std::io::stdout().flush();
     eprintln!(
-        "loadgen: {} echo server on {} ({} shard{}), app protocol '{}'; stop with Ctrl-C or SIGTERM",
+        "loadgen: {} {} server on {} ({} shard{}), app protocol '{}'; stop with Ctrl-C or SIGTERM",
         spec.kind,
+        if game { "game" } else { "echo" },
         server.local_addr,
         server.shards,
         if server.shards == 1 { "" } else { "s" },
@@ -343,6 +531,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
                 }
             } else if let Some(line) = server.summary() {
                 eprintln!("loadgen: {line}");
+            }
+            if game {
+                eprintln!("loadgen: {}", server.game.summary());
             }
             next = Some(at + every);
         }
@@ -376,10 +567,14 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     } else {
         server.summary().map(|line| format!("loadgen: {line}"))
     };
+    let game_summary = game.then(|| server.game.summary());
     let stopping = Instant::now();
     let stopped = server.stop();
     if let Some(line) = summary {
         eprintln!("{line}");
+    }
+    if let Some(line) = game_summary {
+        eprintln!("loadgen: {line}");
     }
     stopped?;
     eprintln!(

@@ -12,11 +12,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use soe_uring::{
-    Rc4KeyState, SessionParameters, ShardContext, SocketConfig, SocketEvent, SoeServer, tokio_rt,
+    Channel, EnqueueError, Rc4KeyState, SessionParameters, ShardContext, ShardHandler,
+    SocketConfig, SocketEvent, SoeServer, tokio_rt,
 };
 
 use crate::args::{ProtoOpts, ServerKind, ServerOpts};
 use crate::cpu::ThreadClock;
+use crate::game::{GameCounters, GameLogic, GameServerCfg, Sent};
 
 /// Everything needed to start a server.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct ServerSpec {
     pub max_sessions: Option<usize>,
     pub profile: String,
     pub congestion_control: bool,
+    /// `--scenario game`: the game server instead of the echo server.
+    pub game: Option<GameServerCfg>,
 }
 
 impl ServerSpec {
@@ -66,6 +70,7 @@ impl ServerSpec {
             max_sessions: opts.max_sessions,
             profile: proto.profile.clone(),
             congestion_control: !proto.no_congestion_control,
+            game: None,
         })
     }
 
@@ -120,6 +125,8 @@ pub struct ServerSnapshot {
     /// Datagrams read and written (soe-uring only).
     pub datagrams_in: Option<u64>,
     pub datagrams_out: Option<u64>,
+    /// The game server's counters (`--scenario game`; zeros otherwise).
+    pub game: crate::game::GameServerSnapshot,
 }
 
 enum Inner {
@@ -138,15 +145,18 @@ pub struct RunningServer {
     pub shards: usize,
     /// Echoes the server could not queue (should stay 0).
     pub echo_failures: Arc<AtomicU64>,
+    /// The game server's counters (`--scenario game`).
+    pub game: Arc<GameCounters>,
     inner: Inner,
 }
 
 impl RunningServer {
     pub fn start(spec: &ServerSpec) -> Result<Self, String> {
         let failures = Arc::new(AtomicU64::new(0));
+        let game = Arc::new(GameCounters::default());
         match spec.kind {
-            ServerKind::SoeUring => start_uring(spec, failures),
-            ServerKind::Tokio | ServerKind::Peer => start_thread(spec, failures),
+            ServerKind::SoeUring => start_uring(spec, failures, game),
+            ServerKind::Tokio | ServerKind::Peer => start_thread(spec, failures, game),
         }
     }
 
@@ -159,10 +169,12 @@ impl RunningServer {
                     cpu: stats.total.cpu_time,
                     datagrams_in: Some(stats.total.datagrams_in),
                     datagrams_out: Some(stats.total.datagrams_out),
+                    game: self.game.snapshot(),
                 })
             }
             Inner::Thread { clock, .. } => Some(ServerSnapshot {
                 cpu: clock.as_ref()?.read()?,
+                game: self.game.snapshot(),
                 ..ServerSnapshot::default()
             }),
         }
@@ -282,7 +294,39 @@ impl RunningServer {
     }
 }
 
-fn start_uring(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningServer, String> {
+/// The game server on a soe-uring shard: events feed the logic, `on_tick` runs the
+/// game tick on the shard's own thread.
+struct GameShard(GameLogic);
+
+impl ShardHandler for GameShard {
+    fn on_event(&mut self, event: SocketEvent<SocketAddr>, _ctx: &mut ShardContext<'_>) {
+        let logic = &mut self.0;
+        match event {
+            SocketEvent::SessionOpened { remote } => logic.opened(remote),
+            SocketEvent::DataReceived { remote, data, .. } => logic.input(&remote, &data),
+            SocketEvent::SessionClosed { remote, .. } => logic.closed(&remote),
+            SocketEvent::SessionRemapped { old, new } => logic.remapped(&old, new),
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut ShardContext<'_>) {
+        let now = ctx.now();
+        self.0
+            .tick_if_due(now, &mut |remote, data, channel| match ctx
+                .enqueue_data_on(&remote, data, channel)
+            {
+                Ok(()) => Sent::Ok,
+                Err(EnqueueError::NoSession | EnqueueError::NotRunning) => Sent::Gone,
+                Err(_) => Sent::Full,
+            });
+    }
+}
+
+fn start_uring(
+    spec: &ServerSpec,
+    failures: Arc<AtomicU64>,
+    game: Arc<GameCounters>,
+) -> Result<RunningServer, String> {
     let counter = failures.clone();
     let mut builder = SoeServer::builder(spec.bind, spec.our_config())
         .shards(spec.shards)
@@ -290,8 +334,18 @@ fn start_uring(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningSer
     if let Some(tick) = spec.tick {
         builder = builder.tick_period(tick);
     }
-    let server = builder
-        .handler(move |_shard| {
+    let builder = if let Some(cfg) = spec.game.clone() {
+        let counters = game.clone();
+        builder.handler(move |shard| {
+            GameShard(GameLogic::new(cfg.clone(), counters.clone(), shard.index))
+        })
+    } else {
+        builder
+    };
+    let server = if spec.game.is_some() {
+        builder
+    } else {
+        builder.handler(move |_shard| {
             let failures = counter.clone();
             move |event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>| {
                 if let SocketEvent::DataReceived {
@@ -305,25 +359,32 @@ fn start_uring(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningSer
                 }
             }
         })
-        .start()
-        .map_err(|e| format!("cannot start the soe-uring server: {e}"))?;
+    }
+    .start()
+    .map_err(|e| format!("cannot start the soe-uring server: {e}"))?;
     Ok(RunningServer {
         kind: ServerKind::SoeUring,
         local_addr: server.local_addr(),
         shards: server.shards(),
         echo_failures: failures,
+        game,
         inner: Inner::Uring(server),
     })
 }
 
 type Ready = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
 
-fn start_thread(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningServer, String> {
+fn start_thread(
+    spec: &ServerSpec,
+    failures: Arc<AtomicU64>,
+    game: Arc<GameCounters>,
+) -> Result<RunningServer, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let kind = spec.kind;
     let task_spec = spec.clone();
     let counter = failures.clone();
+    let game_counters = game.clone();
     let thread = std::thread::Builder::new()
         .name(format!("{kind}-server"))
         .spawn(move || {
@@ -339,9 +400,19 @@ fn start_thread(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningSe
                 }
             };
             runtime.block_on(async move {
-                match kind {
-                    ServerKind::Tokio => serve_ours(task_spec, ready_tx, stop_rx, counter).await,
-                    _ => serve_peer(task_spec, ready_tx, stop_rx, counter).await,
+                match (kind, task_spec.game.clone()) {
+                    (ServerKind::Tokio, None) => {
+                        serve_ours(task_spec, ready_tx, stop_rx, counter).await
+                    }
+                    (ServerKind::Tokio, Some(cfg)) => {
+                        let logic = GameLogic::new(cfg, game_counters, 0);
+                        game_ours(task_spec, ready_tx, stop_rx, logic).await
+                    }
+                    (_, None) => serve_peer(task_spec, ready_tx, stop_rx, counter).await,
+                    (_, Some(cfg)) => {
+                        let logic = GameLogic::new(cfg, game_counters, 0);
+                        game_peer(task_spec, ready_tx, stop_rx, logic).await
+                    }
                 }
             })
         })
@@ -360,6 +431,7 @@ fn start_thread(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningSe
         local_addr,
         shards: 1,
         echo_failures: failures,
+        game,
         inner: Inner::Thread {
             thread,
             clock,
@@ -452,6 +524,122 @@ async fn serve_peer(
                         }
                     }
                     Some(_) => {}
+                }
+            }
+        }
+    }
+    drop(server);
+    tokio::time::sleep(GRACE).await;
+    Ok(())
+}
+
+/// The game server on this crate's Tokio adapter: events feed the logic, a timer in
+/// the same loop runs the ticks (on the same thread, so its CPU clock counts both).
+async fn game_ours(
+    spec: ServerSpec,
+    ready: Ready,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut logic: GameLogic,
+) -> Result<(), String> {
+    let mut server =
+        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tokio_tick()).await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("cannot bind {}: {e}", spec.bind);
+                let _ = ready.send(Err(message.clone()));
+                return Err(message);
+            }
+        };
+    let _ = ready.send(Ok(server.local_addr()));
+    let handle = server.handle();
+    let mut events = Vec::with_capacity(256);
+    loop {
+        let next = logic.next_tick(std::time::Instant::now());
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep_until(next.into()) => {
+                // The adapter's API takes owned payloads: one copy per message.
+                logic.tick_if_due(std::time::Instant::now(), &mut |remote, data, channel| {
+                    match handle.try_enqueue_data_on(remote, data.to_vec(), channel) {
+                        Ok(()) => Sent::Ok,
+                        Err(e) if e.is_full() => Sent::Full,
+                        Err(_) => Sent::Gone,
+                    }
+                });
+            }
+            n = server.recv_events(&mut events, 256) => {
+                if n == 0 {
+                    break;
+                }
+                for event in events.drain(..) {
+                    match event {
+                        SocketEvent::SessionOpened { remote } => logic.opened(remote),
+                        SocketEvent::DataReceived { remote, data, .. } => logic.input(&remote, &data),
+                        SocketEvent::SessionClosed { remote, .. } => logic.closed(&remote),
+                        SocketEvent::SessionRemapped { old, new } => logic.remapped(&old, new),
+                    }
+                }
+            }
+        }
+    }
+    drop(server);
+    tokio::time::sleep(GRACE).await;
+    Ok(())
+}
+
+/// soe-protocol's name for a channel.
+fn peer_channel(channel: Channel) -> soe_protocol::Channel {
+    match channel {
+        Channel::Reliable(k) => soe_protocol::Channel::Reliable(k),
+        _ => soe_protocol::Channel::Unreliable,
+    }
+}
+
+/// The game server on the reference soe-protocol 2.3.0 server: the same logic and
+/// the same timer as [`game_ours`].
+async fn game_peer(
+    spec: ServerSpec,
+    ready: Ready,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut logic: GameLogic,
+) -> Result<(), String> {
+    let mut server =
+        match soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tokio_tick())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("cannot bind {}: {e}", spec.bind);
+                let _ = ready.send(Err(message.clone()));
+                return Err(message);
+            }
+        };
+    let _ = ready.send(Ok(server.local_addr()));
+    let handle = server.handle();
+    loop {
+        let next = logic.next_tick(std::time::Instant::now());
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep_until(next.into()) => {
+                logic.tick_if_due(std::time::Instant::now(), &mut |remote, data, channel| {
+                    if handle.enqueue_data_on(remote, data.to_vec(), peer_channel(channel)) {
+                        Sent::Ok
+                    } else {
+                        Sent::Gone
+                    }
+                });
+            }
+            event = server.recv_event() => {
+                match event {
+                    None => break,
+                    Some(soe_protocol::SocketEvent::SessionOpened { remote }) => logic.opened(remote),
+                    Some(soe_protocol::SocketEvent::DataReceived { remote, data, .. }) => {
+                        logic.input(&remote, &data)
+                    }
+                    Some(soe_protocol::SocketEvent::SessionClosed { remote, .. }) => {
+                        logic.closed(&remote)
+                    }
                 }
             }
         }
