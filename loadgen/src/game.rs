@@ -990,7 +990,6 @@ fn grouped(v: u64) -> String {
 
 /// The results side by side, one column per server.
 pub fn table(results: &[GameResult]) -> String {
-    use std::fmt::Write as _;
     type Row = (&'static str, fn(&GameResult) -> String);
     let rows: &[Row] = &[
         ("shards", |r| r.shards.map_or("-".into(), |s| s.to_string())),
@@ -1041,38 +1040,8 @@ pub fn table(results: &[GameResult]) -> String {
         }),
         ("errors", |r| grouped(r.errors)),
     ];
-    let header: Vec<String> = results.iter().map(|r| r.server.clone()).collect();
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|(_, f)| results.iter().map(f).collect())
-        .collect();
-    let label_width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    let width = header
-        .iter()
-        .chain(cells.iter().flatten())
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(10);
-    let mut out = String::new();
-    let _ = write!(out, "{:<label_width$}", "server");
-    for h in &header {
-        let _ = write!(out, "  {h:>width$}");
-    }
-    out.push('\n');
-    let _ = writeln!(
-        out,
-        "{}",
-        "-".repeat(label_width + (width + 2) * results.len())
-    );
-    for ((name, _), row) in rows.iter().zip(&cells) {
-        let _ = write!(out, "{name:<label_width$}");
-        for c in row {
-            let _ = write!(out, "  {c:>width$}");
-        }
-        out.push('\n');
-    }
-    out
+    let servers: Vec<&str> = results.iter().map(|r| r.server.as_str()).collect();
+    crate::report::side_by_side(&servers, results, rows)
 }
 
 /// Ratios of server CPU per session-second against `peer` (and `tokio`): how many
@@ -1084,19 +1053,7 @@ pub fn ratios(results: &[GameResult]) -> Vec<(String, f64)> {
             .find(|r| r.server == name)
             .and_then(|r| r.server_cpu_us_per_session_s)
     };
-    let mut out = Vec::new();
-    for (a, b) in [
-        ("soe-uring", "peer"),
-        ("tokio", "peer"),
-        ("soe-uring", "tokio"),
-    ] {
-        if let (Some(x), Some(y)) = (get(a), get(b))
-            && x > 0.0
-        {
-            out.push((format!("{b}/{a}"), round(y / x, 2)));
-        }
-    }
-    out
+    crate::report::pair_ratios(get, true)
 }
 
 /// The workload in one line.

@@ -255,22 +255,31 @@ pub fn table(results: &[RunResult]) -> String {
         }),
         ("errors", |r| grouped(r.details.errors)),
     ];
-    let header: Vec<String> = results.iter().map(|r| r.server.clone()).collect();
+    let servers: Vec<&str> = results.iter().map(|r| r.server.as_str()).collect();
+    side_by_side(&servers, results, rows)
+}
+
+/// One row of a side-by-side table: its label and how to print one result's cell.
+pub type Row<R> = (&'static str, fn(&R) -> String);
+
+/// `results` side by side under their `servers`' names, one row per `rows` entry
+/// (a label and how to print that row's cell for one result).
+pub fn side_by_side<R>(servers: &[&str], results: &[R], rows: &[Row<R>]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|(_, f)| results.iter().map(f).collect())
         .collect();
     let label_width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(6);
-    let width = header
+    let width = servers
         .iter()
-        .chain(cells.iter().flatten())
-        .map(|c| c.chars().count())
+        .map(|s| s.chars().count())
+        .chain(cells.iter().flatten().map(|c| c.chars().count()))
         .max()
         .unwrap_or(0)
         .max(10);
     let mut out = String::new();
     let _ = write!(out, "{:<label_width$}", "server");
-    for h in &header {
+    for h in servers {
         let _ = write!(out, "  {h:>width$}");
     }
     out.push('\n');
@@ -289,6 +298,32 @@ pub fn table(results: &[RunResult]) -> String {
     out
 }
 
+/// For each pair of servers that both have a figure from `get`: `(label, ratio)`,
+/// the first's figure over the second's (or the reverse with `invert`, for
+/// figures where less is better), labelled so that the ratio reads as "times
+/// better".
+pub fn pair_ratios(get: impl Fn(&str) -> Option<f64>, invert: bool) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for (a, b) in [
+        ("soe-uring", "peer"),
+        ("tokio", "peer"),
+        ("soe-uring", "tokio"),
+    ] {
+        let (Some(x), Some(y)) = (get(a), get(b)) else {
+            continue;
+        };
+        let (label, num, den) = if invert {
+            (format!("{b}/{a}"), y, x)
+        } else {
+            (format!("{a}/{b}"), x, y)
+        };
+        if den > 0.0 {
+            out.push((label, round(num / den, 2)));
+        }
+    }
+    out
+}
+
 /// The ratios of msgs_per_server_cpu_s against `peer` (and `tokio`), when present.
 pub fn ratios(results: &[RunResult]) -> Vec<(String, f64)> {
     let get = |name: &str| {
@@ -297,19 +332,7 @@ pub fn ratios(results: &[RunResult]) -> Vec<(String, f64)> {
             .find(|r| r.server == name)
             .and_then(|r| r.msgs_per_server_cpu_s)
     };
-    let mut out = Vec::new();
-    for (a, b) in [
-        ("soe-uring", "peer"),
-        ("tokio", "peer"),
-        ("soe-uring", "tokio"),
-    ] {
-        if let (Some(x), Some(y)) = (get(a), get(b))
-            && y > 0.0
-        {
-            out.push((format!("{a}/{b}"), round(x / y, 2)));
-        }
-    }
-    out
+    pair_ratios(get, false)
 }
 
 /// The workload in one line.

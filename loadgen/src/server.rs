@@ -306,6 +306,7 @@ impl ShardHandler for GameShard {
             SocketEvent::DataReceived { remote, data, .. } => logic.input(&remote, &data),
             SocketEvent::SessionClosed { remote, .. } => logic.closed(&remote),
             SocketEvent::SessionRemapped { old, new } => logic.remapped(&old, new),
+            _ => {}
         }
     }
 
@@ -578,6 +579,7 @@ async fn game_ours(
                         SocketEvent::DataReceived { remote, data, .. } => logic.input(&remote, &data),
                         SocketEvent::SessionClosed { remote, .. } => logic.closed(&remote),
                         SocketEvent::SessionRemapped { old, new } => logic.remapped(&old, new),
+                        _ => {}
                     }
                 }
             }
