@@ -335,6 +335,138 @@ struct UnreliableQueue {
     items: Vec<(u32, bool)>,
 }
 
+impl UnreliableQueue {
+    /// Writes every queued payload (ordered ones as the cooked packets they are).
+    fn write(&self, coalesce_unreliable: bool, asm: &mut Assembler<'_>) {
+        let mut at = 0;
+        for &(len, ordered) in &self.items {
+            let item = &self.buf[at..at + len as usize];
+            at += len as usize;
+            if ordered {
+                asm.push(item);
+            } else {
+                asm.push_unreliable(item, coalesce_unreliable);
+            }
+        }
+    }
+}
+
+/// Control packets a flush owes the peer.
+#[derive(Debug)]
+struct OwedControl {
+    heartbeat: bool,
+    net_status: Option<NetStatusResponse>,
+    clock_sync: Option<NetStatusRequest>,
+}
+
+impl OwedControl {
+    fn write(&self, asm: &mut Assembler<'_>) {
+        if self.heartbeat {
+            asm.push(&OpCode::Heartbeat.to_bytes());
+        }
+        if let Some(reply) = self.net_status {
+            let mut bytes = [0u8; NetStatusResponse::LEN];
+            Packet::NetStatusResponse(reply).emit(&mut bytes);
+            asm.push(&bytes);
+        }
+        if let Some(sync) = self.clock_sync {
+            let mut bytes = [0u8; NetStatusRequest::LEN];
+            Packet::NetStatusRequest(sync).emit(&mut bytes);
+            asm.push(&bytes);
+        }
+    }
+}
+
+/// What one flush did with the reliable channels.
+#[derive(Debug, Default)]
+struct FlushRound {
+    /// New reliable packets sent.
+    sent: u64,
+    /// Reliable packets sent again.
+    resent: u64,
+    /// A retransmission timeout fired.
+    timed_out: bool,
+    /// The send time of the newest packet declared lost.
+    lost_sent: Option<Instant>,
+    /// A packet went unacknowledged past `unacknowledged_timeout`.
+    gave_up: bool,
+    /// Pacing held new packets back.
+    paced: bool,
+    datagrams: u64,
+    bytes: u64,
+}
+
+type Senders = [Option<Box<ReliableSender>>; RELIABLE_CHANNEL_COUNT];
+
+impl FlushRound {
+    /// Retransmissions first: they are not held back (a due one must go, or its
+    /// timer would fire again at once), but they use up pacing tokens and, at
+    /// their real size, the rate cap's bytes, so new data waits.
+    fn resend(
+        &mut self,
+        senders: &mut Senders,
+        (now, times, give_up): (Instant, LossTimes, Option<Duration>),
+        max_resends: u16,
+        congestion: &mut Congestion,
+        asm: &mut Assembler<'_>,
+    ) {
+        let mut budget = max_resends;
+        let mut resent_bytes = 0;
+        for s in senders.iter_mut().flatten() {
+            match s.resend_due(now, times, give_up, &mut budget, asm, &mut self.resent) {
+                Ok(outcome) => {
+                    self.timed_out |= outcome.timed_out;
+                    resent_bytes += outcome.bytes;
+                    if let Some(t) = outcome.lost_sent {
+                        self.lost_sent = Some(self.lost_sent.map_or(t, |l| l.max(t)));
+                    }
+                }
+                Err(_) => {
+                    self.gave_up = true;
+                    break;
+                }
+            }
+        }
+        for _ in budget..max_resends {
+            congestion.spend(0);
+        }
+        congestion.spend_bytes(resent_bytes);
+    }
+
+    /// New packets, as far as the congestion window and pacing allow.
+    fn send_new(
+        &mut self,
+        senders: &mut Senders,
+        (now, times, rules): (Instant, LossTimes, PacketRules),
+        congestion: &mut Congestion,
+        asm: &mut Assembler<'_>,
+    ) {
+        let mut in_flight: u64 = senders.iter().flatten().map(|s| s.in_flight()).sum();
+        for s in senders.iter_mut().flatten() {
+            let before = in_flight;
+            while s.can_send() && congestion.allows(in_flight) {
+                if !congestion.may_send(rules.room) {
+                    self.paced = true;
+                    break;
+                }
+                let Some(seq) = s.build_next(rules, now) else {
+                    break;
+                };
+                let packet = s.packet(seq);
+                congestion.spend(packet.len());
+                asm.push(packet);
+                self.sent += 1;
+                in_flight += 1;
+            }
+            // Only fresh packets (re)start the timers: a flush that sends nothing
+            // must not push the probe back (acks restart it in `handle_ack`).
+            if in_flight > before {
+                s.arm_timer(now, times);
+            }
+        }
+    }
+}
+
 /// An assembler for a session's framing and parameters; `coalesce: false` writes
 /// every packet as its own datagram (handshake, final Disconnect). A free function so
 /// callers can borrow other fields of the session alongside it.
@@ -1311,20 +1443,8 @@ impl SoeSession {
     /// heartbeats, retransmissions, new reliable packets and unreliable payloads,
     /// coalesced as configured.
     pub fn flush(&mut self, now: Instant, io: &mut SessionIo) {
-        if self.state == SessionState::Terminated {
+        if !self.flush_handshake(now, io) {
             return;
-        }
-        if self.owed.request || self.owed.response {
-            self.write_handshake(now, io);
-        }
-        if std::mem::take(&mut self.owed.remap) {
-            self.write_remap(now, io);
-        }
-        if self.state != SessionState::Running {
-            return;
-        }
-        if std::mem::take(&mut self.owed.port_alive) {
-            self.write_port_alive(io);
         }
         let srtt = self.rtt.srtt();
         let times = LossTimes {
@@ -1333,37 +1453,96 @@ impl SoeSession {
             loss_delay: self.rtt.loss_delay(),
         };
         self.congestion.refill(now, srtt);
-        let data_ready = self.owed.heartbeat
+        let data_ready = self.data_ready(now);
+        let policy = self.ack_policy();
+        let rules = self.packet_rules();
+        let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())
+            .then_some(self.params.unacknowledged_timeout);
+        let control = self.take_owed_control(now, srtt);
+        let mut round = FlushRound::default();
+        {
+            let mut asm = assembler(&self.params, &self.framing, io, true);
+            for r in self.receivers.iter_mut().flatten() {
+                r.write_acks(now, data_ready, policy, &mut asm);
+            }
+            control.write(&mut asm);
+            round.resend(
+                &mut self.senders,
+                (now, times, give_up),
+                self.params.max_resends_per_flush,
+                &mut self.congestion,
+                &mut asm,
+            );
+            if !round.gave_up {
+                round.send_new(
+                    &mut self.senders,
+                    (now, times, rules),
+                    &mut self.congestion,
+                    &mut asm,
+                );
+                self.unreliable
+                    .write(self.params.coalesce_unreliable, &mut asm);
+            }
+            asm.finish();
+            round.datagrams = asm.datagrams;
+            round.bytes = asm.bytes;
+        }
+        self.unreliable.buf.clear();
+        self.unreliable.items.clear();
+        self.stats.clock_syncs_sent += u64::from(control.clock_sync.is_some());
+        self.account(&round, rules, srtt, now, io);
+    }
+
+    /// The handshake and remap part of a flush, then PortAlive; whether the
+    /// session runs (only a running session sends anything else).
+    fn flush_handshake(&mut self, now: Instant, io: &mut SessionIo) -> bool {
+        if self.state == SessionState::Terminated {
+            return false;
+        }
+        if self.owed.request || self.owed.response {
+            self.write_handshake(now, io);
+        }
+        if std::mem::take(&mut self.owed.remap) {
+            self.write_remap(now, io);
+        }
+        if self.state != SessionState::Running {
+            return false;
+        }
+        if std::mem::take(&mut self.owed.port_alive) {
+            self.write_port_alive(io);
+        }
+        true
+    }
+
+    /// Whether this flush sends anything besides acks (acks may then ride along
+    /// instead of waiting).
+    fn data_ready(&self, now: Instant) -> bool {
+        self.owed.heartbeat
             || self.owed.clock_sync
             || self.owed.net_status.is_some()
             || !self.unreliable.items.is_empty()
-            || self.senders.iter().flatten().any(|s| {
-                s.can_send() || s.lost_pending() || s.deadline().is_some_and(|t| now >= t)
-            });
-        let policy = self.ack_policy();
+            || self
+                .senders
+                .iter()
+                .flatten()
+                .any(|s| s.can_send() || s.lost_pending() || s.deadline().is_some_and(|t| now >= t))
+    }
+
+    /// How the senders cut packets this flush.
+    fn packet_rules(&self) -> PacketRules {
         let room = self.reliable_room();
-        let rules = PacketRules {
+        PacketRules {
             room,
             coalesce: self.params.coalesce,
             bundle_room: match self.params.multi_length {
                 MultiLength::OneByte => 0xFF - RELIABLE_HEADER_LEN,
                 MultiLength::Varint => room,
             },
-        };
-        let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())
-            .then_some(self.params.unacknowledged_timeout);
-        let coalesce_unreliable = self.params.coalesce_unreliable;
-        // Retransmissions are not held back (a due one must go, or its timer would
-        // fire again at once), but they use up pacing tokens: new data waits.
-        let mut budget = self.params.max_resends_per_flush;
-        let budget_before = budget;
-        let mut resent = 0;
-        let mut sent = 0;
-        let mut timed_out = false;
-        let mut resent_bytes = 0;
-        let mut lost_sent: Option<Instant> = None;
-        let mut gave_up = false;
-        let mut paced = false;
+        }
+    }
+
+    /// The control packets owed to the peer, taken for this flush.
+    fn take_owed_control(&mut self, now: Instant, srtt: Option<Duration>) -> OwedControl {
         let net_status = self
             .owed
             .net_status
@@ -1377,107 +1556,43 @@ impl SoeSession {
             self.clock_sync
                 .request(now, clock, sent, self.stats.datagrams_received, srtt)
         });
+        OwedControl {
+            heartbeat,
+            net_status,
+            clock_sync,
+        }
+    }
 
-        let congestion = &mut self.congestion;
-        let unreliable = &mut self.unreliable;
-        let (datagrams, bytes) = {
-            let mut asm = assembler(&self.params, &self.framing, io, true);
-            for r in self.receivers.iter_mut().flatten() {
-                r.write_acks(now, data_ready, policy, &mut asm);
-            }
-            if heartbeat {
-                asm.push(&OpCode::Heartbeat.to_bytes());
-            }
-            if let Some(reply) = net_status {
-                let mut bytes = [0u8; NetStatusResponse::LEN];
-                Packet::NetStatusResponse(reply).emit(&mut bytes);
-                asm.push(&bytes);
-            }
-            if let Some(sync) = clock_sync {
-                let mut bytes = [0u8; NetStatusRequest::LEN];
-                Packet::NetStatusRequest(sync).emit(&mut bytes);
-                asm.push(&bytes);
-            }
-            for s in self.senders.iter_mut().flatten() {
-                match s.resend_due(now, times, give_up, &mut budget, &mut asm, &mut resent) {
-                    Ok(outcome) => {
-                        timed_out |= outcome.timed_out;
-                        resent_bytes += outcome.bytes;
-                        if let Some(t) = outcome.lost_sent {
-                            lost_sent = Some(lost_sent.map_or(t, |l: Instant| l.max(t)));
-                        }
-                    }
-                    Err(_) => {
-                        gave_up = true;
-                        break;
-                    }
-                }
-            }
-            // Retransmissions use up pacing tokens and, at their real size, the
-            // rate cap's bytes.
-            for _ in budget..budget_before {
-                congestion.spend(0);
-            }
-            congestion.spend_bytes(resent_bytes);
-            if !gave_up {
-                let mut in_flight: u64 = self.senders.iter().flatten().map(|s| s.in_flight()).sum();
-                for s in self.senders.iter_mut().flatten() {
-                    let before = in_flight;
-                    while s.can_send() && congestion.allows(in_flight) {
-                        if !congestion.may_send(rules.room) {
-                            paced = true;
-                            break;
-                        }
-                        let Some(seq) = s.build_next(rules, now) else {
-                            break;
-                        };
-                        let packet = s.packet(seq);
-                        congestion.spend(packet.len());
-                        asm.push(packet);
-                        sent += 1;
-                        in_flight += 1;
-                    }
-                    // Only fresh packets (re)start the timers: a flush that sends
-                    // nothing must not push the probe back (acks restart it in
-                    // `handle_ack`).
-                    if in_flight > before {
-                        s.arm_timer(now, times);
-                    }
-                }
-                let mut at = 0;
-                for &(len, ordered) in &unreliable.items {
-                    let item = &unreliable.buf[at..at + len as usize];
-                    at += len as usize;
-                    if ordered {
-                        asm.push(item);
-                    } else {
-                        asm.push_unreliable(item, coalesce_unreliable);
-                    }
-                }
-            }
-            asm.finish();
-            (asm.datagrams, asm.bytes)
-        };
-        unreliable.buf.clear();
-        unreliable.items.clear();
-        self.stats.datagrams_sent += datagrams;
-        self.stats.bytes_sent += bytes;
-        if datagrams > 0 {
+    /// Counts what a flush sent and feeds its losses and timeouts to the RTT
+    /// estimator and the congestion controller; ends the session if a packet went
+    /// unacknowledged for too long.
+    fn account(
+        &mut self,
+        round: &FlushRound,
+        rules: PacketRules,
+        srtt: Option<Duration>,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        self.stats.datagrams_sent += round.datagrams;
+        self.stats.bytes_sent += round.bytes;
+        if round.datagrams > 0 {
             self.last_sent = now;
         }
-        self.stats.clock_syncs_sent += u64::from(clock_sync.is_some());
-        self.stats.reliable_packets_sent += sent;
-        self.stats.reliable_packets_resent += resent;
-        self.paced_until = paced.then(|| self.congestion.next_send(now, rules.room, srtt));
-        if let Some(sent) = lost_sent {
+        self.stats.reliable_packets_sent += round.sent;
+        self.stats.reliable_packets_resent += round.resent;
+        self.paced_until = round
+            .paced
+            .then(|| self.congestion.next_send(now, rules.room, srtt));
+        if let Some(sent) = round.lost_sent {
             self.congestion.on_lost(sent, now);
         }
-        if timed_out {
+        if round.timed_out {
             let repeated = self.rtt.backed_off();
             self.rtt.backoff();
             self.congestion.on_timeout(now, repeated);
         }
-        if gave_up {
+        if round.gave_up {
             self.end(
                 DisconnectReason::UnacknowledgedTimeout,
                 Ending::Announced,
