@@ -24,12 +24,12 @@ use self::reliable_tx::{
     AckOutcome, LossTimes, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
 };
 use self::rtt::RttEstimator;
+use crate::protocol::{DataBundle, MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 use crate::protocol::{
     Disconnect, DisconnectReason, EncryptMethod, FrameError, Framing, NetStatusRequest,
     NetStatusResponse, OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet,
     PassContext, Passes, RELIABLE_CHANNEL_COUNT, Rc4KeyState, Unframed, UnsupportedPass,
 };
-use crate::protocol::{MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 
 pub use self::io::SessionIo;
 pub use self::net_status::NetStatus;
@@ -1099,28 +1099,7 @@ impl SoeSession {
     fn handle_packet(&mut self, packet: Packet<'_>, depth: u8, now: Instant, io: &mut SessionIo) {
         match packet {
             Packet::MultiPacket(multi) => self.handle_container(multi, depth, now, io),
-            Packet::DataBundle(bundle) => {
-                // Outside a reliable payload a bundle's items are cooked packets.
-                if depth >= MAX_NESTING {
-                    return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
-                }
-                for item in bundle.iter() {
-                    match item.and_then(Packet::parse) {
-                        Ok(p) => self.handle_packet(p, depth + 1, now, io),
-                        Err(_) => {
-                            return self.end(
-                                DisconnectReason::CorruptPacket,
-                                Ending::Announced,
-                                now,
-                                io,
-                            );
-                        }
-                    }
-                    if self.state == SessionState::Terminated {
-                        return;
-                    }
-                }
-            }
+            Packet::DataBundle(bundle) => self.handle_bundle(bundle, depth, now, io),
             Packet::Disconnect(d) => {
                 if d.session_id == self.session_id {
                     self.end(d.reason, Ending::ByPeer, now, io);
@@ -1154,32 +1133,12 @@ impl SoeSession {
                 second,
                 stamp,
                 payload,
-            } => {
-                let last = &mut self.ordered_in[usize::from(second)];
-                let fresh = last.is_none_or(|l| {
-                    let d = stamp.wrapping_sub(l);
-                    d != 0 && d < 30_000
-                });
-                if fresh {
-                    *last = Some(stamp);
-                    self.deliver_unreliable(payload, Channel::Ordered, io);
-                } else {
-                    self.stats.stale_ordered_packets += 1;
-                }
-            }
+            } => self.handle_ordered(second, stamp, payload, io),
             Packet::ZeroEscaped(data) | Packet::Application(data) => {
                 self.deliver_unreliable(data, Channel::Unreliable, io)
             }
             Packet::NetStatusResponse(reflect) if self.mode == SessionMode::Client => {
-                let clock = self.clock_ms(now);
-                if self
-                    .clock_sync
-                    .on_reflect(&reflect, clock, self.stats.datagrams_received)
-                {
-                    self.stats.clock_reflects_received += 1;
-                } else {
-                    self.stats.ignored_packets += 1;
-                }
+                self.handle_clock_reflect(&reflect, now)
             }
             Packet::NetStatusResponse(_)
             | Packet::PortAlive(_)
@@ -1187,6 +1146,58 @@ impl SoeSession {
             | Packet::SessionResponse(_)
             | Packet::UnknownSender
             | Packet::RemapConnection(_) => self.stats.ignored_packets += 1,
+        }
+    }
+
+    /// A data bundle outside a reliable payload: its items are cooked packets.
+    fn handle_bundle(
+        &mut self,
+        bundle: DataBundle<'_>,
+        depth: u8,
+        now: Instant,
+        io: &mut SessionIo,
+    ) {
+        if depth >= MAX_NESTING {
+            return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
+        }
+        for item in bundle.iter() {
+            let Ok(p) = item.and_then(Packet::parse) else {
+                return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
+            };
+            self.handle_packet(p, depth + 1, now, io);
+            if self.state == SessionState::Terminated {
+                return;
+            }
+        }
+    }
+
+    /// An ordered packet is delivered only if its stamp is newer than the last
+    /// one delivered on that op code (within half the 16-bit space, as UdpLibrary
+    /// reads it; `docs/protocol.md` §12.2).
+    fn handle_ordered(&mut self, second: bool, stamp: u16, payload: &[u8], io: &mut SessionIo) {
+        let last = &mut self.ordered_in[usize::from(second)];
+        let fresh = last.is_none_or(|l| {
+            let d = stamp.wrapping_sub(l);
+            d != 0 && d < 30_000
+        });
+        if fresh {
+            *last = Some(stamp);
+            self.deliver_unreliable(payload, Channel::Ordered, io);
+        } else {
+            self.stats.stale_ordered_packets += 1;
+        }
+    }
+
+    /// A client's ClockReflect: the answer to its ClockSync.
+    fn handle_clock_reflect(&mut self, reflect: &NetStatusResponse, now: Instant) {
+        let clock = self.clock_ms(now);
+        if self
+            .clock_sync
+            .on_reflect(reflect, clock, self.stats.datagrams_received)
+        {
+            self.stats.clock_reflects_received += 1;
+        } else {
+            self.stats.ignored_packets += 1;
         }
     }
 
