@@ -1171,9 +1171,9 @@ impl SoeSession {
         }
     }
 
-    /// An ordered packet is delivered only if its stamp is newer than the last
-    /// one delivered on that op code (within half the 16-bit space, as UdpLibrary
-    /// reads it; `docs/protocol.md` §12.2).
+    /// An ordered packet is delivered only if its stamp is 1 to 29,999 ahead of
+    /// the last one delivered on that op code (`docs/protocol.md` §12.2); others
+    /// are stale and counted.
     fn handle_ordered(&mut self, second: bool, stamp: u16, payload: &[u8], io: &mut SessionIo) {
         let last = &mut self.ordered_in[usize::from(second)];
         let fresh = last.is_none_or(|l| {
