@@ -793,6 +793,7 @@ impl SoeSession {
         AckPolicy {
             every_packet: self.params.acknowledge_all_data,
             max_delay: self.params.max_ack_delay,
+            lone_delay: self.params.lone_ack_delay,
             half_window: u64::from(self.params.data_ack_window / 2).max(1),
         }
     }
