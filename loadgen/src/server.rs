@@ -120,6 +120,9 @@ pub struct ServerSnapshot {
     /// Datagrams read and written (soe-uring only).
     pub datagrams_in: Option<u64>,
     pub datagrams_out: Option<u64>,
+    /// Shard wake-ups, and those only a timeout ended (soe-uring only).
+    pub wakeups: Option<u64>,
+    pub timer_wakeups: Option<u64>,
 }
 
 enum Inner {
@@ -159,6 +162,8 @@ impl RunningServer {
                     cpu: stats.total.cpu_time,
                     datagrams_in: Some(stats.total.datagrams_in),
                     datagrams_out: Some(stats.total.datagrams_out),
+                    wakeups: Some(stats.total.wakeups),
+                    timer_wakeups: Some(stats.total.timer_wakeups),
                 })
             }
             Inner::Thread { clock, .. } => Some(ServerSnapshot {

@@ -1408,8 +1408,10 @@ impl SoeSession {
                         sent += 1;
                         in_flight += 1;
                     }
-                    if in_flight > before || s.in_flight() > 0 {
+                    if in_flight > before {
                         s.arm_timer(now, times);
+                    } else if s.in_flight() > 0 {
+                        s.arm_unset_timers(now, times);
                     }
                 }
                 let mut at = 0;
