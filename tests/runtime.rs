@@ -1060,3 +1060,36 @@ fn session_stats_by_address() {
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn an_idle_shard_with_live_sessions_does_not_wake() {
+    // A shard-local handler without a tick period, live sessions, no traffic:
+    // the shard sleeps until a session deadline needs work (the inactivity
+    // timeout, 30 s away), so its wake-up counter stays flat.
+    let (server, _) = echo_server(1, true);
+    let mut c = Clients::new(4, server.local_addr());
+    c.open_all();
+    c.echo_serial(20);
+    // Let the last acks (held up to `lone_ack_delay`) go out and be read.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(300) {
+        c.drive();
+        while c.mux.poll_event().is_some() {}
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let before = server.stats().total;
+    std::thread::sleep(Duration::from_millis(600));
+    let after = server.stats().total;
+    assert_eq!(after.mux.sessions_live, 4);
+    // The stats request itself rings the doorbell; with the `metrics` feature,
+    // one publication may follow the turn that answered it.
+    let woke = after.wakeups - before.wakeups;
+    let timer = after.timer_wakeups - before.timer_wakeups;
+    assert!(
+        woke <= 3,
+        "{woke} wake-ups in 600 ms of idleness ({timer} by timer)"
+    );
+    assert!(timer <= 2, "{timer} timer wake-ups in 600 ms of idleness");
+    assert!(after.wakeups > 0 && after.turns >= after.wakeups);
+    server.shutdown().unwrap();
+}
