@@ -131,9 +131,9 @@ pub struct SessionParameters {
     /// Default 40 ms: at 25 Hz and more, the ack of every message rides on the
     /// next one. It must stay below what the peer's retransmission timers bear:
     /// soe-uring's `peer_max_ack_delay` (50 ms, which its probe timeout adds),
-    /// `soe-protocol`'s 200 ms least RTO, UdpLibrary's and EQ's larger ones
-    /// (`docs/protocol.md` §8.4). Against an older soe-uring peer (its
-    /// `peer_max_ack_delay` 25 ms), lower it to 20 ms.
+    /// `soe-protocol`'s 200 ms least RTO; for other peers compare with their
+    /// resend timers (`docs/protocol.md` §8.4). Against an older soe-uring peer
+    /// (its `peer_max_ack_delay` 25 ms), lower it to 20 ms.
     pub lone_ack_delay: Duration,
 
     /// The handshake a client uses: 3 (the default) sends the named v3 request and
