@@ -637,7 +637,7 @@ impl Shard {
             self.driver.sessions(),
         );
         let woken = sys::sleep(self.fd(), plan.read, plan.write, inbox.doorbell(), timeout);
-        inbox.woke();
+        inbox.woke(!woken.as_ref().is_ok_and(|w| !w.doorbell));
         let stats = self.driver.stats_mut();
         stats.wakeups += 1;
         if woken
