@@ -33,6 +33,8 @@ pub struct ServerSpec {
     pub max_sessions: Option<usize>,
     pub profile: String,
     pub congestion_control: bool,
+    pub proto: ProtoOpts,
+    pub flush_interval: Option<Duration>,
 }
 
 impl ServerSpec {
@@ -66,6 +68,8 @@ impl ServerSpec {
             max_sessions: opts.max_sessions,
             profile: proto.profile.clone(),
             congestion_control: !proto.no_congestion_control,
+            proto: proto.clone(),
+            flush_interval: opts.flush_us.map(Duration::from_micros),
         })
     }
 
@@ -84,6 +88,7 @@ impl ServerSpec {
         p.application_protocol = app_protocol(p, &self.app_protocol);
         p.congestion_control = self.congestion_control;
         p.is_compression_enabled = self.compression;
+        self.proto.apply_acks(p);
         if let Some(n) = self.crc_length {
             p.crc_length = n;
         }
@@ -295,6 +300,9 @@ fn start_uring(spec: &ServerSpec, failures: Arc<AtomicU64>) -> Result<RunningSer
     if let Some(tick) = spec.tick {
         builder = builder.tick_period(tick);
     }
+    if let Some(interval) = spec.flush_interval {
+        builder = builder.flush_interval(interval);
+    }
     let server = builder
         .handler(move |_shard| {
             let failures = counter.clone();
@@ -382,16 +390,25 @@ async fn serve_ours(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     failures: Arc<AtomicU64>,
 ) -> Result<(), String> {
-    let mut server =
-        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tokio_tick()).await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("cannot bind {}: {e}", spec.bind);
-                let _ = ready.send(Err(message.clone()));
-                return Err(message);
-            }
-        };
+    let driver = tokio_rt::DriverConfig {
+        flush_interval: spec.flush_interval,
+        ..tokio_rt::DriverConfig::default()
+    };
+    let mut server = match tokio_rt::TokioSoeServer::bind_with(
+        spec.bind,
+        spec.our_config(),
+        spec.tokio_tick(),
+        driver,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("cannot bind {}: {e}", spec.bind);
+            let _ = ready.send(Err(message.clone()));
+            return Err(message);
+        }
+    };
     let _ = ready.send(Ok(server.local_addr()));
     let handle = server.handle();
     let mut events = Vec::with_capacity(256);
@@ -486,6 +503,7 @@ pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConf
     let p = &mut c.default_session_params;
     p.application_protocol = app_protocol(p, &proto.app_protocol);
     p.congestion_control = !proto.no_congestion_control;
+    proto.apply_acks(p);
     // A client adopts the server's choice; set it anyway for symmetry.
     p.is_compression_enabled = proto.compression;
     p.connect_timeout = connect_timeout;

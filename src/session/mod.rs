@@ -1299,7 +1299,7 @@ impl SoeSession {
         }
         let srtt = self.rtt.srtt();
         let times = LossTimes {
-            rto: self.rtt.rto(),
+            rto: self.rtt.rto_with(self.params.peer_max_ack_delay),
             pto: self.rtt.pto(self.params.peer_max_ack_delay),
             loss_delay: self.rtt.loss_delay(),
         };
