@@ -266,3 +266,54 @@ fn a_lost_echo_is_recovered_as_fast_as_before() {
         "echo recovered after {delayed:?} with delayed acks, {immediate:?} without"
     );
 }
+
+#[test]
+fn a_round_trip_learnt_from_prompt_acks_does_not_time_out_on_delayed_ones() {
+    // 80 ms round trip. Pairs of packets (acknowledged promptly: more than one
+    // packet) teach the server the path; then lone updates the client never answers,
+    // each acknowledged only after `lone_ack_delay`: 120 ms after sending,
+    // beyond the 100 ms floor of the timeout, but within it and the probe
+    // timeout once they allow for the peer's delay.
+    let link = LinkConfig {
+        latency: Duration::from_millis(40),
+        ..LinkConfig::default()
+    };
+    let mut sim = Sim::new(5, link);
+    let server = sim.add_node(config(1, None));
+    let client = sim.add_node(config(2, None));
+    sim.connect(client, server);
+    let to = sim.addr(server);
+    assert!(sim.run_until(|s| {
+        s.node(client)
+            .events
+            .iter()
+            .any(|e| matches!(e, SocketEvent::SessionOpened { .. }))
+    }));
+    sim.node_mut(client).mux.enqueue_data(&to, b"hello").unwrap();
+    sim.pump(client);
+    sim.run_for(Duration::from_millis(200));
+    let remote = sim.addr(client);
+    // Pairs of packets, each pair acknowledged at once: a steady 80 ms sample.
+    for i in 0..40u8 {
+        for _ in 0..2 {
+            sim.node_mut(server)
+                .mux
+                .enqueue_data(&remote, &[i; 40])
+                .unwrap();
+            sim.pump(server);
+        }
+        sim.run_for(Duration::from_millis(100));
+    }
+    for i in 0..30u8 {
+        sim.node_mut(server)
+            .mux
+            .enqueue_data(&remote, &[i; 40])
+            .unwrap();
+        sim.pump(server);
+        sim.run_for(Duration::from_millis(300));
+    }
+    let s = sim.node(server).mux.stats().sessions;
+    let c = sim.node(client).mux.stats().sessions;
+    assert_eq!(c.messages_delivered, 110);
+    assert_eq!(s.reliable_packets_resent, 0, "{s:?}");
+}
