@@ -289,7 +289,10 @@ fn a_round_trip_learnt_from_prompt_acks_does_not_time_out_on_delayed_ones() {
             .iter()
             .any(|e| matches!(e, SocketEvent::SessionOpened { .. }))
     }));
-    sim.node_mut(client).mux.enqueue_data(&to, b"hello").unwrap();
+    sim.node_mut(client)
+        .mux
+        .enqueue_data(&to, b"hello")
+        .unwrap();
     sim.pump(client);
     sim.run_for(Duration::from_millis(200));
     let remote = sim.addr(client);

@@ -224,7 +224,8 @@ impl SoeServerBuilder {
     ///
     /// For a game server that sends state on a fixed tick: give
     /// [`Self::tick_period`] the same period and queue the tick's state in
-    /// [`ShardHandler::on_tick`]; it goes out at the end of that turn. Replies
+    /// [`ShardHandler::on_tick`] (which runs every turn, so check the time
+    /// there: [`ShardContext::now`]); it goes out with the next flush. Replies
     /// from `on_event` and acks then wait up to one interval, and so do
     /// handshake answers and retransmissions: keep it below the peers'
     /// tolerance for delayed acks (`SessionParameters::peer_max_ack_delay`, 50 ms
