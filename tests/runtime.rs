@@ -1093,3 +1093,44 @@ fn an_idle_shard_with_live_sessions_does_not_wake() {
     assert!(after.wakeups > 0 && after.turns >= after.wakeups);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn with_a_tick_period_the_handler_ticks_while_sessions_live() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    struct Ticker(Arc<AtomicU64>);
+    impl ShardHandler for Ticker {
+        fn on_event(&mut self, event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>) {
+            if let SocketEvent::DataReceived {
+                remote,
+                data,
+                channel,
+            } = event
+            {
+                ctx.enqueue_data_on(&remote, &data, channel).unwrap();
+            }
+        }
+        fn on_tick(&mut self, _ctx: &mut ShardContext<'_>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = ticks.clone();
+    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+        .shards(1)
+        .tick_period(Duration::from_millis(5))
+        .handler(move |_| Ticker(counter.clone()))
+        .start()
+        .unwrap();
+    let mut c = Clients::new(1, server.local_addr());
+    c.open_all();
+    c.echo_serial(2);
+    let before = ticks.load(Ordering::Relaxed);
+    let wakeups = server.stats().total.timer_wakeups;
+    std::thread::sleep(Duration::from_millis(300));
+    let ticked = ticks.load(Ordering::Relaxed) - before;
+    let timer = server.stats().total.timer_wakeups - wakeups;
+    // About 60; a loaded machine may lose some.
+    assert!((20..=80).contains(&ticked), "{ticked} ticks in 300 ms");
+    assert!(timer >= 20, "{timer} timer wake-ups");
+    server.shutdown().unwrap();
+}

@@ -309,10 +309,10 @@ impl Shard {
             self.hand_over_remapped();
             let commands_left = self.apply_commands(now);
             self.handle.shared.inboxes[self.index].space.wake_all();
-            self.deliver_events(now);
+            self.deliver_events(now, true);
             self.driver.tick(now);
             self.transmit();
-            self.deliver_events(now);
+            self.deliver_events(now, false);
             self.answer_control();
             if self.driver.released_memory() {
                 sys::return_free_memory();
@@ -519,7 +519,9 @@ impl Shard {
         self.driver.accepting() && !self.queues.commands.is_empty()
     }
 
-    fn deliver_events(&mut self, now: Instant) {
+    /// Hands the turn's events to the handler or the stream; `tick`: then runs
+    /// the handler's `on_tick` (once per turn, before the flush).
+    fn deliver_events(&mut self, now: Instant, tick: bool) {
         match &mut self.sink {
             Sink::Handler(handler) => {
                 while let Some(event) = self.driver.poll_event() {
@@ -531,13 +533,15 @@ impl Shard {
                     };
                     handler.on_event(event, &mut ctx);
                 }
-                let mut ctx = ShardContext {
-                    shard: self.index,
-                    now,
-                    driver: &mut self.driver,
-                    handle: &self.handle,
-                };
-                handler.on_tick(&mut ctx);
+                if tick {
+                    let mut ctx = ShardContext {
+                        shard: self.index,
+                        now,
+                        driver: &mut self.driver,
+                        handle: &self.handle,
+                    };
+                    handler.on_tick(&mut ctx);
+                }
             }
             Sink::Stream(stream) => {
                 if self.driver.deliver(stream) == Delivery::Closed {
@@ -656,7 +660,7 @@ impl Shard {
     fn shutdown(&mut self) {
         let now = clock();
         self.driver.close_all(DisconnectReason::ManagerDeleted, now);
-        self.deliver_events(now);
+        self.deliver_events(now, false);
         let deadline = now + FAREWELL_TIME;
         while !self.transmit() && clock() < deadline {
             let doorbell = self.handle.shared.inboxes[self.index].doorbell();
