@@ -136,6 +136,12 @@ pub struct DriverConfig {
     /// (default 4 MiB, capped by `net.core.rmem_max`/`wmem_max`). The OS default
     /// (about 200 KB on Linux) overflows under bursts and costs retransmissions.
     pub socket_buffer: usize,
+    /// Tick-aligned flushing: sessions write their datagrams once per this
+    /// interval, one datagram per session carrying what was queued since the
+    /// last flush, the acks owed and any heartbeat due (see
+    /// [`crate::SoeServerBuilder::flush_interval`]). Default `None`: every turn
+    /// flushes.
+    pub flush_interval: Option<Duration>,
 }
 
 impl Default for DriverConfig {
@@ -144,6 +150,7 @@ impl Default for DriverConfig {
             command_capacity: DEFAULT_QUEUE_CAPACITY,
             event_capacity: DEFAULT_QUEUE_CAPACITY,
             socket_buffer: 4 << 20,
+            flush_interval: None,
         }
     }
 }
@@ -884,6 +891,7 @@ fn limits(config: &DriverConfig, client: bool) -> Limits {
     Limits {
         max_parked: config.command_slots(),
         close_overflowing: !client,
+        flush_interval: config.flush_interval,
         ..Limits::default()
     }
 }
@@ -938,6 +946,8 @@ impl<E> EventSink for Sink<E> {
 /// What ended the task's wait.
 enum Wake {
     Continue,
+    /// Only the timer ended the wait.
+    Timer,
     Command(Command),
     Control(Control),
     Stop,
@@ -1046,11 +1056,12 @@ impl<E: Send + 'static> Task<E> {
                 },
                 _ = self.socket.readable(), if plan.read => Wake::Continue,
                 _ = self.socket.writable(), if plan.write => Wake::Continue,
-                () = sleep.as_mut(), if wake.is_some() => Wake::Continue,
+                () = sleep.as_mut(), if wake.is_some() => Wake::Timer,
             };
             self.driver.stats_mut().wakeups += 1;
             match woke {
                 Wake::Continue => {}
+                Wake::Timer => self.driver.stats_mut().timer_wakeups += 1,
                 Wake::Command(command) => self.driver.apply(command, now()),
                 Wake::Control(control) => self.take_control(control),
                 Wake::Stop => break,

@@ -1062,3 +1062,77 @@ fn session_stats_by_address() {
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn an_idle_shard_with_live_sessions_does_not_wake() {
+    // A shard-local handler without a tick period, live sessions, no traffic:
+    // the shard sleeps until a session deadline needs work (the inactivity
+    // timeout, 30 s away), so its wake-up counter stays flat.
+    let (server, _) = echo_server(1, true);
+    let mut c = Clients::new(4, server.local_addr());
+    c.open_all();
+    c.echo_serial(20);
+    // Let the last acks (held up to `lone_ack_delay`) go out and be read.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(300) {
+        c.drive();
+        while c.mux.poll_event().is_some() {}
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let before = server.stats().total;
+    std::thread::sleep(Duration::from_millis(600));
+    let after = server.stats().total;
+    assert_eq!(after.mux.sessions_live, 4);
+    // The stats request itself rings the doorbell; with the `metrics` feature,
+    // one publication may follow the turn that answered it.
+    let woke = after.wakeups - before.wakeups;
+    let timer = after.timer_wakeups - before.timer_wakeups;
+    assert!(
+        woke <= 3,
+        "{woke} wake-ups in 600 ms of idleness ({timer} by timer)"
+    );
+    assert!(timer <= 2, "{timer} timer wake-ups in 600 ms of idleness");
+    assert!(after.wakeups > 0 && after.turns >= after.wakeups);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn with_a_tick_period_the_handler_ticks_while_sessions_live() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    struct Ticker(Arc<AtomicU64>);
+    impl ShardHandler for Ticker {
+        fn on_event(&mut self, event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>) {
+            if let SocketEvent::DataReceived {
+                remote,
+                data,
+                channel,
+            } = event
+            {
+                ctx.enqueue_data_on(&remote, &data, channel).unwrap();
+            }
+        }
+        fn on_tick(&mut self, _ctx: &mut ShardContext<'_>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = ticks.clone();
+    let server = SoeServer::builder("127.0.0.1:0".parse().unwrap(), config())
+        .shards(1)
+        .tick_period(Duration::from_millis(5))
+        .handler(move |_| Ticker(counter.clone()))
+        .start()
+        .unwrap();
+    let mut c = Clients::new(1, server.local_addr());
+    c.open_all();
+    c.echo_serial(2);
+    let before = ticks.load(Ordering::Relaxed);
+    let wakeups = server.stats().total.timer_wakeups;
+    std::thread::sleep(Duration::from_millis(300));
+    let ticked = ticks.load(Ordering::Relaxed) - before;
+    let timer = server.stats().total.timer_wakeups - wakeups;
+    // About 60; a loaded machine may lose some.
+    assert!((20..=80).contains(&ticked), "{ticked} ticks in 300 ms");
+    assert!(timer >= 20, "{timer} timer wake-ups");
+    server.shutdown().unwrap();
+}

@@ -717,6 +717,9 @@ impl Harness {
             params.max_queued_incoming_reliable = window as u16;
         }
         params.acknowledge_all_data = v.flag("ack_every_packet", false);
+        // The vectors record the references' ack timing: a lone in-order packet
+        // is acknowledged in the next flush. `lone_ack_delay_ms` tests the delay.
+        params.lone_ack_delay = Duration::from_millis(v.opt_num("lone_ack_delay_ms").unwrap_or(0));
         if let Some(key) = v.opt_hex("rc4_key") {
             config.app_params.encryption_key_state = Some(Rc4KeyState::new(&key));
         }

@@ -238,6 +238,11 @@ pub struct ServerOpts {
     /// builder default, 1000 for tokio and peer).
     #[arg(long, value_name = "US")]
     pub tick_us: Option<u64>,
+    /// Tick-aligned flushing of the soe-uring servers: sessions send once per
+    /// this many microseconds (`SoeServerBuilder::flush_interval`, the Tokio
+    /// adapter's `DriverConfig::flush_interval`). Default: every turn.
+    #[arg(long, value_name = "US")]
+    pub flush_us: Option<u64>,
     /// Do not pin soe-uring shards to CPUs.
     #[arg(long)]
     pub no_pin: bool,
@@ -265,6 +270,27 @@ pub struct ProtoOpts {
     /// Turn congestion control and pacing off (soe-uring sides), to compare.
     #[arg(long)]
     pub no_congestion_control: bool,
+    /// `SessionParameters::lone_ack_delay` in milliseconds (soe-uring sides;
+    /// default the library's, 40).
+    #[arg(long, value_name = "MS")]
+    pub lone_ack_delay_ms: Option<f64>,
+    /// `SessionParameters::peer_max_ack_delay` in milliseconds (soe-uring sides;
+    /// default the library's, 50).
+    #[arg(long, value_name = "MS")]
+    pub peer_max_ack_delay_ms: Option<f64>,
+}
+
+impl ProtoOpts {
+    /// Applies the ack options to soe-uring session parameters.
+    pub fn apply_acks(&self, p: &mut soe_uring::SessionParameters) {
+        let ms = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0) / 1e3);
+        if let Some(v) = self.lone_ack_delay_ms {
+            p.lone_ack_delay = ms(v);
+        }
+        if let Some(v) = self.peer_max_ack_delay_ms {
+            p.peer_max_ack_delay = ms(v);
+        }
+    }
 }
 
 fn parse_profile(name: &str) -> Result<String, String> {

@@ -58,6 +58,13 @@ pub struct Details {
     pub server_cpu_us_per_msg: Option<f64>,
     /// Client datagrams (both directions) per echoed message.
     pub client_datagrams_per_msg: f64,
+    /// Datagrams the clients sent per echoed message (the message itself, and
+    /// acks that did not ride on one).
+    pub client_sent_per_msg: f64,
+    /// Server wake-ups per echoed message (soe-uring only), and those that only a
+    /// timeout ended.
+    pub server_wakeups_per_msg: Option<f64>,
+    pub server_timer_wakeups_per_msg: Option<f64>,
     /// Datagrams the server read and wrote in the window (soe-uring only).
     pub server_datagrams_in: Option<u64>,
     pub server_datagrams_out: Option<u64>,
@@ -182,6 +189,17 @@ impl RunResult {
                 } else {
                     0.0
                 },
+                client_sent_per_msg: if o.received > 0 {
+                    round(d.datagrams_sent as f64 / o.received as f64, 3)
+                } else {
+                    0.0
+                },
+                server_wakeups_per_msg: server_diff(|s| s.wakeups)
+                    .filter(|_| o.received > 0)
+                    .map(|w| round(w as f64 / o.received as f64, 3)),
+                server_timer_wakeups_per_msg: server_diff(|s| s.timer_wakeups)
+                    .filter(|_| o.received > 0)
+                    .map(|w| round(w as f64 / o.received as f64, 3)),
                 server_datagrams_in: server_diff(|s| s.datagrams_in),
                 server_datagrams_out: server_diff(|s| s.datagrams_out),
                 setup_us_p50: (!o.setup.is_empty()).then(|| us(o.setup.value_at_quantile(0.5))),
@@ -248,6 +266,17 @@ pub fn table(results: &[RunResult]) -> String {
         ("datagrams_received", |r| grouped(r.datagrams_received)),
         ("client_datagrams_per_msg", |r| {
             format!("{:.3}", r.details.client_datagrams_per_msg)
+        }),
+        ("client_sent_per_msg", |r| {
+            format!("{:.3}", r.details.client_sent_per_msg)
+        }),
+        ("server_wakeups_per_msg", |r| {
+            opt(r.details.server_wakeups_per_msg, |v| format!("{v:.3}"))
+        }),
+        ("server_timer_wakeups_per_msg", |r| {
+            opt(r.details.server_timer_wakeups_per_msg, |v| {
+                format!("{v:.3}")
+            })
         }),
         ("resends", |r| grouped(r.resends)),
         ("session_setup_per_sec", |r| {

@@ -37,6 +37,8 @@ pub struct ServerSpec {
     pub congestion_control: bool,
     /// `--scenario game`: the game server instead of the echo server.
     pub game: Option<GameServerCfg>,
+    pub proto: ProtoOpts,
+    pub flush_interval: Option<Duration>,
 }
 
 impl ServerSpec {
@@ -71,6 +73,8 @@ impl ServerSpec {
             profile: proto.profile.clone(),
             congestion_control: !proto.no_congestion_control,
             game: None,
+            proto: proto.clone(),
+            flush_interval: opts.flush_us.map(Duration::from_micros),
         })
     }
 
@@ -89,6 +93,7 @@ impl ServerSpec {
         p.application_protocol = app_protocol(p, &self.app_protocol);
         p.congestion_control = self.congestion_control;
         p.is_compression_enabled = self.compression;
+        self.proto.apply_acks(p);
         if let Some(n) = self.crc_length {
             p.crc_length = n;
         }
@@ -127,6 +132,9 @@ pub struct ServerSnapshot {
     pub datagrams_out: Option<u64>,
     /// The game server's counters (`--scenario game`; zeros otherwise).
     pub game: crate::game::GameServerSnapshot,
+    /// Shard wake-ups, and those only a timeout ended (soe-uring only).
+    pub wakeups: Option<u64>,
+    pub timer_wakeups: Option<u64>,
 }
 
 enum Inner {
@@ -170,6 +178,8 @@ impl RunningServer {
                     datagrams_in: Some(stats.total.datagrams_in),
                     datagrams_out: Some(stats.total.datagrams_out),
                     game: self.game.snapshot(),
+                    wakeups: Some(stats.total.wakeups),
+                    timer_wakeups: Some(stats.total.timer_wakeups),
                 })
             }
             Inner::Thread { clock, .. } => Some(ServerSnapshot {
@@ -335,7 +345,17 @@ fn start_uring(
     if let Some(tick) = spec.tick {
         builder = builder.tick_period(tick);
     }
+    if let Some(interval) = spec.flush_interval {
+        builder = builder.flush_interval(interval);
+    }
     let builder = if let Some(cfg) = spec.game.clone() {
+        // The game logic ticks from `on_tick`, which runs periodically only with
+        // a tick period: a twentieth of the game's (at least 1 ms), so game ticks
+        // start within 5 % of a period of when they are due, unless --tick-us
+        // says otherwise.
+        if spec.tick.is_none() {
+            builder = builder.tick_period((cfg.tick / 20).max(Duration::from_millis(1)));
+        }
         let counters = game.clone();
         builder.handler(move |shard| {
             GameShard(GameLogic::new(cfg.clone(), counters.clone(), shard.index))
@@ -450,16 +470,25 @@ async fn serve_ours(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     failures: Arc<AtomicU64>,
 ) -> Result<(), String> {
-    let mut server =
-        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tokio_tick()).await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("cannot bind {}: {e}", spec.bind);
-                let _ = ready.send(Err(message.clone()));
-                return Err(message);
-            }
-        };
+    let driver = tokio_rt::DriverConfig {
+        flush_interval: spec.flush_interval,
+        ..tokio_rt::DriverConfig::default()
+    };
+    let mut server = match tokio_rt::TokioSoeServer::bind_with(
+        spec.bind,
+        spec.our_config(),
+        spec.tokio_tick(),
+        driver,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("cannot bind {}: {e}", spec.bind);
+            let _ = ready.send(Err(message.clone()));
+            return Err(message);
+        }
+    };
     let _ = ready.send(Ok(server.local_addr()));
     let handle = server.handle();
     let mut events = Vec::with_capacity(256);
@@ -671,6 +700,7 @@ pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConf
     let p = &mut c.default_session_params;
     p.application_protocol = app_protocol(p, &proto.app_protocol);
     p.congestion_control = !proto.no_congestion_control;
+    proto.apply_acks(p);
     // A client adopts the server's choice; set it anyway for symmetry.
     p.is_compression_enabled = proto.compression;
     p.connect_timeout = connect_timeout;

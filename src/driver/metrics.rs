@@ -24,6 +24,7 @@
 //! | `soe_errors_total{cause}` | counter | `recv`, `send`, `icmp_unreachable`, `icmp_other` |
 //! | `soe_remaps_total{outcome}` | counter | `moved` / `refused` |
 //! | `soe_turns_total`, `soe_wakeups_total`, `soe_overloaded_turns_total` | counter | loop activity |
+//! | `soe_timer_wakeups_total` | counter | wake-ups that only a timeout ended (session deadlines, ticks) |
 //! | `soe_event_stalls_total` | counter | times the event stream was full |
 //! | `soe_queue_depth{queue}` | gauge | `outgoing` datagrams, `timers`, `table_slots` |
 //! | `soe_state{state}` | gauge | 1 while `overloaded` / `draining` |
@@ -61,6 +62,7 @@ pub(crate) struct DriverMetrics {
     remaps: [Counter; 2],
     turns: Counter,
     wakeups: Counter,
+    timer_wakeups: Counter,
     overloaded_turns: Counter,
     event_stalls: Counter,
     depth: [Gauge; 3],
@@ -119,6 +121,7 @@ impl DriverMetrics {
             remaps: ["moved", "refused"].map(|o| c("soe_remaps_total", "outcome", o)),
             turns: counter!("soe_turns_total", "shard" => s.clone()),
             wakeups: counter!("soe_wakeups_total", "shard" => s.clone()),
+            timer_wakeups: counter!("soe_timer_wakeups_total", "shard" => s.clone()),
             overloaded_turns: counter!("soe_overloaded_turns_total", "shard" => s.clone()),
             event_stalls: counter!("soe_event_stalls_total", "shard" => s.clone()),
             depth: ["outgoing", "timers", "table_slots"]
@@ -217,6 +220,7 @@ impl DriverMetrics {
         self.remaps[1].absolute(m.remaps_refused);
         self.turns.absolute(s.turns);
         self.wakeups.absolute(s.wakeups);
+        self.timer_wakeups.absolute(s.timer_wakeups);
         self.overloaded_turns.absolute(s.overloaded_turns);
         self.event_stalls.absolute(s.event_stalls);
         self.depth[0].set(outgoing as f64);

@@ -144,6 +144,9 @@ pub(crate) struct Limits {
     /// How long a server driver may stay unable to take commands before it ends
     /// the session holding it up.
     pub(crate) overflow_grace: Duration,
+    /// Tick-aligned flushing: sessions write their datagrams once per this
+    /// interval (see [`Driver::tick`]); `None` flushes every turn.
+    pub(crate) flush_interval: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -156,6 +159,7 @@ impl Default for Limits {
             max_outgoing: 1 << 16,
             close_overflowing: true,
             overflow_grace: Duration::from_secs(1),
+            flush_interval: None,
         }
     }
 }
@@ -192,6 +196,8 @@ pub(crate) struct Driver {
     last_trim: Option<Instant>,
     /// Since when the driver has been unable to take commands.
     blocked_since: Option<Instant>,
+    /// With [`Limits::flush_interval`]: when the next flush is due.
+    next_flush: Option<Instant>,
     #[cfg(feature = "metrics")]
     metrics: metrics::DriverMetrics,
     /// Trouble counters as of the last warning, and when it was.
@@ -231,6 +237,7 @@ impl Driver {
             timers_left: false,
             last_trim: None,
             blocked_since: None,
+            next_flush: None,
             #[cfg(feature = "metrics")]
             metrics: metrics::DriverMetrics::new(shard),
             warned: (Trouble::default(), None),
@@ -571,9 +578,43 @@ impl Driver {
     }
 
     /// Runs due session timers (bounded) and flushes every touched session.
+    ///
+    /// With [`Limits::flush_interval`] the flush happens on flush ticks only
+    /// (`interval` apart, kept in step): touched sessions wait for the next one,
+    /// so each session sends one datagram per tick carrying everything the
+    /// application queued since the last one, the acks owed and any heartbeat
+    /// or retransmission due (more only when it does not fit). Handshake
+    /// answers, retransmissions and acks wait at most one interval.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.timers_left = self.mux.run_timers(now, self.limits.timers_per_turn);
-        self.mux.flush(now);
+        if self.flush_due(now) {
+            self.mux.flush(now);
+        }
+    }
+
+    /// Whether this turn flushes; moves the flush tick on when it does.
+    fn flush_due(&mut self, now: Instant) -> bool {
+        let Some(interval) = self.limits.flush_interval else {
+            return true;
+        };
+        match self.next_flush {
+            Some(at) if now < at => false,
+            Some(at) => {
+                // In step with the ticks before, unless the turn came late.
+                let next = at + interval;
+                self.next_flush = Some(if next > now { next } else { now + interval });
+                true
+            }
+            None => {
+                self.next_flush = Some(now + interval);
+                true
+            }
+        }
+    }
+
+    /// Whether touched sessions wait for a later flush tick.
+    fn flush_held(&self) -> bool {
+        self.limits.flush_interval.is_some() && self.mux.needs_flush()
     }
 
     /// Outgoing datagrams waiting, oldest first, with their destinations.
@@ -620,10 +661,16 @@ impl Driver {
     }
 
     /// What to wait for before the next turn. `busy`: the shell left work of its
-    /// own (a spent receive or command budget).
-    pub(crate) fn wait_plan(&self, busy: bool) -> WaitPlan {
+    /// own (a spent receive or command budget). The deadline is the earliest one
+    /// a session really has ([`SoeMultiplexer::settle_deadline`]): a turn that
+    /// left nothing to do does not wake again for a timer whose work vanished.
+    pub(crate) fn wait_plan(&mut self, busy: bool) -> WaitPlan {
         let events_waiting = self.stalled.is_none() && self.mux.event_count() > 0;
-        let mut deadline = self.mux.next_deadline();
+        let mut deadline = self.mux.settle_deadline();
+        let held = self.flush_held();
+        if held && let Some(at) = self.next_flush {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
         if let Some(since) = self.blocked_since
             && self.limits.close_overflowing
         {
@@ -637,7 +684,7 @@ impl Driver {
             deadline = Some(deadline.map_or(publish, |d| d.min(publish)));
         }
         WaitPlan {
-            again: busy || self.timers_left || self.mux.needs_flush() || events_waiting,
+            again: busy || self.timers_left || (self.mux.needs_flush() && !held) || events_waiting,
             read: self.reading(),
             write: self.mux.outgoing_len() > 0,
             commands: self.accepting(),

@@ -19,6 +19,10 @@ pub struct DriverStats {
     pub turns: u64,
     /// Times the driver slept and woke up again.
     pub wakeups: u64,
+    /// Of those, the times only the timeout ended the sleep (a session deadline,
+    /// a tick): no datagram, command or doorbell. At low load a shard wakes about
+    /// once per burst of datagrams and once per deadline that needs work.
+    pub timer_wakeups: u64,
     /// Turns that ended with work left over (a full receive budget): the driver was
     /// at capacity. While that lasts, new sessions are refused (see
     /// [`MuxStats::refused_admission_closed`]) so the live ones keep their service.
@@ -91,6 +95,7 @@ impl DriverStats {
         self.mux.add(&other.mux);
         self.turns += other.turns;
         self.wakeups += other.wakeups;
+        self.timer_wakeups += other.timer_wakeups;
         self.overloaded_turns += other.overloaded_turns;
         self.datagrams_in += other.datagrams_in;
         self.bytes_in += other.bytes_in;

@@ -571,3 +571,103 @@ fn every_accepted_message_is_delivered_or_its_session_closed_with_a_reason() {
         );
     }
 }
+
+#[test]
+fn tick_aligned_flush_sends_one_datagram_per_session_per_tick() {
+    let limits = Limits {
+        flush_interval: Some(Duration::from_millis(10)),
+        ..Limits::default()
+    };
+    let mut bench = Bench::new(2, config(1), limits);
+    bench.open();
+    let mut sink = BoundedSink {
+        room: usize::MAX,
+        ..Default::default()
+    };
+    let to: SocketAddr = SERVER.parse().unwrap();
+    let mut flushes = Vec::new();
+    let turns = 200u32;
+    for turn in 0..turns {
+        // The application queues a message for each session every turn (1 ms);
+        // the clients send an input every third turn.
+        for i in 0..2 {
+            bench
+                .server
+                .mux_mut()
+                .enqueue_data(&client_addr(i), &message(turn, 20))
+                .unwrap();
+        }
+        if turn % 3 == 0 {
+            for c in &mut bench.clients {
+                c.enqueue_data(&to, b"input").unwrap();
+            }
+        }
+        let before = bench.server.stats.datagrams_out;
+        bench.turn(&mut sink);
+        let sent = bench.server.stats.datagrams_out - before;
+        if sent > 0 {
+            assert_eq!(sent, 2, "turn {turn}: one datagram per session");
+            flushes.push(turn);
+        }
+        // Between ticks the driver sleeps, until the next one when sessions
+        // wait for it.
+        let held = bench.server.mux().needs_flush();
+        let plan = bench.server.wait_plan(false);
+        assert!(!plan.again, "turn {turn}: {plan:?}");
+        assert!(
+            !held
+                || plan
+                    .deadline
+                    .is_some_and(|d| d <= bench.now + Duration::from_millis(10)),
+            "turn {turn}: {plan:?}"
+        );
+    }
+    assert!(flushes.len() >= 19, "{flushes:?}");
+    for pair in flushes.windows(2) {
+        assert_eq!(pair[1] - pair[0], 10, "{flushes:?}");
+    }
+    // Nothing was lost or reordered by the wait.
+    for _ in 0..30 {
+        bench.turn(&mut sink);
+    }
+    for i in 0..2 {
+        let got = bench.client_data(i);
+        assert_eq!(ids(&got, 20), expected(turns), "client {i}");
+    }
+    let inputs = sink
+        .taken
+        .iter()
+        .filter(
+            |e| matches!(e, SocketEvent::DataReceived { data, .. } if data.as_ref() == b"input"),
+        )
+        .count();
+    assert_eq!(inputs, 2 * turns.div_ceil(3) as usize);
+}
+
+#[test]
+fn a_turn_with_nothing_left_sleeps_past_deadlines_that_went_away() {
+    // The data's retransmission timer stays in the multiplexer's heap after the
+    // ack arrives; the wait plan names the next deadline that needs work.
+    let mut bench = Bench::new(1, config(1), Limits::default());
+    bench.open();
+    let mut sink = BoundedSink {
+        room: usize::MAX,
+        ..Default::default()
+    };
+    bench
+        .server
+        .mux_mut()
+        .enqueue_data(&client_addr(0), b"state")
+        .unwrap();
+    for _ in 0..100 {
+        bench.turn(&mut sink);
+    }
+    assert_eq!(bench.client_data(0).len(), 1);
+    let plan = bench.server.wait_plan(false);
+    let deadline = plan.deadline.expect("the inactivity timeout");
+    assert!(
+        deadline >= bench.now + Duration::from_secs(20),
+        "{:?} from now",
+        deadline - bench.now
+    );
+}

@@ -1225,6 +1225,42 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
+    /// The earliest deadline a session really has, with stale timer entries
+    /// dropped first: a session's deadline often moves later without a timer
+    /// firing (the ack for its data arrived, a delayed ack rode on data, the peer
+    /// was heard again), and [`SoeMultiplexer::next_deadline`] would still name
+    /// the old time. A runtime that sleeps until this wakes once per deadline that
+    /// needs work, not once per deadline that was. Each stale entry costs one
+    /// look at its session's timers, once. `None` with no sessions.
+    pub fn settle_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
+            let live = self.generations[slot as usize] == generation;
+            let Some(entry) = self.slots[slot as usize].as_mut().filter(|_| live) else {
+                self.timers.pop();
+                continue;
+            };
+            if entry.scheduled != Some(deadline) {
+                // A duplicate: the entry that counts is elsewhere in the heap.
+                self.timers.pop();
+                continue;
+            }
+            if entry.dirty {
+                // Its next flush reschedules it.
+                return Some(deadline);
+            }
+            let actual = entry.session.next_deadline();
+            if actual.is_some_and(|a| a <= deadline) {
+                return Some(deadline);
+            }
+            self.timers.pop();
+            entry.scheduled = actual;
+            if let Some(at) = actual {
+                self.timers.push(Reverse((at, slot, generation)));
+            }
+        }
+        None
+    }
+
     /// Whether sessions were touched since the last flush.
     pub fn needs_flush(&self) -> bool {
         !self.dirty.is_empty()

@@ -220,10 +220,15 @@ impl Inbox {
         false
     }
 
-    /// For the shard, after it woke up for any reason.
-    pub(crate) fn woke(&self) {
+    /// For the shard, after it woke up for any reason; `rang`: the doorbell
+    /// was readable (or the sleep failed), so it is cleared. A doorbell rung
+    /// after the sleep returned stays readable and ends the next sleep at once:
+    /// nothing is missed, and a wake-up by the socket or the timer costs no read.
+    pub(crate) fn woke(&self, rang: bool) {
         self.sleeping.store(false, Ordering::Relaxed);
-        self.doorbell.clear();
+        if rang {
+            self.doorbell.clear();
+        }
     }
 
     /// The doorbell, for the shard's sleep.

@@ -39,9 +39,12 @@ pub trait ShardHandler: 'static {
     /// One event of a session this shard owns.
     fn on_event(&mut self, event: SocketEvent<SocketAddr>, ctx: &mut ShardContext<'_>);
 
-    /// Called once per loop turn after the events of that turn, and at least every
-    /// tick period ([`super::SoeServerBuilder::tick_period`]) while the shard has
-    /// sessions: a place for a per-shard game tick.
+    /// Called once per loop turn after the events of that turn and before the
+    /// turn's flush, and, when a tick period is set
+    /// ([`super::SoeServerBuilder::tick_period`]; none by default), at least once
+    /// per period while the shard has sessions: a place for a per-shard game
+    /// tick. With [`super::SoeServerBuilder::flush_interval`], what it queues
+    /// goes out with the next flush, as one datagram per session.
     fn on_tick(&mut self, ctx: &mut ShardContext<'_>) {
         let _ = ctx;
     }

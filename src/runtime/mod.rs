@@ -97,7 +97,8 @@ pub struct SoeServerBuilder {
     shards: Option<usize>,
     pin: bool,
     cpus: Option<Vec<usize>>,
-    tick: Duration,
+    tick: Option<Duration>,
+    flush_interval: Option<Duration>,
     command_queue: usize,
     event_queue: usize,
     batch: usize,
@@ -149,11 +150,33 @@ impl SoeServerBuilder {
     }
 
     /// Period of a shard-local handler's [`ShardHandler::on_tick`] while its shard
-    /// has sessions, and of the checks for room in a full event stream (default
-    /// 500 µs). Shards otherwise wake for datagrams, commands and session
-    /// deadlines only.
+    /// has sessions (a game tick), and of the checks for room in a full event
+    /// stream. Default: none. Without it, shards wake only for datagrams,
+    /// commands and session deadlines (a full event stream is checked every
+    /// 500 µs), and `on_tick` runs once per such turn; an idle shard sleeps.
     pub fn tick_period(mut self, tick: Duration) -> Self {
-        self.tick = tick.max(Duration::from_micros(50));
+        self.tick = Some(tick.max(Duration::from_micros(50)));
+        self
+    }
+
+    /// Tick-aligned flushing: each shard writes its sessions' datagrams once per
+    /// `interval` instead of at the end of every loop turn, so one datagram per
+    /// session and tick carries what the application queued during it, the acks
+    /// owed to the peer and any heartbeat or retransmission due. Default: off
+    /// (every turn flushes, for the lowest latency).
+    ///
+    /// For a game server that sends state on a fixed tick: give
+    /// [`Self::tick_period`] the same period and queue the tick's state in
+    /// [`ShardHandler::on_tick`] (which runs every turn, so check the time
+    /// there: [`ShardContext::now`]); it goes out with the next flush. Replies
+    /// from `on_event` and acks then wait up to one interval, and so do
+    /// handshake answers and retransmissions: keep it below the peers'
+    /// tolerance for delayed acks (`SessionParameters::peer_max_ack_delay`, 50 ms
+    /// for soe-uring peers; 200 ms least RTO for `soe-protocol`), such as 10 to
+    /// 33 ms. The flush runs in the driver, so the Tokio adapter has the same
+    /// option ([`crate::tokio_rt::DriverConfig::flush_interval`]).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = Some(interval.max(Duration::from_micros(50)));
         self
     }
 
@@ -261,6 +284,7 @@ impl SoeServerBuilder {
                 slot: (self.config.default_session_params.udp_length as usize).clamp(2048, 65_536),
                 limits: Limits {
                     max_parked: self.command_queue,
+                    flush_interval: self.flush_interval,
                     ..Limits::default()
                 },
             };
@@ -487,7 +511,8 @@ impl SoeServer {
             shards: None,
             pin: true,
             cpus: None,
-            tick: Duration::from_micros(500),
+            tick: None,
+            flush_interval: None,
             command_queue: 1 << 16,
             event_queue: 1 << 16,
             batch: 64,

@@ -43,6 +43,8 @@ const CONTROL_PER_TURN: usize = 64;
 const FAREWELL_TIME: Duration = Duration::from_millis(200);
 /// Error-queue entries a shard reads per turn.
 const ERRORS_PER_TURN: usize = 64;
+/// How often a full event stream is checked for room without a tick period.
+const ROOM_CHECK: Duration = Duration::from_micros(500);
 
 /// Where a shard's events go.
 pub(crate) enum EventTarget {
@@ -76,7 +78,7 @@ pub(crate) struct ShardSetup {
     pub(crate) queues: InboxReceivers,
     pub(crate) handle: SoeHandle,
     pub(crate) events: EventTarget,
-    pub(crate) tick: Duration,
+    pub(crate) tick: Option<Duration>,
     pub(crate) batch: usize,
     pub(crate) slot: usize,
     pub(crate) limits: Limits,
@@ -92,7 +94,7 @@ struct Shard {
     sink: Sink,
     recv: RecvBatch,
     send: SendBatch,
-    tick: Duration,
+    tick: Option<Duration>,
     stop: bool,
     /// The socket reported queued errors (ICMP): read them this turn.
     errors_pending: bool,
@@ -307,10 +309,10 @@ impl Shard {
             self.hand_over_remapped();
             let commands_left = self.apply_commands(now);
             self.handle.shared.inboxes[self.index].space.wake_all();
-            self.deliver_events(now);
+            self.deliver_events(now, true);
             self.driver.tick(now);
             self.transmit();
-            self.deliver_events(now);
+            self.deliver_events(now, false);
             self.answer_control();
             if self.driver.released_memory() {
                 sys::return_free_memory();
@@ -517,7 +519,9 @@ impl Shard {
         self.driver.accepting() && !self.queues.commands.is_empty()
     }
 
-    fn deliver_events(&mut self, now: Instant) {
+    /// Hands the turn's events to the handler or the stream; `tick`: then runs
+    /// the handler's `on_tick` (once per turn, before the flush).
+    fn deliver_events(&mut self, now: Instant, tick: bool) {
         match &mut self.sink {
             Sink::Handler(handler) => {
                 while let Some(event) = self.driver.poll_event() {
@@ -529,13 +533,15 @@ impl Shard {
                     };
                     handler.on_event(event, &mut ctx);
                 }
-                let mut ctx = ShardContext {
-                    shard: self.index,
-                    now,
-                    driver: &mut self.driver,
-                    handle: &self.handle,
-                };
-                handler.on_tick(&mut ctx);
+                if tick {
+                    let mut ctx = ShardContext {
+                        shard: self.index,
+                        now,
+                        driver: &mut self.driver,
+                        handle: &self.handle,
+                    };
+                    handler.on_tick(&mut ctx);
+                }
             }
             Sink::Stream(stream) => {
                 if self.driver.deliver(stream) == Delivery::Closed {
@@ -606,21 +612,23 @@ impl Shard {
     }
 
     /// Sleeps until there is work: a datagram (unless the event stream is full), a
-    /// command, room in the socket for queued datagrams, the next session deadline,
-    /// or (with a handler) the next game tick.
+    /// command, room in the socket for queued datagrams, the next session deadline
+    /// that needs work, or (with a handler and a tick period) the next game tick.
     fn sleep(&mut self, busy: bool, now: Instant) -> io::Result<()> {
         let plan = self.driver.wait_plan(busy);
         if plan.again {
             return Ok(());
         }
         let mut deadline = plan.deadline;
-        let tick_due = now + self.tick;
-        let handler_tick =
-            matches!(self.sink, Sink::Handler(_)) && self.driver.mux().session_count() > 0;
-        if handler_tick || plan.event_room {
-            // The handler's tick runs at least every tick period; a full event stream
-            // is checked for room as often.
-            deadline = Some(deadline.map_or(tick_due, |d| d.min(tick_due)));
+        let handler_tick = self.tick.filter(|_| {
+            matches!(self.sink, Sink::Handler(_)) && self.driver.mux().session_count() > 0
+        });
+        // The handler's tick runs at least every tick period; a full event stream
+        // is checked for room as often (every 500 µs without one).
+        let period = handler_tick.or(plan.event_room.then(|| self.tick.unwrap_or(ROOM_CHECK)));
+        if let Some(period) = period {
+            let due = now + period;
+            deadline = Some(deadline.map_or(due, |d| d.min(due)));
         }
         let inbox = &self.handle.shared.inboxes[self.index];
         let epoch = self.handle.shared.epoch;
@@ -633,8 +641,15 @@ impl Shard {
             self.driver.sessions(),
         );
         let woken = sys::sleep(self.fd(), plan.read, plan.write, inbox.doorbell(), timeout);
-        inbox.woke();
-        self.driver.stats_mut().wakeups += 1;
+        inbox.woke(!woken.as_ref().is_ok_and(|w| !w.doorbell));
+        let stats = self.driver.stats_mut();
+        stats.wakeups += 1;
+        if woken
+            .as_ref()
+            .is_ok_and(|w| !(w.doorbell || w.socket || w.error))
+        {
+            stats.timer_wakeups += 1;
+        }
         trace!(?woken, "woke");
         self.errors_pending |= woken.as_ref().is_ok_and(|w| w.error);
         woken.map(|_| ())
@@ -645,7 +660,7 @@ impl Shard {
     fn shutdown(&mut self) {
         let now = clock();
         self.driver.close_all(DisconnectReason::ManagerDeleted, now);
-        self.deliver_events(now);
+        self.deliver_events(now, false);
         let deadline = now + FAREWELL_TIME;
         while !self.transmit() && clock() < deadline {
             let doorbell = self.handle.shared.inboxes[self.index].doorbell();

@@ -459,9 +459,12 @@ impl FlushRound {
                 in_flight += 1;
             }
             // Only fresh packets (re)start the timers: a flush that sends nothing
-            // must not push the probe back (acks restart it in `handle_ack`).
+            // must not push the probe back (acks restart it in `handle_ack`); it
+            // only arms timers that are not armed.
             if in_flight > before {
                 s.arm_timer(now, times);
+            } else if s.in_flight() > 0 {
+                s.arm_unset_timers(now, times);
             }
         }
     }
@@ -943,6 +946,7 @@ impl SoeSession {
         AckPolicy {
             every_packet: self.params.acknowledge_all_data,
             max_delay: self.params.max_ack_delay,
+            lone_delay: self.params.lone_ack_delay,
             half_window: u64::from(self.params.data_ack_window / 2).max(1),
         }
     }
@@ -1459,7 +1463,7 @@ impl SoeSession {
         }
         let srtt = self.rtt.srtt();
         let times = LossTimes {
-            rto: self.rtt.rto(),
+            rto: self.rtt.rto_with(self.params.peer_max_ack_delay),
             pto: self.rtt.pto(self.params.peer_max_ack_delay),
             loss_delay: self.rtt.loss_delay(),
         };

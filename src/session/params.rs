@@ -117,8 +117,24 @@ pub struct SessionParameters {
     pub inactivity_timeout: Duration,
     /// Acknowledge every reliable packet individually instead of cumulatively.
     pub acknowledge_all_data: bool,
-    /// Longest a cumulative ack waits to be batched or piggybacked.
+    /// While packets keep arriving, cumulative acks are batched: at most one per
+    /// this long (default 2 ms), each riding on any datagram going to the peer
+    /// meanwhile. Half of `data_ack_window` packets unacknowledged sends one at once.
     pub max_ack_delay: Duration,
+    /// How long the cumulative ack of a packet that arrived alone waits for a
+    /// datagram going to the peer to ride on: the application's reply, a client's
+    /// next input, the state of a server's next tick. A second packet ends the wait
+    /// (the flow is then acknowledged as `max_ack_delay` says); gaps, duplicates
+    /// and packets out of the window are acknowledged at once, so loss recovery
+    /// does not wait. `ZERO` acknowledges a lone packet in the next flush.
+    ///
+    /// Default 40 ms: at 25 Hz and more, the ack of every message rides on the
+    /// next one. It must stay below what the peer's retransmission timers bear:
+    /// soe-uring's `peer_max_ack_delay` (50 ms, which its probe timeout adds),
+    /// `soe-protocol`'s 200 ms least RTO; for other peers compare with their
+    /// resend timers (`docs/protocol.md` §8.4). Against an older soe-uring peer
+    /// (its `peer_max_ack_delay` 25 ms), lower it to 20 ms.
+    pub lone_ack_delay: Duration,
 
     /// The handshake a client uses: 3 (the default) sends the named v3 request and
     /// expects the 21-byte response; 2 sends the 14-byte UdpLibrary request and
@@ -190,7 +206,9 @@ pub struct SessionParameters {
     /// retransmissions); `None`: no cap.
     pub max_send_rate: Option<u64>,
     /// The longest the peer may delay an acknowledgement; part of the probe
-    /// timeout (`soe-protocol` and UdpLibrary peers acknowledge on their tick).
+    /// timeout (`soe-protocol` and UdpLibrary peers acknowledge on their tick,
+    /// soe-uring peers hold the ack of a lone packet up to their
+    /// `lone_ack_delay`, 40 ms by default). Default 50 ms.
     pub peer_max_ack_delay: Duration,
     /// A client answers the server's UnknownSender with a RemapConnection (its NAT
     /// mapping moved) and carries on, instead of ending the session at once. It
@@ -240,6 +258,7 @@ impl Default for SessionParameters {
             inactivity_timeout: Duration::from_secs(30),
             acknowledge_all_data: false,
             max_ack_delay: Duration::from_millis(2),
+            lone_ack_delay: Duration::from_millis(40),
             protocol_version: 3,
             named_request: true,
             connect_retry_interval: Duration::from_millis(1000),
@@ -263,7 +282,7 @@ impl Default for SessionParameters {
             congestion_control: true,
             initial_window: 10,
             max_send_rate: None,
-            peer_max_ack_delay: Duration::from_millis(25),
+            peer_max_ack_delay: Duration::from_millis(50),
             unreachable_grace: Some(Duration::from_secs(5)),
             port_alive_interval: None,
             clock_sync_interval: None,

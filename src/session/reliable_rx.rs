@@ -6,10 +6,13 @@
 //! packet already delivered is counted as a duplicate and triggers a fresh
 //! cumulative ack so the sender stops retransmitting it.
 //!
-//! Cumulative acks (AckAll) are batched: one goes out when half the ack window is
-//! pending, when `max_ack_delay` has passed since the last one, or for free with any
-//! other datagram to the peer. Sequences are 64-bit internally, so the throttle keeps
-//! working across 16-bit wraps.
+//! Cumulative acks (AckAll) are batched: one goes out for free with any other
+//! datagram to the peer; otherwise, for a packet that arrived alone (interactive
+//! traffic: a request, an input, a tick's state), `lone_ack_delay` after it, so it
+//! can ride on the reply; while packets keep coming, when `max_ack_delay` has
+//! passed since the last one, or at once when half the ack window is pending.
+//! Sequences are 64-bit internally, so the throttle keeps working across 16-bit
+//! wraps.
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +63,8 @@ struct Reassembly {
 pub(crate) struct AckPolicy {
     pub(crate) every_packet: bool,
     pub(crate) max_delay: Duration,
+    /// How long the ack of a packet that arrived alone waits for a ride.
+    pub(crate) lone_delay: Duration,
     pub(crate) half_window: u64,
 }
 
@@ -158,6 +163,10 @@ impl ReliableReceiver {
         let behind = self.acked_through.map_or(self.next, |a| self.next - 1 - a);
         let due = if immediate || behind >= policy.half_window {
             now
+        } else if behind <= 1 && !policy.lone_delay.is_zero() {
+            // One packet alone: its ack waits for data going back (the reply, the
+            // next input), at most `lone_delay`. A second packet ends the wait.
+            now + policy.lone_delay
         } else {
             self.last_ack_all
                 .map_or(now, |t| (t + policy.max_delay).max(now))
@@ -394,7 +403,13 @@ mod tests {
     const POLICY: AckPolicy = AckPolicy {
         every_packet: false,
         max_delay: Duration::from_millis(2),
+        lone_delay: Duration::ZERO,
         half_window: 16,
+    };
+
+    const LONE: AckPolicy = AckPolicy {
+        lone_delay: Duration::from_millis(40),
+        ..POLICY
     };
 
     fn receiver(window: u16) -> ReliableReceiver {
@@ -566,6 +581,50 @@ mod tests {
                 sequence: 17
             }]
         );
+    }
+
+    #[test]
+    fn a_lone_packet_waits_for_a_ride_and_a_gap_does_not() {
+        let ms = Duration::from_millis;
+        let mut r = receiver(256);
+        let mut io = SessionIo::new();
+        let t = Instant::now();
+        let all = |sequence| Packet::AcknowledgeAll {
+            channel: 0,
+            sequence,
+        };
+        r.on_packet(0, b"a", false, t, LONE, &mut io).unwrap();
+        assert!(acks(&mut r, t, false).is_empty());
+        assert_eq!(r.ack_deadline(), Some(t + ms(40)));
+        // Data going back carries it.
+        assert_eq!(acks(&mut r, t + ms(1), true), [all(0)]);
+        // Alone again: it goes by itself once the wait is over.
+        r.on_packet(1, b"b", false, t + ms(10), LONE, &mut io)
+            .unwrap();
+        assert!(acks(&mut r, t + ms(49), false).is_empty());
+        assert_eq!(acks(&mut r, t + ms(50), false), [all(1)]);
+        // A second packet ends the wait (a flow is acknowledged as before).
+        r.on_packet(2, b"c", false, t + ms(100), LONE, &mut io)
+            .unwrap();
+        r.on_packet(3, b"d", false, t + ms(101), LONE, &mut io)
+            .unwrap();
+        assert_eq!(r.ack_deadline(), Some(t + ms(101)));
+        assert_eq!(acks(&mut r, t + ms(101), false), [all(3)]);
+        // A gap is reported at once.
+        r.on_packet(5, b"f", false, t + ms(200), LONE, &mut io)
+            .unwrap();
+        assert_eq!(r.ack_deadline(), Some(t + ms(200)));
+        assert_eq!(
+            acks(&mut r, t + ms(200), false),
+            [Packet::Acknowledge {
+                channel: 0,
+                sequence: 5
+            }]
+        );
+        // So is a duplicate.
+        r.on_packet(3, b"d", false, t + ms(300), LONE, &mut io)
+            .unwrap();
+        assert_eq!(acks(&mut r, t + ms(300), false), [all(3)]);
     }
 
     #[test]

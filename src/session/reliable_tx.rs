@@ -523,9 +523,11 @@ impl ReliableSender {
         slot.acked = true;
     }
 
-    /// The peer acknowledged something new: probes start over.
+    /// The peer acknowledged something new: probes start over, from the next
+    /// flush (RFC 9002 §6.2.1: the probe timer restarts when an ack arrives).
     fn progress(&mut self, rtt: &mut RttEstimator) {
         self.probes = 0;
+        self.probe_at = None;
         rtt.progress();
     }
 
@@ -644,6 +646,18 @@ impl ReliableSender {
             self.resend_at = Some(now + times.rto);
         }
         self.arm_probe(now, times.pto);
+    }
+
+    /// A flush that sent no fresh packet: arms the timers only where they are
+    /// not armed, so traffic that merely passes by (acks, the peer's
+    /// retransmissions) does not keep pushing a tail-loss probe back.
+    pub(crate) fn arm_unset_timers(&mut self, now: Instant, times: LossTimes) {
+        if self.resend_at.is_none() {
+            self.resend_at = Some(now + times.rto);
+        }
+        if self.probe_at.is_none() {
+            self.arm_probe(now, times.pto);
+        }
     }
 
     /// Arms the probe a probe timeout from `now` (doubled per probe since the

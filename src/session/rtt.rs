@@ -22,6 +22,8 @@ pub(crate) struct RttEstimator {
     fresh: bool,
     /// The timeout before backoff.
     base: u64,
+    /// `SRTT + max(G, 4·RTTVAR)` before clamping; 0 before the first sample.
+    raw: u64,
     /// Doublings since the peer last acknowledged anything new.
     backoff: u32,
     min: u64,
@@ -41,6 +43,7 @@ impl RttEstimator {
             latest: 0,
             fresh: false,
             base: nanos(initial).clamp(min, max),
+            raw: 0,
             backoff: 0,
             min,
             max,
@@ -79,7 +82,24 @@ impl RttEstimator {
         };
         self.srtt = Some(srtt);
         let granularity = nanos(GRANULARITY);
-        self.base = (srtt + (self.rttvar * 4).max(granularity)).clamp(self.min, self.max);
+        self.raw = srtt + (self.rttvar * 4).max(granularity);
+        self.base = self.raw.clamp(self.min, self.max);
+    }
+
+    /// The retransmission timeout for a peer that may hold an ack back for up to
+    /// `ack_delay` (a lone packet's, see `lone_ack_delay`): `SRTT + max(G,
+    /// 4·RTTVAR) + ack_delay` within the bounds, doubled per timeout as
+    /// [`RttEstimator::rto`]. A path whose round trip was learnt from prompt acks
+    /// then does not time out on a delayed one. Before the first sample, the RTO.
+    pub(crate) fn rto_with(&self, ack_delay: Duration) -> Duration {
+        if self.srtt.is_none() {
+            return self.rto();
+        }
+        let base = (self.raw + nanos(ack_delay)).clamp(self.min, self.max);
+        Duration::from_nanos(
+            base.saturating_mul(1 << self.backoff.min(MAX_BACKOFF))
+                .min(self.max),
+        )
     }
 
     /// Doubles the timeout after a retransmission by timeout.
@@ -173,6 +193,25 @@ mod tests {
         // The latest sample counts when it is larger.
         r.sample(160 * MS);
         assert_eq!(r.loss_delay(), Some(180 * MS));
+    }
+
+    #[test]
+    fn the_peers_ack_delay_extends_the_timeout_above_the_floor_only() {
+        let mut r = RttEstimator::new(500 * MS, 100 * MS, 3000 * MS);
+        assert_eq!(r.rto_with(50 * MS), 500 * MS);
+        for _ in 0..20 {
+            r.sample(MS);
+        }
+        // A LAN: 1 + 10 + 50 ms is below the 100 ms floor.
+        assert_eq!(r.rto_with(50 * MS), 100 * MS);
+        for _ in 0..40 {
+            r.sample(80 * MS);
+        }
+        // 80 ms away: an ack held 50 ms arrives at 130 ms, inside the timeout.
+        let rto = r.rto_with(50 * MS);
+        assert!(rto > 135 * MS && rto <= r.rto() + 50 * MS, "{rto:?}");
+        r.backoff();
+        assert_eq!(r.rto_with(50 * MS), rto * 2);
     }
 
     #[test]
