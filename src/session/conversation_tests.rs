@@ -436,12 +436,13 @@ fn an_ack_restarts_the_probe_with_the_measured_round_trip() {
     c.enqueue(b"b");
     assert_eq!(c.tick(20), [sealed("00 09 00 01 62")]); // ReliableData seq 1, "b"
     // Sequence 0 acknowledged after 20 ms: SRTT 20, RTTVAR 10, so the PTO is
-    // 20 + 40 + 25 = 85 ms from the ack, and the RTO 100 ms (its floor).
+    // 20 + 40 + 50 (`peer_max_ack_delay`) = 110 ms from the ack; the RTO is
+    // later (its 100 ms floor plus the peer's ack delay).
     c.recv(30, &sealed("00 15 00 00")); // AcknowledgeAll 0
     assert_eq!(c.session.rtt(), Some(Duration::from_millis(20)));
-    assert!(c.tick(114).is_empty());
-    assert_eq!(c.tick(115), [sealed("00 09 00 01 62")]); // the probe
-    c.recv(130, &sealed("00 15 00 01")); // AcknowledgeAll 1
+    assert!(c.tick(139).is_empty());
+    assert_eq!(c.tick(140), [sealed("00 09 00 01 62")]); // the probe
+    c.recv(150, &sealed("00 15 00 01")); // AcknowledgeAll 1
     assert!(c.session.is_flushed());
     assert!(c.tick(1000).is_empty());
 }
@@ -534,14 +535,16 @@ fn acks_heartbeat_and_data_share_multi_packets() {
     );
     assert_eq!(c.events(), [SessionEvent::Opened, received(b"abc")]);
     assert!(c.session.is_flushed());
-    // The first AcknowledgeAll goes at once, alone: a bare packet (§10.5).
-    assert_eq!(c.tick(20), [sealed("00 15 00 00")]);
+    // A lone packet's AcknowledgeAll waits `lone_ack_delay` (40 ms) for data
+    // to ride on (§8.4); with none, it goes alone: a bare packet (§10.5).
+    assert!(c.tick(20).is_empty());
+    assert_eq!(c.tick(60), [sealed("00 15 00 00")]);
 
     // Data both ways: our ack rides along with our new data (§8.4).
-    c.recv(40, &sealed("00 09 00 01 64 65 66")); // ReliableData seq 1, "def"
+    c.recv(80, &sealed("00 09 00 01 64 65 66")); // ReliableData seq 1, "def"
     c.enqueue(b"xyz");
     assert_eq!(
-        c.tick(40),
+        c.tick(80),
         [sealed(concat!(
             "00 03",                   // MultiPacket
             "04 00 15 00 01",          // length 4, AcknowledgeAll ch 0, seq 1
@@ -571,13 +574,15 @@ fn receiver_acknowledges_across_the_sequence_wrap() {
     // Sequence 0 again, 65 536 packets later: new data.
     c.recv(20, &sealed("00 09 00 00 77 72 61 70")); // seq 0000, "wrap"
     assert_eq!(c.events(), [received(b"wrap")]);
-    assert_eq!(c.tick(20), [sealed("00 15 00 00")]); // AcknowledgeAll, seq 0000
+    // Alone, its ack waits `lone_ack_delay` (40 ms) for a ride (§8.4).
+    assert!(c.tick(20).is_empty());
+    assert_eq!(c.tick(60), [sealed("00 15 00 00")]); // AcknowledgeAll, seq 0000
     assert_eq!(c.session.stats().duplicate_packets, 0);
 
     // A late copy of FFFF: a duplicate, not delivered, answered at once.
-    c.recv(30, &sealed("00 09 FF FF 2A"));
+    c.recv(70, &sealed("00 09 FF FF 2A"));
     assert!(c.events().is_empty());
-    assert_eq!(c.tick(30), [sealed("00 15 00 00")]);
+    assert_eq!(c.tick(70), [sealed("00 15 00 00")]);
     assert_eq!(c.session.stats().duplicate_packets, 1);
     // Then quiet.
     assert!(c.tick(100).is_empty());
@@ -717,12 +722,21 @@ fn hand_written_fragments_reassemble_into_one_message() {
         )),
     );
     assert!(c.events().is_empty());
-    assert_eq!(c.tick(10), [sealed("00 15 00 00")]); // AcknowledgeAll 0
+    // A lone packet: its ack waits `lone_ack_delay` (40 ms) for a ride (§8.4).
+    assert!(c.tick(10).is_empty());
 
-    // Sequence 2 before 1: stashed and acknowledged selectively.
+    // Sequence 2 before 1: stashed, and the gap is acknowledged at once:
+    // selectively, and the held AcknowledgeAll 0 rides in the same datagram.
     c.recv(20, &sealed("00 0D 00 02 08 09 0A")); // Fragment seq 2, last 3 bytes
     assert!(c.events().is_empty());
-    assert_eq!(c.tick(20), [sealed("00 11 00 02")]); // Acknowledge 2
+    assert_eq!(
+        c.tick(20),
+        [sealed(concat!(
+            "00 03",          // MultiPacket
+            "04 00 11 00 02", // length 4, Acknowledge 2
+            "04 00 15 00 00", // length 4, AcknowledgeAll 0
+        ))]
+    );
 
     // Sequence 1 fills the gap: one message of ten bytes.
     c.recv(30, &sealed("00 0D 00 01 05 06 07")); // Fragment seq 1, middle 3 bytes
