@@ -395,6 +395,27 @@ fn start_uring(
 
 type Ready = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
 
+/// Tells `ready` how binding `bind` went (the bound address, or why not) and
+/// hands the server on.
+fn announce<S>(
+    bound: std::io::Result<S>,
+    bind: SocketAddr,
+    ready: &Ready,
+    local_addr: impl Fn(&S) -> SocketAddr,
+) -> Result<S, String> {
+    match bound {
+        Ok(server) => {
+            let _ = ready.send(Ok(local_addr(&server)));
+            Ok(server)
+        }
+        Err(e) => {
+            let message = format!("cannot bind {bind}: {e}");
+            let _ = ready.send(Err(message.clone()));
+            Err(message)
+        }
+    }
+}
+
 fn start_thread(
     spec: &ServerSpec,
     failures: Arc<AtomicU64>,
@@ -474,22 +495,18 @@ async fn serve_ours(
         flush_interval: spec.flush_interval,
         ..tokio_rt::DriverConfig::default()
     };
-    let mut server = match tokio_rt::TokioSoeServer::bind_with(
+    let mut server = announce(
+        tokio_rt::TokioSoeServer::bind_with(
+            spec.bind,
+            spec.our_config(),
+            spec.tokio_tick(),
+            driver,
+        )
+        .await,
         spec.bind,
-        spec.our_config(),
-        spec.tokio_tick(),
-        driver,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let message = format!("cannot bind {}: {e}", spec.bind);
-            let _ = ready.send(Err(message.clone()));
-            return Err(message);
-        }
-    };
-    let _ = ready.send(Ok(server.local_addr()));
+        &ready,
+        |s| s.local_addr(),
+    )?;
     let handle = server.handle();
     let mut events = Vec::with_capacity(256);
     loop {
@@ -529,18 +546,12 @@ async fn serve_peer(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     failures: Arc<AtomicU64>,
 ) -> Result<(), String> {
-    let mut server =
-        match soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tokio_tick())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("cannot bind {}: {e}", spec.bind);
-                let _ = ready.send(Err(message.clone()));
-                return Err(message);
-            }
-        };
-    let _ = ready.send(Ok(server.local_addr()));
+    let mut server = announce(
+        soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tokio_tick()).await,
+        spec.bind,
+        &ready,
+        |s| s.local_addr(),
+    )?;
     let handle = server.handle();
     loop {
         tokio::select! {
@@ -571,17 +582,12 @@ async fn game_ours(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     mut logic: GameLogic,
 ) -> Result<(), String> {
-    let mut server =
-        match tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tokio_tick()).await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("cannot bind {}: {e}", spec.bind);
-                let _ = ready.send(Err(message.clone()));
-                return Err(message);
-            }
-        };
-    let _ = ready.send(Ok(server.local_addr()));
+    let mut server = announce(
+        tokio_rt::TokioSoeServer::bind(spec.bind, spec.our_config(), spec.tokio_tick()).await,
+        spec.bind,
+        &ready,
+        |s| s.local_addr(),
+    )?;
     let handle = server.handle();
     let mut events = Vec::with_capacity(256);
     loop {
@@ -635,18 +641,12 @@ async fn game_peer(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     mut logic: GameLogic,
 ) -> Result<(), String> {
-    let mut server =
-        match soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tokio_tick())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("cannot bind {}: {e}", spec.bind);
-                let _ = ready.send(Err(message.clone()));
-                return Err(message);
-            }
-        };
-    let _ = ready.send(Ok(server.local_addr()));
+    let mut server = announce(
+        soe_protocol::TokioSoeServer::bind(spec.bind, spec.peer_config(), spec.tokio_tick()).await,
+        spec.bind,
+        &ready,
+        |s| s.local_addr(),
+    )?;
     let handle = server.handle();
     loop {
         let next = logic.next_tick(std::time::Instant::now());

@@ -5,13 +5,13 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{BIN, serve, sigterm, wait_exit};
+use common::{BIN, loadgen, serve, sigterm, wait_exit};
 
 /// The keys of the loadgen contract (architecture.md).
 const KEYS: &[&str] = &[
@@ -52,14 +52,6 @@ const QUICK: &[&str] = &[
     "10",
     "--quiet",
 ];
-
-fn loadgen(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("loadgen runs")
-}
 
 fn temp_file(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));

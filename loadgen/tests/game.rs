@@ -4,13 +4,12 @@
 // A test that waits for a child process reads the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{BIN, serve, sigterm, wait_exit};
+use common::{loadgen, serve, sigterm, wait_exit};
 
 /// 8 sessions for 2 s, zone-ins about every second so a short run has some.
 const QUICK: &[&str] = &[
@@ -30,14 +29,6 @@ const QUICK: &[&str] = &[
     "10",
     "--quiet",
 ];
-
-fn loadgen(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("loadgen runs")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

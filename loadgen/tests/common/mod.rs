@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `loadgen` binary under test.
@@ -53,4 +53,13 @@ pub fn sigterm(child: &Child) {
         .status()
         .expect("kill runs");
     assert!(status.success());
+}
+
+/// Runs `loadgen` with `args` to the end, collecting its output.
+pub fn loadgen(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("loadgen runs")
 }
