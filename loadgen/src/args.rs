@@ -374,7 +374,7 @@ pub struct GameClientOpts {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(16..=400), value_name = "BYTES")]
     pub input_size: u16,
     /// Channel of the inputs: unreliable (latest wins, the usual choice for a
-    /// stream of inputs) or reliable[:K].
+    /// stream of inputs) or `reliable[:K]`.
     #[arg(long, default_value = "unreliable", value_parser = parse_channel)]
     pub input_channel: ChannelArg,
 }
@@ -391,7 +391,7 @@ pub struct GameServerOpts {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(28..=400), value_name = "BYTES")]
     pub state_size: u16,
     /// Channel of the state updates: unreliable (the next one supersedes a lost one)
-    /// or reliable[:K].
+    /// or `reliable[:K]`.
     #[arg(long, default_value = "unreliable", value_parser = parse_channel)]
     pub state_channel: ChannelArg,
     /// Mean seconds between zone-ins of a session (each interval uniform in 0.5–1.5×
