@@ -270,6 +270,12 @@ pub struct ProtoOpts {
     /// Turn congestion control and pacing off (soe-uring sides), to compare.
     #[arg(long)]
     pub no_congestion_control: bool,
+    /// Encryption passes a soe-uring server runs and names in its SessionResponse,
+    /// pass 0 first, comma-separated: none, xor, xor-buffer (UdpLibrary's methods 4
+    /// and 3, keyed by the CRC seed). Clients run what the server names. Pass 0 can
+    /// be named only under the udp-library and eq profiles; eq has no xor-buffer.
+    #[arg(long, default_value = "none", value_parser = parse_passes, value_name = "P0[,P1]")]
+    pub passes: [soe_uring::EncryptMethod; 2],
     /// `SessionParameters::lone_ack_delay` in milliseconds (soe-uring sides;
     /// default the library's, 40).
     #[arg(long, value_name = "MS")]
@@ -281,8 +287,39 @@ pub struct ProtoOpts {
 }
 
 impl ProtoOpts {
-    /// Applies the ack options to soe-uring session parameters.
-    pub fn apply_acks(&self, p: &mut soe_uring::SessionParameters) {
+    /// Checks what clap cannot: that the profile's SessionResponse can name the
+    /// passes asked for.
+    pub fn validate(&self) -> Result<(), String> {
+        let codes = soe_uring::SessionParameters::profile(&self.profile)
+            .unwrap_or_default()
+            .pass_codes;
+        let [pass_0, pass_1] = self.passes;
+        if codes == soe_uring::PassCodes::V3 && pass_0 != soe_uring::EncryptMethod::None {
+            return Err(format!(
+                "--passes: profile {:?} has no way to name pass 0 (its response carries \
+                 the compression flag there); use the udp-library or eq profile, or \
+                 'none,{}' for pass 1 only",
+                self.profile,
+                pass_name(pass_0)
+            ));
+        }
+        for pass in [pass_0, pass_1] {
+            if codes.code(pass).is_none() {
+                return Err(format!(
+                    "--passes: profile {:?} has no code for {}",
+                    self.profile,
+                    pass_name(pass)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the pass and ack options to soe-uring session parameters.
+    pub fn apply(&self, p: &mut soe_uring::SessionParameters) {
+        if self.passes != [soe_uring::EncryptMethod::None; 2] {
+            p.encryption_passes = self.passes;
+        }
         let ms = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0) / 1e3);
         if let Some(v) = self.lone_ack_delay_ms {
             p.lone_ack_delay = ms(v);
@@ -290,6 +327,34 @@ impl ProtoOpts {
         if let Some(v) = self.peer_max_ack_delay_ms {
             p.peer_max_ack_delay = ms(v);
         }
+    }
+}
+
+fn parse_passes(list: &str) -> Result<[soe_uring::EncryptMethod; 2], String> {
+    use soe_uring::EncryptMethod;
+    let one = |name: &str| match name.trim() {
+        "none" => Ok(EncryptMethod::None),
+        "xor" => Ok(EncryptMethod::Xor),
+        "xor-buffer" => Ok(EncryptMethod::XorBuffer),
+        other => Err(format!(
+            "unknown pass {other:?}; known: none, xor, xor-buffer"
+        )),
+    };
+    let names: Vec<&str> = list.split(',').collect();
+    match names[..] {
+        [a] => Ok([one(a)?, EncryptMethod::None]),
+        [a, b] => Ok([one(a)?, one(b)?]),
+        _ => Err("at most two passes (pass 0, pass 1)".into()),
+    }
+}
+
+fn pass_name(method: soe_uring::EncryptMethod) -> &'static str {
+    use soe_uring::EncryptMethod;
+    match method {
+        EncryptMethod::Xor => "xor",
+        EncryptMethod::XorBuffer => "xor-buffer",
+        EncryptMethod::None => "none",
+        _ => "an application pass",
     }
 }
 

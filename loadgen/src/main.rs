@@ -236,6 +236,7 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
 /// `run --scenario game`, against `serve --scenario game`.
 fn run_game(a: RunArgs) -> Result<ExitCode, String> {
     a.workload.validate_game()?;
+    a.proto.validate()?;
     if a.target.port() == 0 {
         return Err("--target needs a port".into());
     }
@@ -414,6 +415,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         return run_game(a);
     }
     a.workload.validate()?;
+    a.proto.validate()?;
     if a.target.port() == 0 {
         return Err("--target needs a port".into());
     }

@@ -49,6 +49,7 @@ impl ServerSpec {
         opts: &ServerOpts,
         proto: &ProtoOpts,
     ) -> Result<Self, String> {
+        proto.validate()?;
         let shards = match kind {
             ServerKind::SoeUring => opts.shards.unwrap_or(default_shards),
             ServerKind::Tokio | ServerKind::Peer => 1,
@@ -93,7 +94,7 @@ impl ServerSpec {
         p.application_protocol = app_protocol(p, &self.app_protocol);
         p.congestion_control = self.congestion_control;
         p.is_compression_enabled = self.compression;
-        self.proto.apply_acks(p);
+        self.proto.apply(p);
         if let Some(n) = self.crc_length {
             p.crc_length = n;
         }
@@ -700,7 +701,7 @@ pub fn client_config(proto: &ProtoOpts, connect_timeout: Duration) -> SocketConf
     let p = &mut c.default_session_params;
     p.application_protocol = app_protocol(p, &proto.app_protocol);
     p.congestion_control = !proto.no_congestion_control;
-    proto.apply_acks(p);
+    proto.apply(p);
     // A client adopts the server's choice; set it anyway for symmetry.
     p.is_compression_enabled = proto.compression;
     p.connect_timeout = connect_timeout;

@@ -232,8 +232,14 @@ fn serve_and_run_in_two_processes_then_sigterm() {
 /// request) work end to end: eq with EQ's compression pass, udp-library.
 #[test]
 fn serve_and_run_with_the_eq_and_udp_library_profiles() {
-    for profile in ["eq", "udp-library"] {
-        let (mut server, addr) = serve(&["--profile", profile]);
+    // The server names its passes; the client runs what the response names.
+    for (profile, passes) in [
+        ("eq", "none"),
+        ("udp-library", "none"),
+        ("eq", "xor"),
+        ("udp-library", "xor-buffer,xor"),
+    ] {
+        let (mut server, addr) = serve(&["--profile", profile, "--passes", passes]);
         let mut args = vec![
             "run",
             "--target",
@@ -249,7 +255,7 @@ fn serve_and_run_with_the_eq_and_udp_library_profiles() {
         let out = loadgen(&args);
         assert!(
             out.status.success(),
-            "{profile}: {}\n{}",
+            "{profile} {passes}: {}\n{}",
             text(&out.stdout),
             text(&out.stderr)
         );
@@ -285,6 +291,12 @@ fn argument_errors_are_clear() {
     fails_with(
         &["serve", "--bind", "127.0.0.1:0", "--shards", "0"],
         "--shards",
+    );
+    fails_with(&["bench", "--passes", "rot13"], "unknown pass");
+    fails_with(&["bench", "--passes", "xor"], "no way to name pass 0");
+    fails_with(
+        &["bench", "--profile", "eq", "--passes", "none,xor-buffer"],
+        "no code for xor-buffer",
     );
 }
 
