@@ -39,10 +39,12 @@ pub struct Args {
     /// a flow seen without its handshake).
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
-    /// Dialect defaults: default, soe-uring, soe-protocol, h1emu, udp-library (the
-    /// names of `SessionParameters::profile`). Sets the CRC length and compression
-    /// used without a handshake, the multi-packet length form and the zero-escape
-    /// rule of reliable data.
+    /// Dialect defaults: default, soe-uring, soe-protocol, h1emu, udp-library, eq
+    /// (the names of `SessionParameters::profile`). Sets the CRC length and
+    /// compression used without a handshake, the multi-packet length form, the
+    /// zero-escape rule of reliable data, and how a SessionResponse names
+    /// encryption passes (udp-library, eq: Xor, XorBuffer and EQ's compression
+    /// pass are undone).
     #[arg(long, value_name = "NAME", value_parser = parse_profile)]
     pub profile: Option<String>,
     /// CRC seed for sessions whose SessionResponse is not in the capture (decimal or
@@ -150,6 +152,7 @@ impl Args {
                 .rc4_key
                 .as_ref()
                 .and_then(|k| Rc4KeyState::try_new(&k.0)),
+            pass_codes: params.pass_codes,
             preview_len: self.preview,
             ..DecodeOptions::default()
         }

@@ -18,8 +18,8 @@ use soe_uring::protocol::{
     DATA_BUNDLE_HEADER, Decompressor, FrameError, Framing, Packet, RELIABLE_CHANNEL_COUNT,
     SessionResponse, Unframed,
 };
-use soe_uring::protocol::{DataBundle, MultiPacket};
-use soe_uring::{DisconnectReason, Rc4KeyState};
+use soe_uring::protocol::{DataBundle, MultiPacket, PassBuffers, PassContext, Passes};
+use soe_uring::{DisconnectReason, EncryptMethod, PassCodes, Rc4KeyState};
 
 use crate::capture::Timestamp;
 use crate::event::{
@@ -53,6 +53,9 @@ pub struct DecodeOptions {
     pub unescape_always: bool,
     /// RC4 key state for reliable application data.
     pub rc4: Option<Rc4KeyState>,
+    /// How bytes 11 and 12 of a SessionResponse name encryption passes (the
+    /// profile's); Xor, XorBuffer and EQ's compression pass are undone.
+    pub pass_codes: PassCodes,
     /// Bytes of each message shown.
     pub preview_len: usize,
     /// Largest inflated body.
@@ -74,6 +77,7 @@ impl Default for DecodeOptions {
             multi_length: LengthPolicy::Auto,
             unescape_always: false,
             rc4: None,
+            pass_codes: PassCodes::V3,
             preview_len: 16,
             max_inflated: 1 << 20,
             max_message: 64 << 20,
@@ -161,6 +165,11 @@ pub struct SessionDecoder {
     halves: [Half; 2],
     decompressor: Decompressor,
     inflated: Vec<u8>,
+    /// Where a datagram with encryption passes is decrypted, and the passes'
+    /// scratch space.
+    opened: Vec<u8>,
+    pass_buffers: PassBuffers,
+    pass_inflater: Decompressor,
     disconnect: Option<(Direction, DisconnectReason)>,
     /// Depth of the packet being decoded (messages are printed under it).
     depth: u8,
@@ -195,6 +204,9 @@ impl SessionDecoder {
             halves: Default::default(),
             decompressor: Decompressor::new(),
             inflated: Vec::new(),
+            opened: Vec::new(),
+            pass_buffers: PassBuffers::new(),
+            pass_inflater: Decompressor::new(),
             disconnect: None,
             depth: 0,
             events: Vec::new(),
@@ -313,7 +325,19 @@ impl SessionDecoder {
     }
 
     fn decode_datagram(&mut self, ctx: Ctx, bytes: &[u8]) {
-        let unframed = match self.framing.unframe(bytes) {
+        let mut opened = std::mem::take(&mut self.opened);
+        let unframed = if self.framing.passes().is_some() {
+            self.framing.open(
+                bytes,
+                &mut opened,
+                &mut self.pass_buffers,
+                &mut self.pass_inflater,
+                self.opts.max_inflated,
+            )
+        } else {
+            self.framing.unframe(bytes)
+        };
+        let unframed = match unframed {
             Ok(u) => u,
             Err(FrameError::CrcMismatch)
                 if bytes.len() < usize::from(self.framing.crc_length()) =>
@@ -377,6 +401,41 @@ impl SessionDecoder {
                         Err(e) => self.malformed(ctx, bytes.len(), 0, e.to_string()),
                     }
                 }
+            }
+        }
+        self.opened = opened;
+    }
+
+    /// The framing a SessionResponse sets up: CRC, the v3 compression flag, and
+    /// the encryption passes it names in the profile's codes (a note when they
+    /// cannot be undone: the session's packets then read as malformed).
+    fn framing_of(&mut self, ctx: Ctx, resp: &SessionResponse) -> Framing {
+        let codes = self.opts.pass_codes;
+        let (pass_0, compression) = if codes.pass_0_in_byte_11(resp.protocol_version.is_some()) {
+            (codes.method(resp.compression), false)
+        } else {
+            (Some(EncryptMethod::None), resp.compression != 0)
+        };
+        let framing = Framing::new(resp.crc_seed, resp.crc_length.min(4), compression);
+        let methods = match (pass_0, codes.method(resp.encryption_pass_1)) {
+            (Some(a), Some(b)) => [a, b],
+            _ => {
+                let note = format!(
+                    "SessionResponse names encryption passes {} and {} that {codes:?} codes do not define",
+                    resp.compression, resp.encryption_pass_1
+                );
+                self.emit(ctx, EventKind::Note(note));
+                return framing;
+            }
+        };
+        let context = PassContext::new(resp.session_id, resp.crc_seed);
+        // The longest datagram of either side is not known here: cover any.
+        match Passes::new(methods, [None, None], context, 1 << 16) {
+            Ok(passes) => framing.with_passes(passes),
+            Err(e) => {
+                let note = format!("encryption passes {methods:?} cannot be undone here: {e}");
+                self.emit(ctx, EventKind::Note(note));
+                framing
             }
         }
     }
@@ -453,8 +512,7 @@ impl SessionDecoder {
                     );
                     self.emit(ctx, EventKind::Note(note));
                 }
-                self.framing =
-                    Framing::new(resp.crc_seed, resp.crc_length.min(4), resp.compression != 0);
+                self.framing = self.framing_of(ctx, &resp);
                 self.response = Some(resp);
             }
             Packet::MultiPacket(multi) => {
@@ -988,6 +1046,49 @@ mod tests {
             }]
         ));
         assert!(d.summary().handshake);
+    }
+
+    /// A UdpLibrary session whose response names XorBuffer and Xor (bytes 11 and
+    /// 12 of the 17-byte form): its datagrams are decrypted before they are read.
+    #[test]
+    fn udp_library_xor_passes_are_undone() {
+        let mut d = decoder(DecodeOptions {
+            pass_codes: PassCodes::UdpLibrary,
+            ..DecodeOptions::default()
+        });
+        feed(
+            &mut d,
+            C2S,
+            &hex("00 01 00 00 00 02 3c 17 8c 63 00 00 02 00"),
+        );
+        let seed = 0x1234_5678;
+        let resp = hex("00 02 3c 17 8c 63 12 34 56 78 02 03 04 00 00 02 00");
+        assert!(matches!(
+            infos(&feed(&mut d, S2C, &resp))[..],
+            [PacketInfo::SessionResponse { crc_seed, .. }] if crc_seed == seed
+        ));
+        // What the client sends: a reliable message, encrypted, then sealed.
+        let passes = Passes::new(
+            [EncryptMethod::XorBuffer, EncryptMethod::Xor],
+            [None, None],
+            PassContext::new(0x3C17_8C63, seed),
+            512,
+        )
+        .unwrap()
+        .unwrap();
+        let mut datagram = hex("00 09 00 00 68 65 6c 6c 6f 20 77 6f 72 6c 64");
+        let plain = datagram.clone();
+        passes.encrypt(&mut datagram, 0, &mut PassBuffers::new(), None);
+        assert_ne!(datagram, plain);
+        let framing = Framing::new(seed, 2, false);
+        let len = datagram.len();
+        datagram.resize(len + 2, 0);
+        framing.seal(&mut datagram, len);
+        let events = feed(&mut d, C2S, &datagram);
+        let got = messages(&events);
+        assert_eq!(got.len(), 1, "{events:?}");
+        assert_eq!(got[0].len, 11);
+        assert_eq!(d.summary().c2s.malformed, 0);
     }
 
     #[test]
