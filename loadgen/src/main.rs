@@ -273,28 +273,14 @@ fn run_game(a: RunArgs) -> Result<ExitCode, String> {
 /// The game table (stdout, or stderr with `--json -`) and JSON. Exits non-zero when
 /// something arrived wrong, a session closed, or a reliable message was lost.
 fn output_game(results: &[game::GameResult], w: &Workload) -> Result<ExitCode, String> {
-    let mut text = String::new();
-    text += &format!("loadgen: {}\n\n", game::describe(results));
-    text += &game::table(results);
     let ratios = game::ratios(results);
-    if !ratios.is_empty() {
-        text.push('\n');
-        for (name, ratio) in &ratios {
-            text += &format!("server_cpu_us_per_session_s ratio {name}: {ratio:.2}×\n");
-        }
-    }
-    let json = match results {
-        [one] => serde_json::to_string_pretty(one),
-        many => serde_json::to_string_pretty(&serde_json::json!({
-            "scenario": "game",
-            "results": many,
-            "ratios_server_cpu_per_session_s": ratios
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
-                .collect::<serde_json::Map<_, _>>(),
-        })),
-    }
-    .map_err(|e| format!("cannot encode the result: {e}"))?;
+    let text = report_text(
+        &game::describe(results),
+        &game::table(results),
+        &ratios,
+        "server_cpu_us_per_session_s",
+    );
+    let json = report_json(results, &ratios, "server_cpu_per_session_s", Some("game"))?;
     emit(&text, json, w)?;
     let mut bad = Vec::new();
     for r in results {
@@ -319,11 +305,58 @@ fn output_game(results: &[game::GameResult], w: &Workload) -> Result<ExitCode, S
             ));
         }
     }
+    Ok(verdict(&bad))
+}
+
+/// The text report: the workload line, the table, then each ratio of `metric`.
+fn report_text(describe: &str, table: &str, ratios: &[(String, f64)], metric: &str) -> String {
+    let mut text = format!("loadgen: {describe}\n\n{table}");
+    if !ratios.is_empty() {
+        text.push('\n');
+        for (name, ratio) in ratios {
+            text += &format!("{metric} ratio {name}: {ratio:.2}×\n");
+        }
+    }
+    text
+}
+
+/// The JSON report: one result as is, several with their ratios (under
+/// `ratios_<metric>`) and the scenario's name, if any.
+fn report_json<R: serde::Serialize>(
+    results: &[R],
+    ratios: &[(String, f64)],
+    metric: &str,
+    scenario: Option<&str>,
+) -> Result<String, String> {
+    let json = match results {
+        [one] => serde_json::to_string_pretty(one),
+        many => {
+            let mut doc = serde_json::Map::new();
+            if let Some(name) = scenario {
+                doc.insert("scenario".into(), serde_json::json!(name));
+            }
+            doc.insert("results".into(), serde_json::json!(many));
+            let ratios: serde_json::Map<_, _> = ratios
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect();
+            doc.insert(
+                format!("ratios_{metric}"),
+                serde_json::Value::Object(ratios),
+            );
+            serde_json::to_string_pretty(&doc)
+        }
+    };
+    json.map_err(|e| format!("cannot encode the result: {e}"))
+}
+
+/// Exit status 3, with the reasons on stderr, when anything in `bad`; else 0.
+fn verdict(bad: &[String]) -> ExitCode {
     if bad.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         eprintln!("loadgen: {}", bad.join("; "));
-        Ok(ExitCode::from(3))
+        ExitCode::from(3)
     }
 }
 
@@ -440,27 +473,14 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
 /// Prints the table (stdout, or stderr with `--json -`) and writes the JSON. Exits
 /// non-zero when echoes were wrong or a reliable channel lost messages.
 fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
-    let mut text = String::new();
-    text += &format!("loadgen: {}\n\n", report::describe(results));
-    text += &report::table(results);
     let ratios = report::ratios(results);
-    if !ratios.is_empty() {
-        text.push('\n');
-        for (name, ratio) in &ratios {
-            text += &format!("msgs_per_server_cpu_s ratio {name}: {ratio:.2}×\n");
-        }
-    }
-    let json = match results {
-        [one] => serde_json::to_string_pretty(one),
-        many => serde_json::to_string_pretty(&serde_json::json!({
-            "results": many,
-            "ratios_msgs_per_server_cpu_s": ratios
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
-                .collect::<serde_json::Map<_, _>>(),
-        })),
-    }
-    .map_err(|e| format!("cannot encode the result: {e}"))?;
+    let text = report_text(
+        &report::describe(results),
+        &report::table(results),
+        &ratios,
+        "msgs_per_server_cpu_s",
+    );
+    let json = report_json(results, &ratios, "msgs_per_server_cpu_s", None)?;
     emit(&text, json, w)?;
     let mut bad = Vec::new();
     for r in results {
@@ -479,12 +499,7 @@ fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
             ));
         }
     }
-    if bad.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("loadgen: {}", bad.join("; "));
-        Ok(ExitCode::from(3))
-    }
+    Ok(verdict(&bad))
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {
