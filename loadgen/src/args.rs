@@ -106,15 +106,16 @@ pub struct BenchArgs {
     pub game_client: GameClientOpts,
     #[command(flatten)]
     pub game_server: GameServerOpts,
+    #[command(flatten)]
+    pub capture: CaptureOpts,
 }
 
+/// Where the clients' datagrams are written.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// The server to load (HOST:PORT).
-    #[arg(long, value_parser = parse_target)]
-    pub target: SocketAddr,
+pub struct CaptureOpts {
     /// Write every datagram the clients send and receive to FILE (pcap, raw IP,
-    /// readable by tcpdump, Wireshark and soe-dump).
+    /// readable by tcpdump, Wireshark and soe-dump). `bench` writes one file per
+    /// server, named FILE with `-<server>` before its extension.
     #[arg(long, value_name = "FILE")]
     pub capture: Option<PathBuf>,
     /// Stop writing the capture after this many datagrams (the rest are counted).
@@ -125,6 +126,30 @@ pub struct RunArgs {
         requires = "capture"
     )]
     pub capture_limit: u64,
+}
+
+impl CaptureOpts {
+    /// The capture file for `server` in a `bench` of several servers.
+    pub fn path_for(&self, server: &str) -> Option<PathBuf> {
+        let path = self.capture.as_ref()?;
+        let stem = path
+            .file_stem()
+            .map_or_else(Default::default, |s| s.to_string_lossy());
+        let name = match path.extension() {
+            Some(ext) => format!("{stem}-{server}.{}", ext.to_string_lossy()),
+            None => format!("{stem}-{server}"),
+        };
+        Some(path.with_file_name(name))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The server to load (HOST:PORT).
+    #[arg(long, value_parser = parse_target)]
+    pub target: SocketAddr,
+    #[command(flatten)]
+    pub capture: CaptureOpts,
     /// echo, or game (against `loadgen serve --scenario game`).
     #[arg(long, value_enum, default_value_t = Scenario::Echo)]
     pub scenario: Scenario,

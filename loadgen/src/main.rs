@@ -166,9 +166,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         let target = server.local_addr;
         let relay = start_relay(&a.workload, target)?;
         let client_target = relay.as_ref().map_or(target, |r| r.listen);
-        let p = plan(kind.to_string(), client_target, &a.workload, &a.proto);
+        let mut p = plan(kind.to_string(), client_target, &a.workload, &a.proto);
+        let file = a.capture.path_for(&kind.to_string());
+        p.capture = capture::Capture::for_run(file.as_deref(), a.capture.capture_limit)?;
         let outcome = run_clients(&p, Some(&server));
         stop_relay(relay)?;
+        if let Some(c) = &p.capture {
+            c.finish_and_report()?;
+        }
         let failures = server.echo_failures.load(Ordering::Relaxed);
         let shards = server.shards;
         let stopped = server.stop();
@@ -203,15 +208,20 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
         let target = server.local_addr;
         let relay = start_relay(&a.workload, target)?;
         let client_target = relay.as_ref().map_or(target, |r| r.listen);
-        let p = game_plan(
+        let mut p = game_plan(
             kind.to_string(),
             client_target,
             &a.workload,
             &a.proto,
             &client_cfg,
         );
+        let file = a.capture.path_for(&kind.to_string());
+        p.capture = capture::Capture::for_run(file.as_deref(), a.capture.capture_limit)?;
         let outcome = run_clients(&p, Some(&server));
         stop_relay(relay)?;
+        if let Some(c) = &p.capture {
+            c.finish_and_report()?;
+        }
         let shards = server.shards;
         let stopped = server.stop();
         let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
@@ -251,7 +261,7 @@ fn run_game(a: RunArgs) -> Result<ExitCode, String> {
         &a.proto,
         &client_cfg,
     );
-    p.capture = capture::Capture::for_run(a.capture.as_deref(), a.capture_limit)?;
+    p.capture = capture::Capture::for_run(a.capture.capture.as_deref(), a.capture.capture_limit)?;
     let outcome = run_clients(&p, None);
     stop_relay(relay)?;
     if let Some(c) = &p.capture {
@@ -456,7 +466,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
     let relay = start_relay(&a.workload, target)?;
     let client_target = relay.as_ref().map_or(target, |r| r.listen);
     let mut p = plan(target.to_string(), client_target, &a.workload, &a.proto);
-    p.capture = capture::Capture::for_run(a.capture.as_deref(), a.capture_limit)?;
+    p.capture = capture::Capture::for_run(a.capture.capture.as_deref(), a.capture.capture_limit)?;
     let outcome = run_clients(&p, None);
     stop_relay(relay)?;
     if let Some(c) = &p.capture {

@@ -7,7 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -64,17 +64,9 @@ fn capture_and_decode(name: &str, proto: &[&str], dump_args: &[&str]) -> Vec<Val
 
     tcpdump_reads(&file);
 
-    let mut argv = vec!["soe-dump".to_string(), "--json".to_string()];
-    argv.extend(dump_args.iter().map(|s| s.to_string()));
-    argv.push(file.display().to_string());
-    let mut json = Vec::new();
-    soe_dump::run(argv, &mut json).expect("soe-dump decodes the capture");
+    let events = decode(&file, dump_args);
     std::fs::remove_file(&file).ok();
-    String::from_utf8(json)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    events
 }
 
 /// With tcpdump installed, `tcpdump -r` must read the whole file.
@@ -256,4 +248,117 @@ fn capture_needs_a_file_and_counts_its_limit() {
     let last: Value =
         serde_json::from_str(String::from_utf8(json).unwrap().lines().last().unwrap()).unwrap();
     assert_eq!(last["frames"], 10);
+}
+
+/// Decodes `file` with soe-dump (`dump_args` first) into JSON values.
+fn decode(file: &Path, dump_args: &[&str]) -> Vec<Value> {
+    let mut argv = vec!["soe-dump".to_string(), "--json".to_string()];
+    argv.extend(dump_args.iter().map(|s| s.to_string()));
+    argv.push(file.display().to_string());
+    let mut json = Vec::new();
+    soe_dump::run(argv, &mut json).expect("soe-dump decodes the capture");
+    String::from_utf8(json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `bench --capture FILE` with two servers writes one file per server, named
+/// after it, each holding every session with nothing malformed.
+#[test]
+fn bench_writes_one_capture_per_server() {
+    let file = temp_file("bench.pcap");
+    let out = Command::new(BIN)
+        .args(["bench", "--server", "soe-uring,peer", "--capture"])
+        .arg(&file)
+        .args([
+            "--sessions",
+            "2",
+            "--window",
+            "2",
+            "--client-threads",
+            "1",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--size",
+            "16-1500",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("loadgen runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(!file.exists(), "the bare name is not written");
+    for server in ["soe-uring", "peer"] {
+        let path = file.with_file_name(format!("bench-{server}.pcap"));
+        let events = decode(&path, &[]);
+        std::fs::remove_file(&path).ok();
+        let bad: Vec<_> = events
+            .iter()
+            .filter(|e| e["event"] == "malformed" || e["event"] == "crc_mismatch")
+            .collect();
+        assert!(bad.is_empty(), "{server}: {bad:?}");
+        let capture = events.last().unwrap();
+        assert_eq!(capture["event"], "capture", "{server}");
+        assert_eq!(capture["sessions"], 2, "{server}");
+    }
+}
+
+/// A udp-library session whose server runs XorBuffer and Xor passes
+/// (`serve --passes`) decodes with `soe-dump --profile udp-library`: every
+/// message echoed, nothing malformed.
+#[test]
+fn sessions_with_encryption_passes_are_decoded() {
+    let proto = ["--profile", "udp-library"];
+    let (mut server, addr) = serve(&["--profile", "udp-library", "--passes", "xor-buffer,xor"]);
+    let file = temp_file("passes.pcap");
+    let out = Command::new(BIN)
+        .args(["run", "--target", &addr, "--capture"])
+        .arg(&file)
+        .args([
+            "--sessions",
+            "2",
+            "--client-threads",
+            "1",
+            "--window",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--size",
+            "16-400",
+            "--connect-timeout",
+            "20",
+            "--quiet",
+        ])
+        .args(proto)
+        .stdin(Stdio::null())
+        .output()
+        .expect("loadgen runs");
+    sigterm(&server);
+    wait_exit(&mut server, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = decode(&file, &proto);
+    std::fs::remove_file(&file).ok();
+    let bad: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "malformed" || e["event"] == "crc_mismatch")
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    let responses: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "packet" && e["op"] == "SessionResponse")
+        .collect();
+    assert_eq!(responses.len(), 2, "{responses:?}");
+    let messages = events.iter().filter(|e| e["event"] == "message").count();
+    assert!(messages >= 20, "only {messages} messages decoded");
 }
