@@ -36,6 +36,10 @@ use soe_protocol as sp;
 pub const PROTOCOL: &str = "EchoBench";
 /// Size of every echoed message.
 pub const MSG_LEN: usize = 64;
+/// Rounds a pair may take before every round echoes a full window: congestion
+/// control starts each session with a window of 10 packets and opens it per ack.
+pub const RAMP_ROUNDS: u32 = 50;
+
 /// Virtual time advanced before each `run_tick` (two per round).
 pub const HALF_ROUND: Duration = Duration::from_micros(50);
 
@@ -196,10 +200,21 @@ pub trait EchoPair {
         self.echoed() - start
     }
 
-    /// Warm-up with checks: `rounds` rounds must echo exactly `window` messages per
-    /// session and round (every message delivered, nothing stalls).
+    /// Warm-up with checks: after at most [`RAMP_ROUNDS`] rounds in which the
+    /// senders' congestion windows open (a round may then echo less than the
+    /// window), `rounds` rounds must each echo exactly `window` messages per
+    /// session (every message delivered, nothing stalls).
     fn warm_up(&mut self, rounds: u64) {
         let per_round = (self.sessions() * self.window()) as u64;
+        let mut ramp = 0;
+        while self.round() != per_round {
+            ramp += 1;
+            assert!(
+                ramp < RAMP_ROUNDS,
+                "{}: no full round of {per_round} echoes in {RAMP_ROUNDS} rounds",
+                Self::NAME
+            );
+        }
         for r in 0..rounds {
             let got = self.round();
             assert_eq!(
