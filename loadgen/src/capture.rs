@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use soe_dump::net::{fold, ones_sum};
+
 /// `LINKTYPE_RAW`: records start with an IPv4 or IPv6 header.
 pub const LINKTYPE_RAW: u32 = 101;
 /// Snapshot length written in the header: every record is complete.
@@ -288,9 +290,9 @@ impl Recorder {
                 buf.extend_from_slice(&[0x40, 0, TTL, IPPROTO_UDP, 0, 0]); // DF, checksum 0
                 buf.extend_from_slice(&s.octets());
                 buf.extend_from_slice(&d.octets());
-                let checksum = !fold(sum16(0, &buf[start..start + 20]));
+                let checksum = !fold(ones_sum(0, &buf[start..start + 20]));
                 buf[start + 10..start + 12].copy_from_slice(&checksum.to_be_bytes());
-                pseudo = sum16(pseudo, &buf[start + 12..start + 20]);
+                pseudo = ones_sum(pseudo, &buf[start + 12..start + 20]);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let start = buf.len();
@@ -299,7 +301,7 @@ impl Recorder {
                 buf.extend_from_slice(&[IPPROTO_UDP, TTL]);
                 buf.extend_from_slice(&s.octets());
                 buf.extend_from_slice(&d.octets());
-                pseudo = sum16(pseudo, &buf[start + 8..start + 40]);
+                pseudo = ones_sum(pseudo, &buf[start + 8..start + 40]);
             }
             _ => unreachable!("families checked above"),
         }
@@ -310,7 +312,7 @@ impl Recorder {
         buf.extend_from_slice(&[0, 0]);
         buf.extend_from_slice(datagram);
         // 0 means "no checksum" on the wire, so a computed 0 is sent as FFFF.
-        let checksum = match !fold(sum16(pseudo, &buf[udp..])) {
+        let checksum = match !fold(ones_sum(pseudo, &buf[udp..])) {
             0 => 0xFFFF,
             c => c,
         };
@@ -340,26 +342,6 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.flush();
     }
-}
-
-/// The 16-bit ones' complement sum of `data` added to `sum` (odd lengths padded
-/// with a zero byte).
-fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    let mut pairs = data.chunks_exact(2);
-    for p in &mut pairs {
-        sum += u32::from(u16::from_be_bytes([p[0], p[1]]));
-    }
-    if let [last] = pairs.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    sum as u16
 }
 
 #[cfg(test)]
@@ -402,12 +384,12 @@ mod tests {
         let ip = &rec[16..16 + len];
         assert_eq!(ip[0], 0x45);
         assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, len);
-        assert!(verifies(sum16(0, &ip[..20])));
+        assert!(verifies(ones_sum(0, &ip[..20])));
         let udp = &ip[20..];
         assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), 40000);
         assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 15);
-        let pseudo = sum16(u32::from(IPPROTO_UDP) + 15, &ip[12..20]);
-        assert!(verifies(sum16(pseudo, udp)));
+        let pseudo = ones_sum(u32::from(IPPROTO_UDP) + 15, &ip[12..20]);
+        assert!(verifies(ones_sum(pseudo, udp)));
         assert_eq!(&udp[8..], b"\x00\x15\x00\x01abc");
 
         // IPv6 record.
@@ -418,8 +400,8 @@ mod tests {
         assert_eq!(ip[0] >> 4, 6);
         assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 11);
         let udp = &ip[40..];
-        let pseudo = sum16(u32::from(IPPROTO_UDP) + 11, &ip[8..40]);
-        assert!(verifies(sum16(pseudo, udp)));
+        let pseudo = ones_sum(u32::from(IPPROTO_UDP) + 11, &ip[8..40]);
+        assert!(verifies(ones_sum(pseudo, udp)));
         assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 40001);
     }
 

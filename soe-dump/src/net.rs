@@ -166,8 +166,9 @@ fn parse_ip(packet: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
 }
 
 /// The 16-bit ones' complement sum of `data` (odd length padded with a zero byte),
-/// added to `sum`.
-fn ones_sum(mut sum: u32, data: &[u8]) -> u32 {
+/// added to `sum`: the Internet checksum (RFC 1071) before [`fold`]. `loadgen`
+/// writes its captures' checksums with it.
+pub fn ones_sum(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for pair in &mut chunks {
         sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
@@ -178,7 +179,9 @@ fn ones_sum(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// Folds a [`ones_sum`] to 16 bits; a header or datagram whose checksum field
+/// is right folds to `0xFFFF`, and a sender writes `!fold(sum)`.
+pub fn fold(mut sum: u32) -> u16 {
     while sum > 0xFFFF {
         sum = (sum & 0xFFFF) + (sum >> 16);
     }
