@@ -306,6 +306,16 @@ impl SoeHandle {
         self.shared.inboxes[shard].push_command(command)
     }
 
+    /// [`Self::push`], waiting while the shard's queue is full.
+    async fn push_waiting(&self, shard: usize, command: Command) -> Result<(), SendError<Command>> {
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return Err(SendError::Stopped(command));
+        }
+        self.shared.inboxes[shard]
+            .push_command_waiting(command)
+            .await
+    }
+
     /// Opens a client session to `remote` from the owning shard, so the server's
     /// replies are steered back to that shard.
     pub fn connect(&self, remote: SocketAddr) -> Result<(), SendError<()>> {
@@ -332,20 +342,8 @@ impl SoeHandle {
         data: impl Into<Bytes>,
         channel: Channel,
     ) -> Result<(), SendError<Bytes>> {
-        let data = data.into();
-        if !valid_message(&data, channel, self.shared.max_message) {
-            return Err(SendError::Invalid(data));
-        }
-        if self.shared.stopping.load(Ordering::Relaxed) {
-            return Err(SendError::Stopped(data));
-        }
-        let command = Command::Send {
-            remote,
-            data,
-            channel,
-        };
-        self.shared.inboxes[self.shard_of(&remote)]
-            .push_command_waiting(command)
+        let (shard, command) = self.send_command(remote, data.into(), channel)?;
+        self.push_waiting(shard, command)
             .await
             .map_err(payload_back)
     }
@@ -357,7 +355,18 @@ impl SoeHandle {
         data: impl Into<Bytes>,
         channel: Channel,
     ) -> Result<(), SendError<Bytes>> {
-        let data = data.into();
+        let (shard, command) = self.send_command(remote, data.into(), channel)?;
+        self.push(shard, command).map_err(payload_back)
+    }
+
+    /// The Send command for a message and the shard that owns `remote`, or the
+    /// payload back when no session could ever take the message.
+    fn send_command(
+        &self,
+        remote: SocketAddr,
+        data: Bytes,
+        channel: Channel,
+    ) -> Result<(usize, Command), SendError<Bytes>> {
         if !valid_message(&data, channel, self.shared.max_message) {
             return Err(SendError::Invalid(data));
         }
@@ -366,8 +375,7 @@ impl SoeHandle {
             data,
             channel,
         };
-        self.push(self.shard_of(&remote), command)
-            .map_err(payload_back)
+        Ok((self.shard_of(&remote), command))
     }
 
     /// Ends the session with `remote`, sending it a Disconnect with `reason` after
