@@ -87,6 +87,8 @@ pub mod sim;
 mod socket;
 #[cfg(all(target_os = "linux", any(feature = "runtime", feature = "tokio")))]
 mod sys;
+#[cfg(test)]
+mod test_support;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio_rt;

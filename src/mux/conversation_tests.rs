@@ -29,18 +29,7 @@ const REQUEST_V3: &str = concat!(
     "00",          // protocol name "" and its terminator
 );
 
-/// Hex digits to bytes; whitespace is ignored.
-fn hex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(
-        digits.len().is_multiple_of(2),
-        "odd number of hex digits in {s:?}"
-    );
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
-}
+use crate::test_support::hex;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

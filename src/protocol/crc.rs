@@ -82,11 +82,7 @@ pub fn soe_crc32(seed: u32, data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::test_support::hex;
 
     /// The classic table-driven formulation with the seed fed through the register
     /// first, written independently of crc32fast to cross-check it.

@@ -249,11 +249,7 @@ impl Framing {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::test_support::hex;
 
     // Vectors: tests/vectors/v09_acks.txt.
     #[test]

@@ -855,11 +855,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::test_support::hex;
 
     fn emitted(p: &Packet<'_>) -> Vec<u8> {
         let mut out = vec![0u8; p.encoded_len()];

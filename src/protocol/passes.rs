@@ -527,11 +527,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::test_support::hex;
 
     /// Xor written byte by byte: byte `k` of a word is XORed with byte `k` of the
     /// previous ciphertext word (of the seed, little-endian, for the first word);

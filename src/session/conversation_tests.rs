@@ -45,18 +45,7 @@ const RESPONSE_V3: &str = concat!(
     "00 00 00 03", // protocol version 3
 );
 
-/// Hex digits to bytes; whitespace is ignored.
-fn hex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(
-        digits.len().is_multiple_of(2),
-        "odd number of hex digits in {s:?}"
-    );
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
-}
+use crate::test_support::hex;
 
 /// `cooked` with the CRC trailer of the session's seed: the low two bytes of the
 /// seeded CRC-32, most significant first (§4.1, §4.2). No compression flag: none
