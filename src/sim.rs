@@ -25,6 +25,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::mux::{SocketConfig, SocketEvent, SoeMultiplexer};
+use crate::protocol::DisconnectReason;
+use crate::session::Channel;
 
 /// Behaviour of the simulated link, applied to every datagram independently.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,6 +138,36 @@ pub struct Node {
     pub mux: SoeMultiplexer<SocketAddr>,
     /// Events produced and not yet taken by the test.
     pub events: Vec<SocketEvent<SocketAddr>>,
+}
+
+impl Node {
+    /// Whether any session of this host has opened (among the events not yet
+    /// taken).
+    pub fn opened(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, SocketEvent::SessionOpened { .. }))
+    }
+
+    /// The reason of the first session close among the events not yet taken.
+    pub fn closed(&self) -> Option<DisconnectReason> {
+        self.events.iter().find_map(|e| match e {
+            SocketEvent::SessionClosed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+    }
+
+    /// The messages received (among the events not yet taken), with their
+    /// channels, in order.
+    pub fn received(&self) -> Vec<(Vec<u8>, Channel)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                SocketEvent::DataReceived { data, channel, .. } => Some((data.to_vec(), *channel)),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]

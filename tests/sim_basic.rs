@@ -20,31 +20,6 @@ fn config(seed: u64) -> SocketConfig {
     c
 }
 
-fn opened(sim: &Sim, node: usize) -> bool {
-    sim.node(node)
-        .events
-        .iter()
-        .any(|e| matches!(e, SocketEvent::SessionOpened { .. }))
-}
-
-fn closed(sim: &Sim, node: usize) -> Option<DisconnectReason> {
-    sim.node(node).events.iter().find_map(|e| match e {
-        SocketEvent::SessionClosed { reason, .. } => Some(*reason),
-        _ => None,
-    })
-}
-
-fn received(sim: &Sim, node: usize) -> Vec<(Vec<u8>, Channel)> {
-    sim.node(node)
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            SocketEvent::DataReceived { data, channel, .. } => Some((data.to_vec(), *channel)),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A client and a server with an open session (the server has seen a packet).
 fn pair(
     link: LinkConfig,
@@ -55,11 +30,17 @@ fn pair(
     let server = sim.add_node(server_cfg);
     let client = sim.add_node(client_cfg);
     sim.connect(client, server);
-    assert!(sim.run_until(|s| opened(s, client)), "client never opened");
+    assert!(
+        sim.run_until(|s| s.node(client).opened()),
+        "client never opened"
+    );
     let to = sim.addr(server);
     sim.node_mut(client).mux.enqueue_data(&to, b"hi").unwrap();
     sim.pump(client);
-    assert!(sim.run_until(|s| opened(s, server)), "server never opened");
+    assert!(
+        sim.run_until(|s| s.node(server).opened()),
+        "server never opened"
+    );
     (sim, client, server)
 }
 
@@ -75,11 +56,11 @@ fn send(sim: &mut Sim, from: usize, to: usize, data: &[u8], channel: Channel) {
 #[test]
 fn handshake_and_echo() {
     let (mut sim, client, server) = pair(LinkConfig::default(), config(2), config(1));
-    assert!(sim.run_until(|s| received(s, server).len() == 1));
+    assert!(sim.run_until(|s| s.node(server).received().len() == 1));
     send(&mut sim, server, client, b"world", Channel::Reliable(0));
-    assert!(sim.run_until(|s| !received(s, client).is_empty()));
+    assert!(sim.run_until(|s| !s.node(client).received().is_empty()));
     assert_eq!(
-        received(&sim, client),
+        sim.node(client).received(),
         [(b"world".to_vec(), Channel::Reliable(0))]
     );
 }
@@ -91,9 +72,11 @@ fn idle_timeout_of_30_seconds_takes_milliseconds() {
     let wall = Instant::now();
     let (mut sim, client, server) = pair(LinkConfig::default(), c, config(1));
     let start = sim.elapsed();
-    assert!(sim.run_until(|s| closed(s, client).is_some() && closed(s, server).is_some()));
-    assert_eq!(closed(&sim, client), Some(DisconnectReason::Timeout));
-    assert_eq!(closed(&sim, server), Some(DisconnectReason::Timeout));
+    assert!(
+        sim.run_until(|s| s.node(client).closed().is_some() && s.node(server).closed().is_some())
+    );
+    assert_eq!(sim.node(client).closed(), Some(DisconnectReason::Timeout));
+    assert_eq!(sim.node(server).closed(), Some(DisconnectReason::Timeout));
     let idle = sim.elapsed() - start;
     assert!(
         idle >= Duration::from_secs(30) && idle < Duration::from_secs(31),
@@ -108,8 +91,8 @@ fn idle_timeout_of_30_seconds_takes_milliseconds() {
 fn heartbeats_keep_an_idle_session_alive_on_a_lossy_link() {
     let (mut sim, client, server) = pair(LinkConfig::lossy(0.3), config(2), config(1));
     sim.run_for(Duration::from_secs(600));
-    assert_eq!(closed(&sim, client), None);
-    assert_eq!(closed(&sim, server), None);
+    assert_eq!(sim.node(client).closed(), None);
+    assert_eq!(sim.node(server).closed(), None);
     let beats = sim.node(server).mux.stats().sessions.datagrams_received;
     // About one heartbeat per 25 s plus retries: a handful, not one per tick.
     assert!((20..200).contains(&beats), "{beats} datagrams");
@@ -128,9 +111,9 @@ fn client_retries_a_lost_session_request() {
     let client = sim.add_node(config(2));
     sim.connect(client, server);
     sim.run_for(Duration::from_millis(2500));
-    assert!(!opened(&sim, client));
+    assert!(!sim.node(client).opened());
     sim.set_link(LinkConfig::default());
-    assert!(sim.run_until(|s| opened(s, client)));
+    assert!(sim.run_until(|s| s.node(client).opened()));
     let requests = sim.node(client).mux.stats().sessions.datagrams_sent;
     assert!(requests >= 3, "{requests}");
 }
@@ -143,8 +126,11 @@ fn connect_fails_after_the_connect_timeout() {
     other.default_session_params.application_protocol = "Other".into();
     let client = sim.add_node(other);
     sim.connect(client, server);
-    assert!(sim.run_until(|s| closed(s, client).is_some()));
-    assert_eq!(closed(&sim, client), Some(DisconnectReason::ConnectFail));
+    assert!(sim.run_until(|s| s.node(client).closed().is_some()));
+    assert_eq!(
+        sim.node(client).closed(),
+        Some(DisconnectReason::ConnectFail)
+    );
     assert_eq!(sim.elapsed(), Duration::from_secs(10));
     assert!(sim.node(server).mux.stats().refused_protocol_mismatch >= 10);
     assert!(sim.node(server).events.is_empty());
@@ -229,7 +215,7 @@ fn v2_handshake_with_unnamed_protocol() {
     s.default_session_params.application_protocol.clear();
     let (mut sim, client, server) = pair(LinkConfig::default(), c, s);
     send(&mut sim, server, client, b"v2 works", Channel::Reliable(1));
-    assert!(sim.run_until(|s| !received(s, client).is_empty()));
+    assert!(sim.run_until(|s| !s.node(client).received().is_empty()));
     // A named server refuses unnamed requests.
     let mut sim = Sim::new(2, LinkConfig::default());
     let named = sim.add_node(config(1));
@@ -239,7 +225,7 @@ fn v2_handshake_with_unnamed_protocol() {
     let client = sim.add_node(c);
     sim.connect(client, named);
     sim.run_for(Duration::from_secs(2));
-    assert!(!opened(&sim, client));
+    assert!(!sim.node(client).opened());
 }
 
 #[test]
@@ -251,9 +237,15 @@ fn terminate_notifies_the_peer_with_the_reason() {
         .mux
         .terminate(&to, DisconnectReason::Application, now);
     sim.pump(client);
-    assert_eq!(closed(&sim, client), Some(DisconnectReason::Application));
-    assert!(sim.run_until(|s| closed(s, server).is_some()));
-    assert_eq!(closed(&sim, server), Some(DisconnectReason::Application));
+    assert_eq!(
+        sim.node(client).closed(),
+        Some(DisconnectReason::Application)
+    );
+    assert!(sim.run_until(|s| s.node(server).closed().is_some()));
+    assert_eq!(
+        sim.node(server).closed(),
+        Some(DisconnectReason::Application)
+    );
     assert_eq!(sim.node(server).mux.session_count(), 0);
     assert_eq!(
         sim.node(server)
@@ -279,8 +271,8 @@ fn pending_data_is_flushed_before_the_disconnect() {
         .mux
         .terminate(&to, DisconnectReason::Application, now);
     sim.pump(client);
-    assert!(sim.run_until(|s| closed(s, server).is_some()));
-    assert_eq!(received(&sim, server).len(), 51);
+    assert!(sim.run_until(|s| s.node(server).closed().is_some()));
+    assert_eq!(sim.node(server).received().len(), 51);
 }
 
 #[test]
@@ -295,8 +287,8 @@ fn unreliable_ordered_and_promoted_messages() {
     );
     send(&mut sim, client, server, &[0x42; 2000], Channel::Unreliable);
     send(&mut sim, client, server, b"ordered", Channel::Ordered);
-    assert!(sim.run_until(|s| received(s, server).len() == 4));
-    let got = received(&sim, server);
+    assert!(sim.run_until(|s| s.node(server).received().len() == 4));
+    let got = sim.node(server).received();
     assert!(got.contains(&(b"\x00starts with zero".to_vec(), Channel::Unreliable)));
     // Too large for a datagram: promoted to reliable channel 0.
     assert!(got.contains(&(vec![0x42; 2000], Channel::Reliable(0))));
@@ -319,7 +311,9 @@ fn stale_ordered_packets_are_dropped() {
         sim.run_for(Duration::from_millis(1));
     }
     sim.run_for(Duration::from_secs(1));
-    let stamps: Vec<u16> = received(&sim, server)
+    let stamps: Vec<u16> = sim
+        .node(server)
+        .received()
         .into_iter()
         .filter(|(_, c)| *c == Channel::Ordered)
         .map(|(d, _)| u16::from_be_bytes([d[0], d[1]]))
@@ -343,9 +337,11 @@ fn every_reliable_channel_is_independent() {
             Channel::Reliable(ch),
         );
     }
-    assert!(sim.run_until(|s| received(s, server).len() == 401));
+    assert!(sim.run_until(|s| s.node(server).received().len() == 401));
     for ch in 0..4 {
-        let seq: Vec<u32> = received(&sim, server)
+        let seq: Vec<u32> = sim
+            .node(server)
+            .received()
             .into_iter()
             .filter(|(d, c)| *c == Channel::Reliable(ch) && d.len() == 4)
             .map(|(d, _)| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
@@ -554,9 +550,9 @@ fn a_client_that_cannot_remap_fails_fast() {
     sim.set_addr(client, SocketAddr::new(old.ip(), old.port() + 1));
     let start = sim.elapsed();
     send(&mut sim, client, server, b"hello?", Channel::Reliable(0));
-    assert!(sim.run_until(|s| closed(s, client).is_some()));
+    assert!(sim.run_until(|s| s.node(client).closed().is_some()));
     assert_eq!(
-        closed(&sim, client),
+        sim.node(client).closed(),
         Some(DisconnectReason::UnreachableConnection)
     );
     assert!(
@@ -579,9 +575,9 @@ fn unknown_sender_reply_ends_the_peers_session() {
         b"anyone there?",
         Channel::Reliable(0),
     );
-    assert!(sim.run_until(|s| closed(s, client).is_some()));
+    assert!(sim.run_until(|s| s.node(client).closed().is_some()));
     assert_eq!(
-        closed(&sim, client),
+        sim.node(client).closed(),
         Some(DisconnectReason::UnreachableConnection)
     );
 }
@@ -597,7 +593,7 @@ fn session_limit_refuses_extra_requests() {
         sim.connect(c, server);
     }
     sim.run_for(Duration::from_millis(500));
-    let open = clients.iter().filter(|&&c| opened(&sim, c)).count();
+    let open = clients.iter().filter(|&&c| sim.node(c).opened()).count();
     assert_eq!(open, 2);
     assert!(sim.node(server).mux.stats().refused_session_limit >= 1);
 }
@@ -713,8 +709,12 @@ fn compression_shrinks_compressible_traffic() {
         for _ in 0..100 {
             send(&mut sim, client, server, &text, Channel::Reliable(0));
         }
-        assert!(sim.run_until(|s| received(s, server).len() == 101));
-        assert!(received(&sim, server)[1..].iter().all(|(d, _)| *d == text));
+        assert!(sim.run_until(|s| s.node(server).received().len() == 101));
+        assert!(
+            sim.node(server).received()[1..]
+                .iter()
+                .all(|(d, _)| *d == text)
+        );
         sim.node(client).mux.stats().sessions.bytes_sent
     };
     let plain = bytes(false);
@@ -728,7 +728,10 @@ fn connecting_to_self_is_detected() {
     let node = sim.add_node(config(1));
     sim.connect(node, node);
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(closed(&sim, node), Some(DisconnectReason::ConnectingToSelf));
+    assert_eq!(
+        sim.node(node).closed(),
+        Some(DisconnectReason::ConnectingToSelf)
+    );
 }
 
 #[test]
@@ -987,13 +990,13 @@ fn unreachable_reports_end_a_session_after_the_grace() {
     sim.run_for(Duration::from_millis(100));
     sim.run_for(Duration::from_secs(3));
     report(&mut sim);
-    assert_eq!(closed(&sim, server), None);
+    assert_eq!(sim.node(server).closed(), None);
     sim.run_for(Duration::from_secs(4));
     report(&mut sim);
-    assert_eq!(closed(&sim, server), None, "4 s into a 5 s grace");
+    assert_eq!(sim.node(server).closed(), None, "4 s into a 5 s grace");
     sim.run_for(Duration::from_secs(1));
     report(&mut sim);
-    assert_eq!(closed(&sim, server), Some(DisconnectReason::IcmpError));
+    assert_eq!(sim.node(server).closed(), Some(DisconnectReason::IcmpError));
     // Reports for addresses without a session are only counted.
     let now = sim.now();
     sim.node_mut(server)
@@ -1023,7 +1026,7 @@ fn rate_cap_counts_retransmissions() {
         send(&mut sim, client, server, &msg, Channel::Reliable(0));
     }
     assert!(sim.run_until(|s| {
-        received(s, server).len() == 301 // the "hi" of `pair`, then ours
+        s.node(server).received().len() == 301 // the "hi" of `pair`, then ours
     }));
     let took = sim.elapsed() - start;
     let stats = sim.node(client).mux.session(&server_addr).unwrap().stats();

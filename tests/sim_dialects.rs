@@ -22,31 +22,6 @@ fn config(seed: u64, params: SessionParameters) -> SocketConfig {
     }
 }
 
-fn opened(sim: &Sim, node: usize) -> bool {
-    sim.node(node)
-        .events
-        .iter()
-        .any(|e| matches!(e, SocketEvent::SessionOpened { .. }))
-}
-
-fn closed(sim: &Sim, node: usize) -> Option<DisconnectReason> {
-    sim.node(node).events.iter().find_map(|e| match e {
-        SocketEvent::SessionClosed { reason, .. } => Some(*reason),
-        _ => None,
-    })
-}
-
-fn received(sim: &Sim, node: usize) -> Vec<(Vec<u8>, Channel)> {
-    sim.node(node)
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            SocketEvent::DataReceived { data, channel, .. } => Some((data.to_vec(), *channel)),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Steps until `done` holds, for at most two minutes of virtual time (heartbeats
 /// keep a session busy forever, so waiting for a lost unreliable message would
 /// not end).
@@ -122,7 +97,7 @@ fn whole_session(
     let c = sim.add_node(config(2, client));
     sim.connect(c, s);
     assert!(
-        run_until(&mut sim, |sim| opened(sim, c)),
+        run_until(&mut sim, |sim| sim.node(c).opened()),
         "client never opened"
     );
     assert_eq!(session(&sim, c, s).params().encryption_passes, expected);
@@ -140,35 +115,35 @@ fn whole_session(
     }
     sim.pump(c);
     assert!(
-        run_until(&mut sim, |sim| received(sim, s).len() == sent.len()),
+        run_until(&mut sim, |sim| sim.node(s).received().len() == sent.len()),
         "server got {} of {}",
-        received(&sim, s).len(),
+        sim.node(s).received().len(),
         sent.len()
     );
-    let got: Vec<Vec<u8>> = received(&sim, s).into_iter().map(|(d, _)| d).collect();
+    let got: Vec<Vec<u8>> = sim.node(s).received().into_iter().map(|(d, _)| d).collect();
     assert_eq!(got, sent, "in order, intact");
     for m in &got {
         send(&mut sim, s, c, m, Channel::Reliable(1));
     }
     sim.pump(s);
-    assert!(run_until(&mut sim, |sim| received(sim, c).len() == sent.len()));
-    let echoed: Vec<Vec<u8>> = received(&sim, c).into_iter().map(|(d, _)| d).collect();
+    assert!(run_until(&mut sim, |sim| sim.node(c).received().len() == sent.len()));
+    let echoed: Vec<Vec<u8>> = sim.node(c).received().into_iter().map(|(d, _)| d).collect();
     assert_eq!(echoed, sent);
 
     // Unreliable messages sent together travel in one multi-packet (`00 03`; the
     // op code is never encrypted).
-    let before = received(&sim, s).len();
+    let before = sim.node(s).received().len();
     for i in 0..5 {
         send(&mut sim, c, s, &message(200 + i, 30), Channel::Unreliable);
     }
     sim.pump(c);
     let lossless = link.loss == 0.0 && link.duplicate == 0.0 && link.reorder == 0.0;
-    let all = run_until(&mut sim, |sim| received(sim, s).len() == before + 5);
+    let all = run_until(&mut sim, |sim| sim.node(s).received().len() == before + 5);
     assert!(
         all || !lossless,
         "unreliable messages lost on a perfect link"
     );
-    let unreliable: Vec<_> = received(&sim, s)[before..].to_vec();
+    let unreliable: Vec<_> = sim.node(s).received()[before..].to_vec();
     let expected: Vec<_> = (0..5).map(|i| message(200 + i, 30)).collect();
     for (data, channel) in &unreliable {
         assert_eq!(*channel, Channel::Unreliable);
@@ -192,9 +167,9 @@ fn whole_session(
         .mux
         .terminate(&to, DisconnectReason::Application, now);
     sim.pump(c);
-    assert!(run_until(&mut sim, |sim| closed(sim, s).is_some()));
-    assert_eq!(closed(&sim, c), Some(DisconnectReason::Application));
-    let server_saw = closed(&sim, s);
+    assert!(run_until(&mut sim, |sim| sim.node(s).closed().is_some()));
+    assert_eq!(sim.node(c).closed(), Some(DisconnectReason::Application));
+    let server_saw = sim.node(s).closed();
     // The Disconnect is one datagram: a lossy link may eat it.
     assert!(
         server_saw == Some(DisconnectReason::Application)
@@ -368,7 +343,7 @@ fn eq_handshake_bytes() {
     let client = sim.add_node(config(2, SessionParameters::eq()));
     sim.capture();
     sim.connect(client, server);
-    assert!(run_until(&mut sim, |sim| opened(sim, client)));
+    assert!(run_until(&mut sim, |sim| sim.node(client).opened()));
     let handshake = sim.take_captured();
     let request = &handshake[0].1;
     assert_eq!(request.len(), 14);
@@ -431,7 +406,7 @@ fn v3_response_carries_pass_1() {
     let c = sim.add_node(config(2, client.clone()));
     sim.capture();
     sim.connect(c, s);
-    assert!(run_until(&mut sim, |sim| opened(sim, c)));
+    assert!(run_until(&mut sim, |sim| sim.node(c).opened()));
     let response = sim
         .take_captured()
         .into_iter()
@@ -456,9 +431,12 @@ fn assert_client_refuses(client: SessionParameters, server: SessionParameters) {
     let s = sim.add_node(config(1, server));
     let c = sim.add_node(config(2, client));
     sim.connect(c, s);
-    assert!(run_until(&mut sim, |sim| closed(sim, c).is_some()));
-    assert!(!opened(&sim, c));
-    assert_eq!(closed(&sim, c), Some(DisconnectReason::ProtocolMismatch));
+    assert!(run_until(&mut sim, |sim| sim.node(c).closed().is_some()));
+    assert!(!sim.node(c).opened());
+    assert_eq!(
+        sim.node(c).closed(),
+        Some(DisconnectReason::ProtocolMismatch)
+    );
     assert_eq!(sim.node(c).mux.stats().sessions.refused_passes, 1);
 }
 
@@ -538,8 +516,8 @@ fn a_server_that_cannot_run_its_passes_refuses_every_session() {
     let s = sim.add_node(config(1, server));
     let c = sim.add_node(config(2, client));
     sim.connect(c, s);
-    assert!(run_until(&mut sim, |sim| closed(sim, c).is_some()));
-    assert_eq!(closed(&sim, c), Some(DisconnectReason::ConnectFail));
+    assert!(run_until(&mut sim, |sim| sim.node(c).closed().is_some()));
+    assert_eq!(sim.node(c).closed(), Some(DisconnectReason::ConnectFail));
     let stats = sim.node(s).mux.stats();
     assert!(stats.sessions.refused_passes >= 1);
     assert_eq!(
@@ -555,8 +533,8 @@ fn a_server_that_cannot_run_its_passes_refuses_every_session() {
     let s = sim.add_node(config(1, server));
     let c = sim.add_node(config(2, client));
     sim.connect(c, s);
-    assert!(run_until(&mut sim, |sim| closed(sim, c).is_some()));
-    assert_eq!(closed(&sim, c), Some(DisconnectReason::ConnectFail));
+    assert!(run_until(&mut sim, |sim| sim.node(c).closed().is_some()));
+    assert_eq!(sim.node(c).closed(), Some(DisconnectReason::ConnectFail));
     assert!(sim.node(s).mux.stats().sessions.refused_passes >= 1);
 }
 
@@ -578,11 +556,11 @@ fn a_corrupt_pass_ends_the_session() {
     let s = sim.add_node(config(1, server));
     let c = sim.add_node(config(2, client));
     sim.connect(c, s);
-    assert!(run_until(&mut sim, |sim| opened(sim, c)));
+    assert!(run_until(&mut sim, |sim| sim.node(c).opened()));
     send(&mut sim, c, s, b"hello", Channel::Reliable(0));
     sim.pump(c);
-    assert!(run_until(&mut sim, |sim| opened(sim, s)
-        && received(sim, s).len() == 1));
+    assert!(run_until(&mut sim, |sim| sim.node(s).opened()
+        && sim.node(s).received().len() == 1));
     let crc = soe_uring::protocol::Crc32::new(session(&sim, s, c).crc_seed());
     // A heartbeat whose body fails the pass's checksum, with a valid CRC.
     let mut datagram = vec![0x00, 0x06, 0xEE, 0, 0];
