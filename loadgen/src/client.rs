@@ -168,8 +168,8 @@ struct ThreadReport {
     game: Option<GameThreadReport>,
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 ns .. 100 s, 3 significant digits.
+/// A latency histogram: 1 ns .. 100 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
 }
 

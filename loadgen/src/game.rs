@@ -31,6 +31,8 @@ use serde::Serialize;
 use soe_uring::Channel;
 
 use crate::args::{GameClientOpts, GameServerOpts, SizeRange};
+use crate::client::histogram;
+use crate::report::Percentiles;
 
 pub const INPUT_MAGIC: u8 = 0xA5;
 pub const STATE_MAGIC: u8 = 0xC3;
@@ -495,10 +497,6 @@ pub struct GameThreadReport {
     pub zone_in_latency: Histogram<u64>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
-}
-
 impl GameThreadReport {
     fn new() -> Self {
         Self {
@@ -777,35 +775,6 @@ impl GameClient {
 // ---------------------------------------------------------------------------------
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
-        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
-        let q = |q: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                us(h.value_at_quantile(q))
-            }
-        };
-        Self {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: if h.is_empty() { 0.0 } else { us(h.max()) },
-        }
-    }
-}
-
 /// Everything a game run measured, for one server.
 #[derive(Debug, Clone, Serialize)]
 pub struct GameResult {

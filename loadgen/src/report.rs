@@ -6,14 +6,35 @@ use serde::Serialize;
 
 use crate::client::{ClientOutcome, human};
 
-/// Round-trip percentiles in microseconds.
+/// Percentiles of a nanosecond histogram, in microseconds (round trips, state
+/// ages, ...).
 #[derive(Debug, Clone, Serialize)]
-pub struct Rtt {
+pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+impl Percentiles {
+    /// Of `h`, all zero when it is empty.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let q = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                us(h.value_at_quantile(q))
+            }
+        };
+        Self {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: if h.is_empty() { 0.0 } else { us(h.max()) },
+        }
+    }
 }
 
 /// One run against one server. The top-level keys are the loadgen contract
@@ -30,7 +51,7 @@ pub struct RunResult {
     pub messages_lost: u64,
     pub msgs_per_sec: f64,
     pub mbytes_per_sec: f64,
-    pub rtt_us: Rtt,
+    pub rtt_us: Percentiles,
     /// `null` for an external server.
     pub server_cpu_s: Option<f64>,
     pub msgs_per_server_cpu_s: Option<f64>,
@@ -122,13 +143,6 @@ impl RunResult {
         let per_cpu = server_cpu
             .filter(|c| *c > 0.0)
             .map(|c| round(o.received as f64 / c, 1));
-        let rtt = |q: f64| {
-            if o.rtt.is_empty() {
-                0.0
-            } else {
-                us(o.rtt.value_at_quantile(q))
-            }
-        };
         let setup_rate = if setup.churn > 0.0 {
             o.setups as f64 / secs
         } else {
@@ -152,17 +166,7 @@ impl RunResult {
             messages_lost: o.sent.saturating_sub(o.received),
             msgs_per_sec: round(o.received as f64 / secs, 1),
             mbytes_per_sec: round(o.bytes_received as f64 / secs / 1e6, 3),
-            rtt_us: Rtt {
-                p50: rtt(0.5),
-                p90: rtt(0.9),
-                p99: rtt(0.99),
-                p999: rtt(0.999),
-                max: if o.rtt.is_empty() {
-                    0.0
-                } else {
-                    us(o.rtt.max())
-                },
-            },
+            rtt_us: Percentiles::of(&o.rtt),
             server_cpu_s: server_cpu.map(|c| round(c, 4)),
             msgs_per_server_cpu_s: per_cpu,
             client_cpu_s: round(o.client_cpu.as_secs_f64(), 4),
