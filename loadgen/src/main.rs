@@ -164,16 +164,15 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         )?;
         let server = RunningServer::start(&spec)?;
         let target = server.local_addr;
-        let relay = start_relay(&a.workload, target)?;
-        let client_target = relay.as_ref().map_or(target, |r| r.listen);
-        let mut p = plan(kind.to_string(), client_target, &a.workload, &a.proto);
         let file = a.capture.path_for(&kind.to_string());
-        p.capture = capture::Capture::for_run(file.as_deref(), a.capture.capture_limit)?;
-        let outcome = run_clients(&p, Some(&server));
-        stop_relay(relay)?;
-        if let Some(c) = &p.capture {
-            c.finish_and_report()?;
-        }
+        let (p, outcome) = drive(
+            target,
+            &a.workload,
+            file.as_deref(),
+            a.capture.capture_limit,
+            Some(&server),
+            |to| plan(kind.to_string(), to, &a.workload, &a.proto),
+        )?;
         let failures = server.echo_failures.load(Ordering::Relaxed);
         let shards = server.shards;
         let stopped = server.stop();
@@ -206,22 +205,15 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
         spec.game = Some(server_cfg.clone());
         let server = RunningServer::start(&spec)?;
         let target = server.local_addr;
-        let relay = start_relay(&a.workload, target)?;
-        let client_target = relay.as_ref().map_or(target, |r| r.listen);
-        let mut p = game_plan(
-            kind.to_string(),
-            client_target,
-            &a.workload,
-            &a.proto,
-            &client_cfg,
-        );
         let file = a.capture.path_for(&kind.to_string());
-        p.capture = capture::Capture::for_run(file.as_deref(), a.capture.capture_limit)?;
-        let outcome = run_clients(&p, Some(&server));
-        stop_relay(relay)?;
-        if let Some(c) = &p.capture {
-            c.finish_and_report()?;
-        }
+        let (p, outcome) = drive(
+            target,
+            &a.workload,
+            file.as_deref(),
+            a.capture.capture_limit,
+            Some(&server),
+            |to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
+        )?;
         let shards = server.shards;
         let stopped = server.stop();
         let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
@@ -252,21 +244,14 @@ fn run_game(a: RunArgs) -> Result<ExitCode, String> {
     }
     let client_cfg = GameClientCfg::new(&a.game_client);
     let target = normalize(a.target);
-    let relay = start_relay(&a.workload, target)?;
-    let client_target = relay.as_ref().map_or(target, |r| r.listen);
-    let mut p = game_plan(
-        target.to_string(),
-        client_target,
+    let (p, outcome) = drive(
+        target,
         &a.workload,
-        &a.proto,
-        &client_cfg,
-    );
-    p.capture = capture::Capture::for_run(a.capture.capture.as_deref(), a.capture.capture_limit)?;
-    let outcome = run_clients(&p, None);
-    stop_relay(relay)?;
-    if let Some(c) = &p.capture {
-        c.finish_and_report()?;
-    }
+        a.capture.capture.as_deref(),
+        a.capture.capture_limit,
+        None,
+        |to| game_plan(target.to_string(), to, &a.workload, &a.proto, &client_cfg),
+    )?;
     let outcome = outcome?;
     let result = game::GameResult::new(game::GameRun {
         server: "external".into(),
@@ -389,6 +374,29 @@ fn emit(text: &str, json: String, w: &Workload) -> Result<(), String> {
 }
 
 /// The chaos relay `--relay` asks for, in front of `target`.
+/// Runs the clients of `make_plan(address they dial)` against `target`: through
+/// a relay when the workload asks for one, writing the capture `file` when given.
+/// The clients' own failure comes back inside, for the caller to report after
+/// stopping its server.
+fn drive(
+    target: SocketAddr,
+    w: &Workload,
+    file: Option<&std::path::Path>,
+    capture_limit: u64,
+    server: Option<&RunningServer>,
+    make_plan: impl FnOnce(SocketAddr) -> client::ClientPlan,
+) -> Result<(client::ClientPlan, Result<client::ClientOutcome, String>), String> {
+    let relay = start_relay(w, target)?;
+    let mut p = make_plan(relay.as_ref().map_or(target, |r| r.listen));
+    p.capture = capture::Capture::for_run(file, capture_limit)?;
+    let outcome = run_clients(&p, server);
+    stop_relay(relay)?;
+    if let Some(c) = &p.capture {
+        c.finish_and_report()?;
+    }
+    Ok((p, outcome))
+}
+
 fn start_relay(w: &Workload, target: SocketAddr) -> Result<Option<relay::Relay>, String> {
     let Some(spec) = &w.relay else {
         return Ok(None);
@@ -463,15 +471,14 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         return Err("--target needs a port".into());
     }
     let target = normalize(a.target);
-    let relay = start_relay(&a.workload, target)?;
-    let client_target = relay.as_ref().map_or(target, |r| r.listen);
-    let mut p = plan(target.to_string(), client_target, &a.workload, &a.proto);
-    p.capture = capture::Capture::for_run(a.capture.capture.as_deref(), a.capture.capture_limit)?;
-    let outcome = run_clients(&p, None);
-    stop_relay(relay)?;
-    if let Some(c) = &p.capture {
-        c.finish_and_report()?;
-    }
+    let (p, outcome) = drive(
+        target,
+        &a.workload,
+        a.capture.capture.as_deref(),
+        a.capture.capture_limit,
+        None,
+        |to| plan(target.to_string(), to, &a.workload, &a.proto),
+    )?;
     let outcome = outcome?;
     let result = RunResult::new(
         setup("external".into(), None, target, &p, &a.workload),
