@@ -185,10 +185,11 @@ fn whole_session(
     (wire, sim, c, s)
 }
 
-fn udp_library_server(passes: [EncryptMethod; 2]) -> SessionParameters {
+/// A server of dialect `base` that runs `passes`.
+fn server_with(base: SessionParameters, passes: [EncryptMethod; 2]) -> SessionParameters {
     SessionParameters {
         encryption_passes: passes,
-        ..SessionParameters::udp_library()
+        ..base
     }
 }
 
@@ -197,7 +198,7 @@ fn udp_library_with_xor() {
     let passes = [EncryptMethod::Xor, EncryptMethod::None];
     let (wire, ..) = whole_session(
         SessionParameters::udp_library(),
-        udp_library_server(passes),
+        server_with(SessionParameters::udp_library(), passes),
         passes,
         LinkConfig::default(),
     );
@@ -221,7 +222,7 @@ fn udp_library_with_xor_buffer() {
     let passes = [EncryptMethod::XorBuffer, EncryptMethod::None];
     let (wire, ..) = whole_session(
         SessionParameters::udp_library(),
-        udp_library_server(passes),
+        server_with(SessionParameters::udp_library(), passes),
         passes,
         LinkConfig::default(),
     );
@@ -236,7 +237,7 @@ fn udp_library_with_both_passes_on_a_lossy_link() {
     let passes = [EncryptMethod::XorBuffer, EncryptMethod::Xor];
     let (wire, ..) = whole_session(
         SessionParameters::udp_library(),
-        udp_library_server(passes),
+        server_with(SessionParameters::udp_library(), passes),
         passes,
         LinkConfig {
             loss: 0.05,
@@ -291,7 +292,7 @@ fn udp_library_with_a_user_supplied_pass() {
     };
     let server = SessionParameters {
         user_supplied: Some(hook),
-        ..udp_library_server(passes)
+        ..server_with(SessionParameters::udp_library(), passes)
     };
     let (wire, ..) = whole_session(client, server, passes, LinkConfig::default());
     assert!(!wire.contains(MARKER), "the pass left the payload readable");
@@ -309,16 +310,9 @@ fn user_supplied_2_runs_as_pass_1() {
     };
     let server = SessionParameters {
         user_supplied_2: Some(hook),
-        ..udp_library_server(passes)
+        ..server_with(SessionParameters::udp_library(), passes)
     };
     whole_session(client, server, passes, LinkConfig::default());
-}
-
-fn eq_server(passes: [EncryptMethod; 2]) -> SessionParameters {
-    SessionParameters {
-        encryption_passes: passes,
-        ..SessionParameters::eq()
-    }
 }
 
 #[test]
@@ -326,7 +320,7 @@ fn eq_with_compression_and_xor() {
     let passes = [EncryptMethod::Compression, EncryptMethod::Xor];
     let (wire, ..) = whole_session(
         SessionParameters::eq(),
-        eq_server(passes),
+        server_with(SessionParameters::eq(), passes),
         passes,
         LinkConfig::default(),
     );
@@ -339,7 +333,7 @@ fn eq_handshake_bytes() {
     // naming compression (1) and XOR (4) in EQ's codes.
     let passes = [EncryptMethod::Compression, EncryptMethod::Xor];
     let mut sim = Sim::new(3, LinkConfig::default());
-    let server = sim.add_node(config(1, eq_server(passes)));
+    let server = sim.add_node(config(1, server_with(SessionParameters::eq(), passes)));
     let client = sim.add_node(config(2, SessionParameters::eq()));
     sim.capture();
     sim.connect(client, server);
@@ -362,7 +356,7 @@ fn eq_compression_shrinks_compressible_traffic() {
     let bytes = |passes: [EncryptMethod; 2]| {
         let (wire, ..) = whole_session(
             SessionParameters::eq(),
-            eq_server(passes),
+            server_with(SessionParameters::eq(), passes),
             passes,
             LinkConfig::default(),
         );
@@ -445,7 +439,10 @@ fn user_supplied_pass_without_a_hook_is_refused() {
     let hook: Arc<dyn EncryptionPass> = Arc::new(Reverse);
     let server = SessionParameters {
         user_supplied: Some(hook),
-        ..udp_library_server([EncryptMethod::UserSupplied, EncryptMethod::None])
+        ..server_with(
+            SessionParameters::udp_library(),
+            [EncryptMethod::UserSupplied, EncryptMethod::None],
+        )
     };
     assert_client_refuses(SessionParameters::udp_library(), server);
 }
@@ -453,7 +450,10 @@ fn user_supplied_pass_without_a_hook_is_refused() {
 #[test]
 fn eq_codes_do_not_define_xor_buffer() {
     // An EQ client reading UdpLibrary's XorBuffer code (3) knows no such method.
-    let server = udp_library_server([EncryptMethod::XorBuffer, EncryptMethod::None]);
+    let server = server_with(
+        SessionParameters::udp_library(),
+        [EncryptMethod::XorBuffer, EncryptMethod::None],
+    );
     let mut client = SessionParameters::eq();
     client.protocol_version = 2;
     assert_client_refuses(client, server);
@@ -509,7 +509,10 @@ fn unknown_codes_in_a_response_are_refused() {
 #[test]
 fn a_server_that_cannot_run_its_passes_refuses_every_session() {
     // UserSupplied configured without the hook to run it.
-    let server = udp_library_server([EncryptMethod::UserSupplied, EncryptMethod::None]);
+    let server = server_with(
+        SessionParameters::udp_library(),
+        [EncryptMethod::UserSupplied, EncryptMethod::None],
+    );
     let mut client = SessionParameters::udp_library();
     client.connect_timeout = Duration::from_secs(3);
     let mut sim = Sim::new(5, LinkConfig::default());
@@ -550,7 +553,7 @@ fn a_corrupt_pass_ends_the_session() {
     };
     let server = SessionParameters {
         user_supplied: Some(hook),
-        ..udp_library_server(passes)
+        ..server_with(SessionParameters::udp_library(), passes)
     };
     let mut sim = Sim::new(5, LinkConfig::default());
     let s = sim.add_node(config(1, server));
