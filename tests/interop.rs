@@ -419,3 +419,69 @@ fn bundle_like_payloads_reach_the_reference() {
         }
     }
 }
+
+/// A slow exchange, one message at a time: each echo the reference server
+/// sends arrives alone, so our client holds its ack up to `lone_ack_delay`
+/// (40 ms) for a ride, and at 45 ms between messages it goes alone after the
+/// wait. The reference's retransmission timeout (200 ms at least) must never
+/// fire: no echo may arrive twice, and every one arrives.
+#[test]
+fn delayed_acks_draw_no_retransmissions_from_the_reference() {
+    let case = SMALL;
+    let mut server = RefPeer::new(common::ref_config(&case, PROTOCOL));
+    let mut client = OurPeer::new(common::our_config(&case, PROTOCOL));
+    let server_addr = server.addr();
+    client.mux.connect(server_addr, Instant::now()).unwrap();
+    let started = Instant::now();
+    let (mut opened, mut sent, mut echoed) = (false, 0u32, 0u32);
+    let mut next_send = Instant::now();
+    const MESSAGES: u32 = 40;
+    while echoed < MESSAGES {
+        assert!(
+            started.elapsed() < TIME_LIMIT,
+            "{echoed} of {MESSAGES} echoed"
+        );
+        client.drive();
+        server.drive();
+        for event in server.mux.take_events() {
+            if let sp::SocketEvent::DataReceived {
+                remote,
+                data,
+                channel,
+            } = event
+            {
+                assert!(server.mux.enqueue_data_on(&remote, &data, channel));
+            }
+        }
+        while let Some(event) = client.mux.poll_event() {
+            match event {
+                soe_uring::SocketEvent::SessionOpened { .. } => opened = true,
+                soe_uring::SocketEvent::DataReceived { data, .. } => {
+                    assert_eq!(data.as_ref(), echoed.to_be_bytes());
+                    echoed += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if opened && sent == echoed && sent < MESSAGES && Instant::now() >= next_send {
+            let data = sent.to_be_bytes();
+            client
+                .mux
+                .enqueue_data_on(&server_addr, &data, soe_uring::Channel::Reliable(0))
+                .unwrap();
+            sent += 1;
+            next_send = Instant::now() + Duration::from_millis(45);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Let the last ack go, then look for copies of anything already delivered.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(300) {
+        client.drive();
+        server.drive();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stats = client.mux.stats().sessions;
+    assert_eq!(stats.duplicate_packets, 0, "the reference resent echoes");
+    assert_eq!(stats.crc_failures, 0);
+}
