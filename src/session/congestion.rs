@@ -213,13 +213,20 @@ impl Congestion {
 
     /// Adds the tokens earned since the last refill.
     pub(crate) fn refill(&mut self, now: Instant, srtt: Option<Duration>) {
+        let burst = BURST.max(self.window / 4.0);
+        if self.tokens >= burst && self.rate_cap.is_none() {
+            // Full already (the common case between sparse sends): nothing to earn.
+            self.tokens = burst;
+            self.refilled = Some(now);
+            return;
+        }
         let elapsed = self
             .refilled
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.refilled = Some(now);
         let rtt = srtt.unwrap_or(INITIAL_RTT).as_secs_f64().max(1e-4);
         let rate = PACING_GAIN * self.window / rtt;
-        self.tokens = (self.tokens + elapsed * rate).min(BURST.max(self.window / 4.0));
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         if let Some(cap) = self.rate_cap {
             // Up to 10 ms worth (at least one datagram) may leave at once.
             self.rate_tokens = (self.rate_tokens + elapsed * cap).min((cap / 100.0).max(1500.0));

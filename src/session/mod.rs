@@ -756,66 +756,73 @@ impl SoeSession {
 
     /// Every deadline the session has now, by name: the one table that
     /// [`SoeSession::next_deadline`] and [`SoeSession::handle_timeout`] both read.
-    fn deadlines(&self) -> impl Iterator<Item = (Deadline, Instant)> + '_ {
+    /// Visits each deadline that is set, in the table's order. (A visitor rather
+    /// than an iterator: this runs after every flush of every session, and the
+    /// straight-line form costs a fraction of a chain of adapters.)
+    #[inline]
+    fn visit_deadlines(&self, mut visit: impl FnMut(Deadline, Instant)) {
         let p = &self.params;
-        let (negotiating, running) = match self.state {
-            SessionState::Negotiating => (true, false),
-            SessionState::Running => (false, true),
-            SessionState::Terminated => (false, false),
-        };
-        let connect_timeout = negotiating.then(|| self.created_at + p.connect_timeout);
-        let connect_retry = self
-            .last_request
-            .filter(|_| negotiating)
-            .map(|t| t + p.connect_retry_interval);
-        let inactivity = (running && !p.inactivity_timeout.is_zero())
-            .then(|| self.last_received + p.inactivity_timeout);
-        let heartbeat =
-            (running && self.mode == SessionMode::Client && !p.heartbeat_after.is_zero())
-                .then(|| self.next_heartbeat());
-        let pace = self.paced_until.filter(|_| running);
-        let client = running && self.mode == SessionMode::Client;
-        let clock_sync = p
-            .clock_sync_interval
-            .filter(|_| client)
-            .zip(self.running_since)
-            .map(|(interval, since)| self.clock_sync.next_due(since, interval));
-        let port_alive = p.port_alive_interval.filter(|_| client).map(|interval| {
-            self.last_sent
-                .max(self.last_port_alive.unwrap_or(self.last_sent))
-                + interval
-        });
-        let session = [
-            (Deadline::ConnectTimeout, connect_timeout),
-            (Deadline::ConnectRetry, connect_retry),
-            (Deadline::Inactivity, inactivity),
-            (Deadline::Heartbeat, heartbeat),
-            (Deadline::ClockSync, clock_sync),
-            (Deadline::PortAlive, port_alive),
-            (Deadline::Pace, pace),
-        ];
-        let resends = self
-            .senders
-            .iter()
-            .flatten()
-            .filter(move |_| running)
-            .map(|s| (Deadline::Retransmit, s.deadline()));
-        let acks = self
-            .receivers
-            .iter()
-            .flatten()
-            .filter(move |_| running)
-            .map(|r| (Deadline::Ack, r.ack_deadline()));
-        session
-            .into_iter()
-            .chain(resends)
-            .chain(acks)
-            .filter_map(|(name, at)| Some((name, at?)))
+        match self.state {
+            SessionState::Negotiating => {
+                visit(
+                    Deadline::ConnectTimeout,
+                    self.created_at + p.connect_timeout,
+                );
+                if let Some(t) = self.last_request {
+                    visit(Deadline::ConnectRetry, t + p.connect_retry_interval);
+                }
+                return;
+            }
+            SessionState::Terminated => return,
+            SessionState::Running => {}
+        }
+        if !p.inactivity_timeout.is_zero() {
+            visit(
+                Deadline::Inactivity,
+                self.last_received + p.inactivity_timeout,
+            );
+        }
+        if self.mode == SessionMode::Client {
+            if !p.heartbeat_after.is_zero() {
+                visit(Deadline::Heartbeat, self.next_heartbeat());
+            }
+            if let (Some(interval), Some(since)) = (p.clock_sync_interval, self.running_since) {
+                visit(
+                    Deadline::ClockSync,
+                    self.clock_sync.next_due(since, interval),
+                );
+            }
+            if let Some(interval) = p.port_alive_interval {
+                let last = self
+                    .last_sent
+                    .max(self.last_port_alive.unwrap_or(self.last_sent));
+                visit(Deadline::PortAlive, last + interval);
+            }
+        }
+        if let Some(pace) = self.paced_until {
+            visit(Deadline::Pace, pace);
+        }
+        for sender in self.senders.iter().flatten() {
+            if let Some(at) = sender.deadline() {
+                visit(Deadline::Retransmit, at);
+            }
+        }
+        for receiver in self.receivers.iter().flatten() {
+            if let Some(at) = receiver.ack_deadline() {
+                visit(Deadline::Ack, at);
+            }
+        }
     }
 
     /// When [`SoeSession::handle_timeout`] should next run; `None` when ended.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines().map(|(_, at)| at).min()
+        let mut earliest: Option<Instant> = None;
+        self.visit_deadlines(|_, at| {
+            if earliest.is_none_or(|e| at < e) {
+                earliest = Some(at);
+            }
+        });
+        earliest
     }
 
     /// When a client's next heartbeat is due: `heartbeat_after` after the last
@@ -1426,11 +1433,11 @@ impl SoeSession {
             }
         }
         let mut due = Due::default();
-        for (name, at) in self.deadlines() {
+        self.visit_deadlines(|name, at| {
             if at <= now {
                 due.mark(name);
             }
-        }
+        });
         // In the table's order: an ending beats what else is due.
         if due.connect_timeout {
             self.end(DisconnectReason::ConnectFail, Ending::Silent, now, io);
