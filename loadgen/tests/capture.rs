@@ -14,21 +14,39 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{BIN, serve, sigterm, wait_exit};
+use common::{BIN, serve, sigterm, temp_file, wait_exit};
 
 const KEY: &str = "17bd086b1b94f02ff0ec53d763589b5f";
-
-fn temp_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadgen-capture-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 /// Runs 2 sessions for a moment against a fresh server (both with `proto`), with
 /// messages of 16 to 1500 bytes (so some are fragmented), and returns the decoded
 /// capture as JSON values.
 fn capture_and_decode(name: &str, proto: &[&str], dump_args: &[&str]) -> Vec<Value> {
-    let (mut server, addr) = serve(proto);
+    let run = [
+        "--rate",
+        "250",
+        "--duration",
+        "0.6",
+        "--size",
+        "16-1500",
+        "--drain",
+        "10",
+    ];
+    let (file, stderr) = captured_run(name, proto, &[&run, proto].concat());
+    assert!(stderr.contains("loadgen: capture: "), "{stderr}");
+
+    tcpdump_reads(&file);
+
+    let events = decode(&file, dump_args);
+    std::fs::remove_file(&file).ok();
+    events
+}
+
+/// Starts `loadgen serve` with `server_args`, runs 2 sessions against it for a
+/// moment with `loadgen run --capture` (plus `run_args`), stops the server and
+/// returns the capture file and the run's stderr.
+fn captured_run(name: &str, server_args: &[&str], run_args: &[&str]) -> (PathBuf, String) {
+    let (mut server, addr) = serve(server_args);
     let file = temp_file(name);
     let out = Command::new(BIN)
         .args(["run", "--target", &addr, "--capture"])
@@ -38,35 +56,21 @@ fn capture_and_decode(name: &str, proto: &[&str], dump_args: &[&str]) -> Vec<Val
             "2",
             "--client-threads",
             "1",
-            "--rate",
-            "250",
-            "--duration",
-            "0.6",
             "--warmup",
             "0.1",
-            "--size",
-            "16-1500",
             "--connect-timeout",
             "20",
-            "--drain",
-            "10",
             "--quiet",
         ])
-        .args(proto)
+        .args(run_args)
         .stdin(Stdio::null())
         .output()
         .expect("loadgen runs");
     sigterm(&server);
     wait_exit(&mut server, Duration::from_secs(20));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "run failed: {stderr}");
-    assert!(stderr.contains("loadgen: capture: "), "{stderr}");
-
-    tcpdump_reads(&file);
-
-    let events = decode(&file, dump_args);
-    std::fs::remove_file(&file).ok();
-    events
+    (file, stderr)
 }
 
 /// With tcpdump installed, `tcpdump -r` must read the whole file.
@@ -314,38 +318,20 @@ fn bench_writes_one_capture_per_server() {
 #[test]
 fn sessions_with_encryption_passes_are_decoded() {
     let proto = ["--profile", "udp-library"];
-    let (mut server, addr) = serve(&["--profile", "udp-library", "--passes", "xor-buffer,xor"]);
-    let file = temp_file("passes.pcap");
-    let out = Command::new(BIN)
-        .args(["run", "--target", &addr, "--capture"])
-        .arg(&file)
-        .args([
-            "--sessions",
-            "2",
-            "--client-threads",
-            "1",
-            "--window",
-            "2",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.1",
-            "--size",
-            "16-400",
-            "--connect-timeout",
-            "20",
-            "--quiet",
-        ])
-        .args(proto)
-        .stdin(Stdio::null())
-        .output()
-        .expect("loadgen runs");
-    sigterm(&server);
-    wait_exit(&mut server, Duration::from_secs(20));
-    assert!(
-        out.status.success(),
-        "run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let run = [
+        "--window",
+        "2",
+        "--duration",
+        "0.5",
+        "--size",
+        "16-400",
+        "--profile",
+        "udp-library",
+    ];
+    let (file, _) = captured_run(
+        "passes.pcap",
+        &[&proto[..], &["--passes", "xor-buffer,xor"]].concat(),
+        &run,
     );
     let events = decode(&file, &proto);
     std::fs::remove_file(&file).ok();

@@ -4,14 +4,13 @@
 // A test that waits for a child process reads the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{BIN, loadgen, serve, sigterm, wait_exit};
+use common::{BIN, fails_with, loadgen, num, serve, sigterm, temp_file, text, wait_exit};
 
 /// The keys of the loadgen contract (architecture.md).
 const KEYS: &[&str] = &[
@@ -52,22 +51,6 @@ const QUICK: &[&str] = &[
     "10",
     "--quiet",
 ];
-
-fn temp_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
-}
 
 /// Every contract key is there and the values make sense.
 fn check_result(v: &Value, server: &str, reliable: bool) {
@@ -265,16 +248,6 @@ fn serve_and_run_with_the_eq_and_udp_library_profiles() {
         let status = wait_exit(&mut server, Duration::from_secs(20));
         assert!(status.success(), "serve exited with {status:?}");
     }
-}
-
-fn fails_with(args: &[&str], expected: &str) {
-    let out = loadgen(args);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(
-        stderr.contains(expected),
-        "{args:?}: stderr lacks {expected:?}:\n{stderr}"
-    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{loadgen, serve, sigterm, wait_exit};
+use common::{fails_with, loadgen, num, serve, sigterm, text, wait_exit};
 
 /// 8 sessions for 2 s, zone-ins about every second so a short run has some.
 const QUICK: &[&str] = &[
@@ -29,16 +29,6 @@ const QUICK: &[&str] = &[
     "10",
     "--quiet",
 ];
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
-}
 
 /// The numbers of one server's game run make sense and nothing reliable was lost.
 /// `input_hz`, `tick_hz`: what the run asked for.
@@ -242,13 +232,6 @@ fn bench_game_through_a_lossy_relay_counts_unreliable_losses_only() {
         "{v}"
     );
     assert!(num(&v, "inputs_lost") < num(&v, "inputs_sent") * 0.3, "{v}");
-}
-
-fn fails_with(args: &[&str], expected: &str) {
-    let out = loadgen(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains(expected), "{args:?}: {stderr}");
 }
 
 #[test]

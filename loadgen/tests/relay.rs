@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 mod common;
-use common::BIN;
+use common::{BIN, num};
 
 fn bench_through(chaos: &str, shards: &str) -> Value {
     let out = Command::new(BIN)
@@ -52,10 +52,6 @@ fn bench_through(chaos: &str, shards: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"))
 }
 
 /// 10 % loss, 5 % duplication and reordering each way: nothing lost, and loss

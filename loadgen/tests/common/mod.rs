@@ -2,8 +2,11 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The `loadgen` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
@@ -62,4 +65,34 @@ pub fn loadgen(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("loadgen runs")
+}
+
+/// Runs `loadgen` with `args`, which must fail with `expected` in its stderr.
+pub fn fails_with(args: &[&str], expected: &str) {
+    let out = loadgen(args);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: stderr lacks {expected:?}:\n{stderr}"
+    );
+}
+
+/// A child's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The number under `key` of a JSON report; panics naming the key otherwise.
+pub fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// A path named `name` in this test process's own temporary directory.
+pub fn temp_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
