@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use args::{
-    BenchArgs, Cli, Command, Mode, ProtoOpts, RunArgs, Scenario, ServeArgs, SizeRange, Workload,
+    BenchArgs, Cli, Command, Mode, ProtoOpts, RunArgs, Scenario, ServeArgs, ServerKind, SizeRange,
+    Workload,
 };
 use client::{ClientPlan, run_clients};
 use game::{GameClientCfg, GameServerCfg};
@@ -151,37 +152,22 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         return bench_game(a);
     }
     a.workload.validate()?;
-    let mut kinds = a.server.clone();
-    kinds.dedup();
-    let mut results = Vec::new();
-    for kind in kinds {
-        let spec = ServerSpec::new(
-            kind,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            1,
-            &a.server_opts,
-            &a.proto,
-        )?;
-        let server = RunningServer::start(&spec)?;
-        let target = server.local_addr;
-        let file = a.capture.path_for(&kind.to_string());
-        let (p, outcome) = drive(
-            target,
-            &a.workload,
-            file.as_deref(),
-            a.capture.capture_limit,
-            Some(&server),
-            |to| plan(kind.to_string(), to, &a.workload, &a.proto),
-        )?;
-        let failures = server.echo_failures.load(Ordering::Relaxed);
-        let shards = server.shards;
-        let stopped = server.stop();
-        let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
-        stopped?;
-        let mut s = setup(kind.to_string(), Some(shards), target, &p, &a.workload);
-        s.server_echo_failures = Some(failures);
-        results.push(RunResult::new(s, &outcome));
-    }
+    let results = bench_each_server(
+        &a,
+        None,
+        |kind, to| plan(kind.to_string(), to, &a.workload, &a.proto),
+        |run| {
+            let mut s = setup(
+                run.kind.to_string(),
+                Some(run.shards),
+                run.target,
+                &run.plan,
+                &a.workload,
+            );
+            s.server_echo_failures = Some(run.echo_failures);
+            RunResult::new(s, &run.outcome)
+        },
+    )?;
     output(&results, &a.workload)
 }
 
@@ -191,6 +177,50 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
     a.workload.validate_game()?;
     let server_cfg = GameServerCfg::new(&a.game_server);
     let client_cfg = GameClientCfg::new(&a.game_client);
+    let results = bench_each_server(
+        &a,
+        Some(&server_cfg),
+        |kind, to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
+        |run| {
+            let server_counters = match (&run.outcome.server_start, &run.outcome.server_end) {
+                (Some(a), Some(b)) => Some(b.game.since(&a.game)),
+                _ => None,
+            };
+            game::GameResult::new(game::GameRun {
+                server: run.kind.to_string(),
+                shards: Some(run.shards),
+                sessions: run.plan.sessions,
+                client: &client_cfg,
+                server_cfg: Some(&server_cfg),
+                outcome: &run.outcome,
+                server_counters,
+            })
+        },
+    )?;
+    output_game(&results, &a.workload)
+}
+
+/// One server's finished bench run, as [`bench_each_server`] hands it over.
+struct ServerRun {
+    kind: ServerKind,
+    shards: usize,
+    target: SocketAddr,
+    plan: ClientPlan,
+    outcome: client::ClientOutcome,
+    /// Echoes the embedded server could not queue.
+    echo_failures: u64,
+}
+
+/// `bench`'s loop: each server named (once) in turn, on one shard, started in this
+/// process with `game` logic if given, driven by the clients `make_plan` describes
+/// (through the relay and capture if asked), stopped, and its run turned into a
+/// result by `result`. The first failure ends the bench, naming the server.
+fn bench_each_server<R>(
+    a: &BenchArgs,
+    game: Option<&GameServerCfg>,
+    make_plan: impl Fn(ServerKind, SocketAddr) -> ClientPlan,
+    mut result: impl FnMut(ServerRun) -> R,
+) -> Result<Vec<R>, String> {
     let mut kinds = a.server.clone();
     kinds.dedup();
     let mut results = Vec::new();
@@ -202,37 +232,33 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
             &a.server_opts,
             &a.proto,
         )?;
-        spec.game = Some(server_cfg.clone());
+        spec.game = game.cloned();
         let server = RunningServer::start(&spec)?;
         let target = server.local_addr;
         let file = a.capture.path_for(&kind.to_string());
-        let (p, outcome) = drive(
+        let (plan, outcome) = drive(
             target,
             &a.workload,
             file.as_deref(),
             a.capture.capture_limit,
             Some(&server),
-            |to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
+            |to| make_plan(kind, to),
         )?;
+        let echo_failures = server.echo_failures.load(Ordering::Relaxed);
         let shards = server.shards;
         let stopped = server.stop();
         let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
         stopped?;
-        let server_counters = match (&outcome.server_start, &outcome.server_end) {
-            (Some(a), Some(b)) => Some(b.game.since(&a.game)),
-            _ => None,
-        };
-        results.push(game::GameResult::new(game::GameRun {
-            server: kind.to_string(),
-            shards: Some(shards),
-            sessions: p.sessions,
-            client: &client_cfg,
-            server_cfg: Some(&server_cfg),
-            outcome: &outcome,
-            server_counters,
+        results.push(result(ServerRun {
+            kind,
+            shards,
+            target,
+            plan,
+            outcome,
+            echo_failures,
         }));
     }
-    output_game(&results, &a.workload)
+    Ok(results)
 }
 
 /// `run --scenario game`, against `serve --scenario game`.
@@ -384,7 +410,7 @@ fn drive(
     file: Option<&std::path::Path>,
     capture_limit: u64,
     server: Option<&RunningServer>,
-    make_plan: impl FnOnce(SocketAddr) -> client::ClientPlan,
+    make_plan: impl FnOnce(SocketAddr) -> ClientPlan,
 ) -> Result<(client::ClientPlan, Result<client::ClientOutcome, String>), String> {
     let relay = start_relay(w, target)?;
     let mut p = make_plan(relay.as_ref().map_or(target, |r| r.listen));

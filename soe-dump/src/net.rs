@@ -340,6 +340,30 @@ fn parse_udp(
 pub(crate) mod tests {
     use super::*;
 
+    /// A UDP header and `payload`, checksummed over the pseudo-header made of
+    /// `addresses` (source then destination, as they stand in the IP header).
+    fn udp_with_checksum(
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        addresses: &[u8],
+    ) -> Vec<u8> {
+        let udp_len = 8 + payload.len();
+        let mut udp = Vec::with_capacity(udp_len);
+        udp.extend_from_slice(&src.port().to_be_bytes());
+        udp.extend_from_slice(&dst.port().to_be_bytes());
+        udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        let sum = ones_sum(0, addresses) + u32::from(IPPROTO_UDP) + udp_len as u32;
+        let c = match !fold(ones_sum(sum, &udp)) {
+            0 => 0xFFFF,
+            c => c,
+        };
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+        udp
+    }
+
     /// Builds an IPv4 + UDP packet with correct checksums.
     pub(crate) fn ipv4_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
         let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
@@ -352,20 +376,7 @@ pub(crate) mod tests {
         p.extend_from_slice(&d.octets());
         let c = !fold(ones_sum(0, &p));
         p[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut udp = Vec::new();
-        udp.extend_from_slice(&src.port().to_be_bytes());
-        udp.extend_from_slice(&dst.port().to_be_bytes());
-        udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(payload);
-        let mut sum = ones_sum(0, &p[12..20]) + u32::from(IPPROTO_UDP) + udp_len as u32;
-        sum = ones_sum(sum, &udp);
-        let c = match !fold(sum) {
-            0 => 0xFFFF,
-            c => c,
-        };
-        udp[6..8].copy_from_slice(&c.to_be_bytes());
-        p.extend_from_slice(&udp);
+        p.extend_from_slice(&udp_with_checksum(src, dst, payload, &p[12..20]));
         p
     }
 
@@ -386,20 +397,7 @@ pub(crate) mod tests {
         if ext {
             p.extend_from_slice(&[IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0]);
         }
-        let mut udp = Vec::new();
-        udp.extend_from_slice(&src.port().to_be_bytes());
-        udp.extend_from_slice(&dst.port().to_be_bytes());
-        udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(payload);
-        let mut sum = ones_sum(0, &p[8..40]) + u32::from(IPPROTO_UDP) + udp_len as u32;
-        sum = ones_sum(sum, &udp);
-        let c = match !fold(sum) {
-            0 => 0xFFFF,
-            c => c,
-        };
-        udp[6..8].copy_from_slice(&c.to_be_bytes());
-        p.extend_from_slice(&udp);
+        p.extend_from_slice(&udp_with_checksum(src, dst, payload, &p[8..40]));
         p
     }
 
