@@ -237,12 +237,7 @@ impl FlowTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::test_support::hex;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -27,3 +27,14 @@ pub use cli::run;
 
 #[cfg(test)]
 mod tests;
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Bytes written as whitespace-separated hex pairs (`"00 09 FF"`).
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+}

@@ -977,12 +977,7 @@ fn seq_after(next: Option<u64>) -> u64 {
 mod tests {
     use super::*;
     use crate::event::DirStats;
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::test_support::hex;
 
     const C2S: Direction = Direction::ClientToServer;
     const S2C: Direction = Direction::ServerToClient;
