@@ -17,19 +17,7 @@ use super::{SocketConfig, SocketEvent, SoeMultiplexer};
 use crate::protocol::{DisconnectReason, soe_crc32};
 use crate::session::Channel;
 
-/// The session id our hand-written clients choose.
-const ID: u32 = 0x1122_3344;
-
-/// The v3 SessionRequest of a default client (§7.1).
-const REQUEST_V3: &str = concat!(
-    "00 01",       // SessionRequest
-    "00 00 00 03", // protocol version 3
-    "11 22 33 44", // session id
-    "00 00 02 00", // udp_length 512
-    "00",          // protocol name "" and its terminator
-);
-
-use crate::test_support::hex;
+use crate::test_support::{CLIENT_ID as ID, REQUEST_V3, hex};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

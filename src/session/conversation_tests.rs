@@ -18,20 +18,8 @@ use super::{
 };
 use crate::protocol::{DisconnectReason, soe_crc32};
 
-/// The client's session id in every conversation.
-const ID: u32 = 0x1122_3344;
 /// The server's CRC seed in every conversation.
 const SEED: u32 = 0xA1B2_C3D4;
-
-/// The v3 SessionRequest of a default client (§7.1): version 3, the empty
-/// protocol name of the default parameters.
-const REQUEST_V3: &str = concat!(
-    "00 01",       // SessionRequest
-    "00 00 00 03", // protocol version 3
-    "11 22 33 44", // session id
-    "00 00 02 00", // udp_length 512
-    "00",          // protocol name "" and its terminator
-);
 
 /// The v3 SessionResponse a default server sends for `REQUEST_V3` (§7.2).
 const RESPONSE_V3: &str = concat!(
@@ -45,7 +33,7 @@ const RESPONSE_V3: &str = concat!(
     "00 00 00 03", // protocol version 3
 );
 
-use crate::test_support::hex;
+use crate::test_support::{CLIENT_ID as ID, REQUEST_V3, hex};
 
 /// `cooked` with the CRC trailer of the session's seed: the low two bytes of the
 /// seeded CRC-32, most significant first (§4.1, §4.2). No compression flag: none
