@@ -199,6 +199,10 @@ pub(crate) struct ReliableSender {
     probe_at: Option<Instant>,
     /// Probes since the last progress (each doubles the wait for the next).
     probes: u32,
+    /// Capacity of the packets in flight (slots not yet acknowledged), kept as
+    /// packets are cut and released so [`ReliableSender::held_bytes`], asked on
+    /// every enqueue, does not walk the window.
+    in_flight_bytes: usize,
 }
 
 /// What a flush's retransmission step did.
@@ -252,6 +256,7 @@ impl ReliableSender {
             lost: 0,
             probe_at: None,
             probes: 0,
+            in_flight_bytes: 0,
         }
     }
 
@@ -269,12 +274,16 @@ impl ReliableSender {
     /// packets in flight. (The slot ring itself, at most a window of datagrams, is
     /// reused working memory and released when the session goes quiet.)
     pub(crate) fn held_bytes(&self) -> usize {
-        let in_flight: usize = (self.unacked_from..self.next_seq)
-            .map(|seq| &self.slots[self.slot_index(seq)])
-            .filter(|slot| !slot.acked)
-            .map(|slot| slot.packet.capacity())
-            .sum();
-        self.queue.memory() + in_flight
+        debug_assert_eq!(
+            self.in_flight_bytes,
+            (self.unacked_from..self.next_seq)
+                .map(|seq| &self.slots[self.slot_index(seq)])
+                .filter(|slot| !slot.acked)
+                .map(|slot| slot.packet.capacity())
+                .sum::<usize>(),
+            "in-flight byte count drifted"
+        );
+        self.queue.memory() + self.in_flight_bytes
     }
 
     /// Whether anything is queued or unacknowledged.
@@ -356,6 +365,7 @@ impl ReliableSender {
         let mut packet = std::mem::take(&mut self.slots[idx].packet);
         packet.clear();
         self.write_packet(&mut packet, seq as u16, rules);
+        self.in_flight_bytes += packet.capacity();
         self.slots[idx] = Slot {
             packet,
             first_sent: now,
@@ -512,6 +522,7 @@ impl ReliableSender {
         now: Instant,
         rtt: &mut RttEstimator,
         lost: &mut u32,
+        in_flight_bytes: &mut usize,
     ) {
         if largest && slot.sends == 1 {
             rtt.sample(now.saturating_duration_since(slot.first_sent));
@@ -521,6 +532,7 @@ impl ReliableSender {
             *lost -= 1;
         }
         slot.acked = true;
+        *in_flight_bytes -= slot.packet.capacity();
     }
 
     /// The peer acknowledged something new: probes start over, from the next
@@ -598,7 +610,14 @@ impl ReliableSender {
             let idx = self.slot_index(seq);
             let slot = &mut self.slots[idx];
             if !slot.acked {
-                Self::release(slot, seq == upto, now, rtt, &mut self.lost);
+                Self::release(
+                    slot,
+                    seq == upto,
+                    now,
+                    rtt,
+                    &mut self.lost,
+                    &mut self.in_flight_bytes,
+                );
                 released += 1;
             }
         }
@@ -630,7 +649,14 @@ impl ReliableSender {
             return AckOutcome::Stale;
         }
         let sent = slot.last_sent;
-        Self::release(slot, true, now, rtt, &mut self.lost);
+        Self::release(
+            slot,
+            true,
+            now,
+            rtt,
+            &mut self.lost,
+            &mut self.in_flight_bytes,
+        );
         if self.largest_acked.is_none_or(|(l, _)| seq > l) {
             self.largest_acked = Some((seq, sent));
         }
