@@ -980,6 +980,9 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             };
             self.out_addrs.push(entry.addr.clone());
         }
+        if self.io.events().is_empty() {
+            return;
+        }
         let Self {
             io,
             slots,

@@ -96,6 +96,7 @@ impl SessionIo {
 
     /// Names the session the following outputs belong to (any number the caller
     /// chooses; 0 by default).
+    #[inline]
     pub fn set_owner(&mut self, owner: u32) {
         self.owner = owner;
     }
@@ -109,21 +110,25 @@ impl SessionIo {
 
     /// The owner of the `i`-th datagram ever appended and still in the buffer
     /// (consumed ones included).
+    #[inline]
     pub(crate) fn owner_of_raw(&self, i: usize) -> u32 {
         self.tx_ranges[i].1
     }
 
     /// Number of datagrams waiting.
+    #[inline]
     pub fn datagram_count(&self) -> usize {
         self.tx_ranges.len() - self.tx_head
     }
 
     /// The `i`-th waiting datagram.
+    #[inline]
     pub fn datagram(&self, i: usize) -> &[u8] {
         &self.tx_bytes[self.tx_ranges[self.tx_head + i].0.clone()]
     }
 
     /// Marks the oldest `n` waiting datagrams as sent.
+    #[inline]
     pub fn consume_datagrams(&mut self, n: usize) {
         self.tx_head = (self.tx_head + n).min(self.tx_ranges.len());
         if self.tx_head == self.tx_ranges.len() {
@@ -139,26 +144,31 @@ impl SessionIo {
     }
 
     /// Session events produced and not yet taken, with their owners.
+    #[inline]
     pub fn events(&self) -> &[(u32, SessionEvent)] {
         &self.events
     }
 
     /// Takes the waiting events with their owners, keeping the buffer's capacity.
+    #[inline]
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, (u32, SessionEvent)> {
         self.events.drain(..)
     }
 
     /// Records an event of the current owner.
+    #[inline]
     pub(crate) fn emit(&mut self, event: SessionEvent) {
         self.events.push((self.owner, event));
     }
 
     /// Total datagrams ever appended and still in the buffer (including consumed).
+    #[inline]
     pub(crate) fn raw_datagram_len(&self) -> usize {
         self.tx_ranges.len()
     }
 
     /// Records `tx_bytes[start..]` as one datagram.
+    #[inline]
     pub(crate) fn end_datagram(&mut self, start: usize) {
         let end = self.tx_bytes.len();
         debug_assert!(end > start);

@@ -624,21 +624,25 @@ impl SoeSession {
     }
 
     /// Client or server.
+    #[inline]
     pub fn mode(&self) -> SessionMode {
         self.mode
     }
 
     /// Current state.
+    #[inline]
     pub fn state(&self) -> SessionState {
         self.state
     }
 
     /// The session id (the client's choice, echoed by the server).
+    #[inline]
     pub fn session_id(&self) -> u32 {
         self.session_id
     }
 
     /// The negotiated CRC seed (0 until negotiated).
+    #[inline]
     pub fn crc_seed(&self) -> u32 {
         self.framing.crc_seed()
     }
@@ -721,6 +725,7 @@ impl SoeSession {
 
     /// Whether a server session still waits for the client's first packet after its
     /// SessionResponse (a half-open session).
+    #[inline]
     pub fn is_half_open(&self) -> bool {
         self.open_on_next_packet
     }
