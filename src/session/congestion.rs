@@ -40,7 +40,9 @@
 //! traffic (a few packets per tick) never waits for pacing. An optional byte rate
 //! cap applies on top.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::timestamp::Timestamp;
 
 /// The smallest window, in packets.
 const MIN_WINDOW: f64 = 2.0;
@@ -67,20 +69,20 @@ pub(crate) struct Congestion {
     ssthresh: f64,
     max_window: f64,
     /// A loss of a packet sent before this does not shrink the window again.
-    recovery_since: Option<Instant>,
+    recovery_since: Option<Timestamp>,
     /// The smallest round trip lately, and when it was seen.
-    min_rtt: Option<(Duration, Instant)>,
+    min_rtt: Option<(Duration, Timestamp)>,
     /// The standing round trip: the smallest sample of the current epoch (about
     /// one round trip long, from `epoch_start`) and of the one before.
     epoch_min: Option<Duration>,
     previous_epoch_min: Option<Duration>,
-    epoch_start: Option<Instant>,
+    epoch_start: Option<Timestamp>,
     /// Pacing tokens, in packets.
     tokens: f64,
     /// Rate-cap tokens, in bytes.
     rate_tokens: f64,
     rate_cap: Option<f64>,
-    refilled: Option<Instant>,
+    refilled: Option<Timestamp>,
 }
 
 impl Congestion {
@@ -121,7 +123,7 @@ impl Congestion {
     /// Packets acknowledged: the window grows (one per packet in slow start, one
     /// per window in congestion avoidance). A round trip after a loss event,
     /// recovery ends.
-    pub(crate) fn on_acked(&mut self, packets: u32, now: Instant, srtt: Option<Duration>) {
+    pub(crate) fn on_acked(&mut self, packets: u32, now: Timestamp, srtt: Option<Duration>) {
         if let Some(since) = self.recovery_since
             && now >= since + srtt.unwrap_or(INITIAL_RTT)
         {
@@ -147,7 +149,7 @@ impl Congestion {
     }
 
     /// A round-trip sample (`srtt`: the smoothed round trip, with it).
-    pub(crate) fn on_rtt(&mut self, rtt: Duration, now: Instant, srtt: Option<Duration>) {
+    pub(crate) fn on_rtt(&mut self, rtt: Duration, now: Timestamp, srtt: Option<Duration>) {
         let epoch = srtt.unwrap_or(rtt).max(MIN_EPOCH);
         match self.epoch_start {
             Some(start) if now < start + epoch => {
@@ -188,7 +190,7 @@ impl Congestion {
 
     /// A packet sent at `sent` was lost: one halving per loss event, when the loss
     /// looks like congestion.
-    pub(crate) fn on_lost(&mut self, sent: Instant, now: Instant) {
+    pub(crate) fn on_lost(&mut self, sent: Timestamp, now: Timestamp) {
         if self.recovery_since.is_some_and(|since| sent <= since) || !self.queueing() {
             return;
         }
@@ -200,7 +202,7 @@ impl Congestion {
     /// A retransmission timeout fired (`repeated`: not the first in a row). The
     /// first halves the window when the path shows a queue; a second one in a row
     /// means the path may have changed: start over small.
-    pub(crate) fn on_timeout(&mut self, now: Instant, repeated: bool) {
+    pub(crate) fn on_timeout(&mut self, now: Timestamp, repeated: bool) {
         if !self.queueing() {
             // Random loss took a probe or its ack; the backed-off timer already
             // slows retransmission.
@@ -212,7 +214,7 @@ impl Congestion {
     }
 
     /// Adds the tokens earned since the last refill.
-    pub(crate) fn refill(&mut self, now: Instant, srtt: Option<Duration>) {
+    pub(crate) fn refill(&mut self, now: Timestamp, srtt: Option<Duration>) {
         let burst = BURST.max(self.window / 4.0);
         if self.tokens >= burst && self.rate_cap.is_none() {
             // Full already (the common case between sparse sends): nothing to earn.
@@ -260,7 +262,12 @@ impl Congestion {
     }
 
     /// When a packet of `len` bytes may leave, if it may not now.
-    pub(crate) fn next_send(&self, now: Instant, len: usize, srtt: Option<Duration>) -> Instant {
+    pub(crate) fn next_send(
+        &self,
+        now: Timestamp,
+        len: usize,
+        srtt: Option<Duration>,
+    ) -> Timestamp {
         let mut wait: f64 = 0.0;
         if self.enabled && self.tokens < 1.0 {
             let rtt = srtt.unwrap_or(INITIAL_RTT).as_secs_f64().max(1e-4);
@@ -277,7 +284,6 @@ impl Congestion {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // an arbitrary epoch
 mod tests {
     use super::*;
 
@@ -285,7 +291,7 @@ mod tests {
 
     #[test]
     fn slow_start_halving_once_per_event_and_timeout_collapse() {
-        let t0 = Instant::now();
+        let t0 = Timestamp::ZERO;
         let mut c = Congestion::new(true, 10, 196, None);
         assert_eq!(c.window(), 10);
         assert!(c.allows(9) && !c.allows(10));
@@ -335,7 +341,7 @@ mod tests {
 
     #[test]
     fn pacing_spreads_a_burst_and_the_rate_cap_holds() {
-        let t0 = Instant::now();
+        let t0 = Timestamp::ZERO;
         let mut c = Congestion::new(true, 40, 196, None);
         c.refill(t0, Some(100 * MS));
         let mut sent = 0;

@@ -8,6 +8,7 @@ mod params;
 mod reliable_rx;
 mod reliable_tx;
 mod rtt;
+mod timestamp;
 
 #[cfg(test)]
 mod conversation_tests;
@@ -24,6 +25,7 @@ use self::reliable_tx::{
     AckOutcome, LossTimes, MESSAGE_OVERHEAD, PacketRules, RELIABLE_HEADER_LEN, ReliableSender,
 };
 use self::rtt::RttEstimator;
+use self::timestamp::Timestamp;
 use crate::protocol::{DataBundle, MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 use crate::protocol::{
     Disconnect, DisconnectReason, EncryptMethod, FrameError, Framing, NetStatusRequest,
@@ -387,7 +389,7 @@ struct FlushRound {
     /// A retransmission timeout fired.
     timed_out: bool,
     /// The send time of the newest packet declared lost.
-    lost_sent: Option<Instant>,
+    lost_sent: Option<Timestamp>,
     /// A packet went unacknowledged past `unacknowledged_timeout`.
     gave_up: bool,
     /// Pacing held new packets back.
@@ -405,7 +407,7 @@ impl FlushRound {
     fn resend(
         &mut self,
         senders: &mut Senders,
-        (now, times, give_up): (Instant, LossTimes, Option<Duration>),
+        (now, times, give_up): (Timestamp, LossTimes, Option<Duration>),
         max_resends: u16,
         congestion: &mut Congestion,
         asm: &mut Assembler<'_>,
@@ -437,7 +439,7 @@ impl FlushRound {
     fn send_new(
         &mut self,
         senders: &mut Senders,
-        (now, times, rules): (Instant, LossTimes, PacketRules),
+        (now, times, rules): (Timestamp, LossTimes, PacketRules),
         congestion: &mut Congestion,
         asm: &mut Assembler<'_>,
     ) {
@@ -531,25 +533,27 @@ pub struct SoeSession {
     rtt: RttEstimator,
     congestion: Congestion,
     /// Data waits for pacing (or the rate cap) until then.
-    paced_until: Option<Instant>,
-    created_at: Instant,
+    paced_until: Option<Timestamp>,
+    /// The `Instant` of the session's creation: its clock's zero (see
+    /// [`Timestamp`]).
+    epoch: Instant,
     /// When the handshake completed.
-    running_since: Option<Instant>,
-    last_received: Instant,
+    running_since: Option<Timestamp>,
+    last_received: Timestamp,
     /// When the last datagram (PortAlives aside) went to the peer.
-    last_sent: Instant,
-    last_port_alive: Option<Instant>,
+    last_sent: Timestamp,
+    last_port_alive: Option<Timestamp>,
     /// The first ICMP port-unreachable report since the peer was last heard.
-    unreachable_since: Option<Instant>,
+    unreachable_since: Option<Timestamp>,
     clock_sync: ClockSync,
-    last_heartbeat: Option<Instant>,
-    last_request: Option<Instant>,
+    last_heartbeat: Option<Timestamp>,
+    last_request: Option<Timestamp>,
     owed: Owed,
     open_on_next_packet: bool,
     /// RemapConnections sent since the server last answered with anything else.
     remap_attempts: u8,
     /// When the last one went out.
-    last_remap: Option<Instant>,
+    last_remap: Option<Timestamp>,
     /// Set while the final flush before a Disconnect runs.
     closing: bool,
     termination_reason: DisconnectReason,
@@ -573,6 +577,8 @@ impl SoeSession {
         secret: u64,
         now: Instant,
     ) -> Self {
+        let epoch = now;
+        let now = Timestamp::ZERO;
         let rtt = RttEstimator::new(params.initial_rto, params.min_rto, params.max_rto);
         let congestion = Congestion::new(
             params.congestion_control,
@@ -599,7 +605,7 @@ impl SoeSession {
             rtt,
             congestion,
             paced_until: None,
-            created_at: now,
+            epoch,
             running_since: None,
             last_received: now,
             last_sent: now,
@@ -765,13 +771,13 @@ impl SoeSession {
     /// than an iterator: this runs after every flush of every session, and the
     /// straight-line form costs a fraction of a chain of adapters.)
     #[inline]
-    fn visit_deadlines(&self, mut visit: impl FnMut(Deadline, Instant)) {
+    fn visit_deadlines(&self, mut visit: impl FnMut(Deadline, Timestamp)) {
         let p = &self.params;
         match self.state {
             SessionState::Negotiating => {
                 visit(
                     Deadline::ConnectTimeout,
-                    self.created_at + p.connect_timeout,
+                    Timestamp::ZERO + p.connect_timeout,
                 );
                 if let Some(t) = self.last_request {
                     visit(Deadline::ConnectRetry, t + p.connect_retry_interval);
@@ -821,20 +827,26 @@ impl SoeSession {
 
     /// When [`SoeSession::handle_timeout`] should next run; `None` when ended.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
+        let mut earliest: Option<Timestamp> = None;
         self.visit_deadlines(|_, at| {
             if earliest.is_none_or(|e| at < e) {
                 earliest = Some(at);
             }
         });
-        earliest
+        earliest.map(|t| t.to_instant(self.epoch))
+    }
+
+    /// `now` on this session's clock.
+    #[inline]
+    fn timestamp(&self, now: Instant) -> Timestamp {
+        Timestamp::since(self.epoch, now)
     }
 
     /// When a client's next heartbeat is due: `heartbeat_after` after the last
     /// datagram received, then, while the server stays silent, about eight more
     /// spread over what is left before the inactivity timeout (at most two a
     /// second), so a lossy link does not cost the session.
-    fn next_heartbeat(&self) -> Instant {
+    fn next_heartbeat(&self) -> Timestamp {
         let p = &self.params;
         let first = self.last_received + p.heartbeat_after;
         match self.last_heartbeat {
@@ -973,6 +985,7 @@ impl SoeSession {
         now: Instant,
         io: &mut SessionIo,
     ) {
+        let now = self.timestamp(now);
         let how = if notify_remote {
             Ending::Announced
         } else {
@@ -981,13 +994,13 @@ impl SoeSession {
         self.end(reason, how, now, io);
     }
 
-    fn end(&mut self, reason: DisconnectReason, how: Ending, now: Instant, io: &mut SessionIo) {
+    fn end(&mut self, reason: DisconnectReason, how: Ending, now: Timestamp, io: &mut SessionIo) {
         if self.state == SessionState::Terminated {
             return;
         }
         if how == Ending::Announced && self.state == SessionState::Running {
             self.closing = true;
-            self.flush(now, io);
+            self.flush_at(now, io);
             let packet = Disconnect {
                 session_id: self.session_id,
                 reason,
@@ -1007,6 +1020,7 @@ impl SoeSession {
 
     /// Processes one datagram from the peer.
     pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant, io: &mut SessionIo) {
+        let now = self.timestamp(now);
         if self.state == SessionState::Terminated {
             return;
         }
@@ -1033,7 +1047,7 @@ impl SoeSession {
     fn handle_unframed(
         &mut self,
         unframed: Result<Unframed<'_>, FrameError>,
-        now: Instant,
+        now: Timestamp,
         io: &mut SessionIo,
     ) {
         let unframed = match unframed {
@@ -1095,7 +1109,7 @@ impl SoeSession {
 
     /// A valid contextual datagram arrived: the peer is alive, and a server that was
     /// waiting for proof of a completed handshake has it.
-    fn touch(&mut self, now: Instant, io: &mut SessionIo) {
+    fn touch(&mut self, now: Timestamp, io: &mut SessionIo) {
         self.last_received = now;
         self.remap_attempts = 0;
         self.unreachable_since = None;
@@ -1105,14 +1119,14 @@ impl SoeSession {
         }
     }
 
-    fn handle_contextual(&mut self, op: OpCode, body: &[u8], now: Instant, io: &mut SessionIo) {
+    fn handle_contextual(&mut self, op: OpCode, body: &[u8], now: Timestamp, io: &mut SessionIo) {
         match Packet::parse_contextual(op, body) {
             Ok(packet) => self.handle_packet(packet, 0, now, io),
             Err(_) => self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io),
         }
     }
 
-    fn handle_packet(&mut self, packet: Packet<'_>, depth: u8, now: Instant, io: &mut SessionIo) {
+    fn handle_packet(&mut self, packet: Packet<'_>, depth: u8, now: Timestamp, io: &mut SessionIo) {
         match packet {
             Packet::MultiPacket(multi) => self.handle_container(multi, depth, now, io),
             Packet::DataBundle(bundle) => self.handle_bundle(bundle, depth, now, io),
@@ -1170,7 +1184,7 @@ impl SoeSession {
         &mut self,
         bundle: DataBundle<'_>,
         depth: u8,
-        now: Instant,
+        now: Timestamp,
         io: &mut SessionIo,
     ) {
         if depth >= MAX_NESTING {
@@ -1205,7 +1219,7 @@ impl SoeSession {
     }
 
     /// A client's ClockReflect: the answer to its ClockSync.
-    fn handle_clock_reflect(&mut self, reflect: &NetStatusResponse, now: Instant) {
+    fn handle_clock_reflect(&mut self, reflect: &NetStatusResponse, now: Timestamp) {
         let clock = self.clock_ms(now);
         if self
             .clock_sync
@@ -1221,7 +1235,7 @@ impl SoeSession {
         &mut self,
         multi: MultiPacket<'_>,
         depth: u8,
-        now: Instant,
+        now: Timestamp,
         io: &mut SessionIo,
     ) {
         if depth >= MAX_NESTING {
@@ -1247,7 +1261,7 @@ impl SoeSession {
         sequence: u16,
         payload: &[u8],
         fragment: bool,
-        now: Instant,
+        now: Timestamp,
         io: &mut SessionIo,
     ) {
         let policy = self.ack_policy();
@@ -1268,7 +1282,7 @@ impl SoeSession {
         }
     }
 
-    fn handle_ack(&mut self, channel: u8, sequence: u16, all: bool, now: Instant) {
+    fn handle_ack(&mut self, channel: u8, sequence: u16, all: bool, now: Timestamp) {
         self.stats.acks_received += 1;
         let Some(sender) = self.senders[usize::from(channel)].as_deref_mut() else {
             self.stats.ignored_packets += 1;
@@ -1307,7 +1321,7 @@ impl SoeSession {
         &mut self,
         packet: Packet<'_>,
         len: usize,
-        now: Instant,
+        now: Timestamp,
         io: &mut SessionIo,
     ) {
         match (packet, self.mode) {
@@ -1338,7 +1352,7 @@ impl SoeSession {
         }
     }
 
-    fn handle_request(&mut self, request: SessionRequest<'_>, now: Instant, io: &mut SessionIo) {
+    fn handle_request(&mut self, request: SessionRequest<'_>, now: Timestamp, io: &mut SessionIo) {
         if self.state == SessionState::Running {
             // A retransmitted request: answer again with the same parameters.
             if request.session_id == self.session_id {
@@ -1390,7 +1404,7 @@ impl SoeSession {
         self.last_received = now;
     }
 
-    fn handle_response(&mut self, response: SessionResponse, now: Instant, io: &mut SessionIo) {
+    fn handle_response(&mut self, response: SessionResponse, now: Timestamp, io: &mut SessionIo) {
         if self.state != SessionState::Negotiating || response.session_id != self.session_id {
             self.stats.ignored_packets += 1;
             return;
@@ -1429,6 +1443,7 @@ impl SoeSession {
     /// [`SoeSession::flush`]. A session quiet for a second also gives back the
     /// buffers its channels grew.
     pub fn handle_timeout(&mut self, now: Instant, io: &mut SessionIo) {
+        let now = self.timestamp(now);
         if now.saturating_duration_since(self.last_received) >= QUIET_RELEASE {
             for s in self.senders.iter_mut().flatten() {
                 s.release_memory();
@@ -1470,6 +1485,10 @@ impl SoeSession {
     /// heartbeats, retransmissions, new reliable packets and unreliable payloads,
     /// coalesced as configured.
     pub fn flush(&mut self, now: Instant, io: &mut SessionIo) {
+        self.flush_at(self.timestamp(now), io);
+    }
+
+    fn flush_at(&mut self, now: Timestamp, io: &mut SessionIo) {
         if !self.flush_handshake(now, io) {
             return;
         }
@@ -1522,7 +1541,7 @@ impl SoeSession {
 
     /// The handshake and remap part of a flush, then PortAlive; whether the
     /// session runs (only a running session sends anything else).
-    fn flush_handshake(&mut self, now: Instant, io: &mut SessionIo) -> bool {
+    fn flush_handshake(&mut self, now: Timestamp, io: &mut SessionIo) -> bool {
         if self.state == SessionState::Terminated {
             return false;
         }
@@ -1543,7 +1562,7 @@ impl SoeSession {
 
     /// Whether this flush sends anything besides acks (acks may then ride along
     /// instead of waiting).
-    fn data_ready(&self, now: Instant) -> bool {
+    fn data_ready(&self, now: Timestamp) -> bool {
         self.owed.heartbeat
             || self.owed.clock_sync
             || self.owed.net_status.is_some()
@@ -1569,7 +1588,7 @@ impl SoeSession {
     }
 
     /// The control packets owed to the peer, taken for this flush.
-    fn take_owed_control(&mut self, now: Instant, srtt: Option<Duration>) -> OwedControl {
+    fn take_owed_control(&mut self, now: Timestamp, srtt: Option<Duration>) -> OwedControl {
         let net_status = self
             .owed
             .net_status
@@ -1598,7 +1617,7 @@ impl SoeSession {
         round: &FlushRound,
         rules: PacketRules,
         srtt: Option<Duration>,
-        now: Instant,
+        now: Timestamp,
         io: &mut SessionIo,
     ) {
         self.stats.datagrams_sent += round.datagrams;
@@ -1643,10 +1662,10 @@ impl SoeSession {
             .max(8)
     }
 
-    fn net_status_reply(&self, request: NetStatusRequest, now: Instant) -> NetStatusResponse {
+    fn net_status_reply(&self, request: NetStatusRequest, now: Timestamp) -> NetStatusResponse {
         NetStatusResponse {
             timestamp: request.timestamp,
-            server_stamp: now.saturating_duration_since(self.created_at).as_millis() as u32,
+            server_stamp: now.saturating_duration_since(Timestamp::ZERO).as_millis() as u32,
             your_sent: request.our_sent,
             your_received: request.our_received,
             our_sent: self.stats.datagrams_sent,
@@ -1660,7 +1679,7 @@ impl SoeSession {
     /// [`MAX_REMAP_ATTEMPTS`] answered only by more UnknownSenders (the server
     /// has no such session any more, or refuses remaps), the session ends with
     /// `UnreachableConnection`, at once rather than after the inactivity timeout.
-    fn unknown_sender(&mut self, mode: SessionMode, now: Instant, io: &mut SessionIo) {
+    fn unknown_sender(&mut self, mode: SessionMode, now: Timestamp, io: &mut SessionIo) {
         if mode == SessionMode::Client && self.params.remap_on_unknown_sender {
             // Every datagram of a burst draws its own UnknownSender: one attempt per
             // round trip counts.
@@ -1696,8 +1715,8 @@ impl SoeSession {
     }
 
     /// The session's millisecond clock (ClockSync stamps).
-    fn clock_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.created_at).as_millis() as u64
+    fn clock_ms(&self, now: Timestamp) -> u64 {
+        now.saturating_duration_since(Timestamp::ZERO).as_millis() as u64
     }
 
     /// The network reported the peer's address unreachable (an ICMP
@@ -1706,6 +1725,7 @@ impl SoeSession {
     /// passed ends the session with `IcmpError`. Ignored during the handshake and
     /// without a grace configured.
     pub fn handle_unreachable(&mut self, now: Instant, io: &mut SessionIo) {
+        let now = self.timestamp(now);
         self.stats.unreachable_reports += 1;
         let Some(grace) = self.params.unreachable_grace else {
             return;
@@ -1722,7 +1742,7 @@ impl SoeSession {
         }
     }
 
-    fn write_remap(&mut self, now: Instant, io: &mut SessionIo) {
+    fn write_remap(&mut self, now: Timestamp, io: &mut SessionIo) {
         let mut bytes = [0u8; RemapConnection::LEN];
         Packet::RemapConnection(RemapConnection {
             session_id: self.session_id,
@@ -1794,13 +1814,13 @@ impl SoeSession {
     }
 
     /// Ends a handshake over passes this side cannot name or run.
-    fn refuse_passes(&mut self, why: UnsupportedPass, now: Instant, io: &mut SessionIo) {
+    fn refuse_passes(&mut self, why: UnsupportedPass, now: Timestamp, io: &mut SessionIo) {
         tracing::debug!(session_id = self.session_id, %why, "refused encryption passes");
         self.stats.refused_passes += 1;
         self.end(DisconnectReason::ProtocolMismatch, Ending::Silent, now, io);
     }
 
-    fn write_handshake(&mut self, now: Instant, io: &mut SessionIo) {
+    fn write_handshake(&mut self, now: Timestamp, io: &mut SessionIo) {
         let mut bytes = [0u8; 512];
         let len = if std::mem::take(&mut self.owed.request) {
             if self.state != SessionState::Negotiating {

@@ -13,7 +13,9 @@
 //! [`EARLY_INTERVAL`] (or the configured interval, if shorter) until two reflects
 //! have come back, then at the configured interval.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::timestamp::Timestamp;
 
 use crate::protocol::{NetStatusRequest, NetStatusResponse};
 
@@ -55,7 +57,7 @@ pub struct NetStatus {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClockSync {
     /// When the last sync went out.
-    last_sent: Option<Instant>,
+    last_sent: Option<Timestamp>,
     status: NetStatus,
     /// Sum of all round trips, for the mean.
     total_ms: u64,
@@ -69,7 +71,7 @@ impl ClockSync {
 
     /// When the next sync is due, for a session running since `running_since`
     /// with syncs every `interval`.
-    pub(crate) fn next_due(&self, running_since: Instant, interval: Duration) -> Instant {
+    pub(crate) fn next_due(&self, running_since: Timestamp, interval: Duration) -> Timestamp {
         match self.last_sent {
             None => running_since,
             Some(sent) if self.status.samples < EARLY_SAMPLES => {
@@ -83,7 +85,7 @@ impl ClockSync {
     /// `sent` and `received`: datagram counts so far (the sync itself counted).
     pub(crate) fn request(
         &mut self,
-        now: Instant,
+        now: Timestamp,
         clock_ms: u64,
         sent: u64,
         received: u64,
@@ -146,7 +148,6 @@ fn loss(received: u64, sent: u64) -> f32 {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // an arbitrary epoch
 mod tests {
     use super::*;
 
@@ -163,7 +164,7 @@ mod tests {
 
     #[test]
     fn schedule_round_trips_offset_and_loss() {
-        let t0 = Instant::now();
+        let t0 = Timestamp::ZERO;
         let interval = Duration::from_secs(45);
         let mut sync = ClockSync::default();
         assert_eq!(sync.next_due(t0, interval), t0);

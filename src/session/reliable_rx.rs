@@ -14,7 +14,9 @@
 //! Sequences are 64-bit internally, so the throttle keeps working across 16-bit
 //! wraps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::timestamp::Timestamp;
 
 use super::assembler::Assembler;
 use super::io::SessionIo;
@@ -83,10 +85,10 @@ pub(crate) struct ReliableReceiver {
     /// in the multiplexer-wide `SessionIo::held`.
     held: usize,
     acked_through: Option<u64>,
-    last_ack_all: Option<Instant>,
+    last_ack_all: Option<Timestamp>,
     force_ack_all: bool,
     selective: Vec<u16>,
-    ack_due: Option<Instant>,
+    ack_due: Option<Timestamp>,
     pub(crate) counters: RxCounters,
 }
 
@@ -145,7 +147,7 @@ impl ReliableReceiver {
     }
 
     /// When owed acks must go out at the latest.
-    pub(crate) fn ack_deadline(&self) -> Option<Instant> {
+    pub(crate) fn ack_deadline(&self) -> Option<Timestamp> {
         self.ack_due
     }
 
@@ -159,7 +161,7 @@ impl ReliableReceiver {
         (seq as usize) & (self.stash.len() - 1)
     }
 
-    fn schedule_ack(&mut self, now: Instant, policy: AckPolicy, immediate: bool) {
+    fn schedule_ack(&mut self, now: Timestamp, policy: AckPolicy, immediate: bool) {
         let behind = self.acked_through.map_or(self.next, |a| self.next - 1 - a);
         let due = if immediate || behind >= policy.half_window {
             now
@@ -180,7 +182,7 @@ impl ReliableReceiver {
         wire: u16,
         payload: &[u8],
         fragment: bool,
-        now: Instant,
+        now: Timestamp,
         policy: AckPolicy,
         io: &mut SessionIo,
     ) -> Result<(), RxError> {
@@ -356,7 +358,7 @@ impl ReliableReceiver {
     /// so a pending cumulative ack costs nothing extra.
     pub(crate) fn write_acks(
         &mut self,
-        now: Instant,
+        now: Timestamp,
         piggyback: bool,
         policy: AckPolicy,
         asm: &mut Assembler<'_>,
@@ -393,7 +395,6 @@ impl ReliableReceiver {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // tests take an arbitrary epoch from the clock
 mod tests {
     use super::*;
     use crate::protocol::{Framing, Packet};
@@ -417,7 +418,7 @@ mod tests {
     }
 
     /// The acks `r` writes now, decoded.
-    fn acks(r: &mut ReliableReceiver, now: Instant, piggyback: bool) -> Vec<Packet<'static>> {
+    fn acks(r: &mut ReliableReceiver, now: Timestamp, piggyback: bool) -> Vec<Packet<'static>> {
         let mut io = SessionIo::new();
         let framing = Framing::new(0, 0, false);
         {
@@ -475,7 +476,7 @@ mod tests {
         // for wire sequence (65540 − 1) & 0xFFFF = 3; later flushes send nothing.
         let mut r = receiver(256);
         let mut io = SessionIo::new();
-        let t0 = Instant::now();
+        let t0 = Timestamp::ZERO;
         for seq in 0..65_540u32 {
             r.on_packet(seq as u16, b"x", false, t0, POLICY, &mut io)
                 .unwrap();
@@ -499,7 +500,7 @@ mod tests {
         // Arrival 2, 0, 1: Ack 2 at once; AckAll 0; AckAll 2 once 1 releases 2.
         let mut r = receiver(256);
         let mut io = SessionIo::new();
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         let mut master = 48u32.to_be_bytes().to_vec();
         master.extend([1u8; 16]);
         r.on_packet(2, &[3; 16], true, t, POLICY, &mut io).unwrap();
@@ -545,7 +546,7 @@ mod tests {
     fn cumulative_acks_are_batched_until_due_or_half_a_window() {
         let mut r = receiver(256);
         let mut io = SessionIo::new();
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         r.on_packet(0, b"a", false, t, POLICY, &mut io).unwrap();
         assert_eq!(acks(&mut r, t, false).len(), 1);
         // Within max_ack_delay: held back, unless something else goes out anyway.
@@ -588,7 +589,7 @@ mod tests {
         let ms = Duration::from_millis;
         let mut r = receiver(256);
         let mut io = SessionIo::new();
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         let all = |sequence| Packet::AcknowledgeAll {
             channel: 0,
             sequence,
@@ -635,7 +636,7 @@ mod tests {
         };
         let mut r = receiver(256);
         let mut io = SessionIo::new();
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         for seq in [2u16, 0, 1] {
             r.on_packet(seq, b"x", false, t, every, &mut io).unwrap();
         }

@@ -10,7 +10,9 @@
 //! Sequences are tracked as 64-bit counters; only the low 16 bits go on the wire.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::timestamp::Timestamp;
 
 use super::assembler::Assembler;
 use super::rtt::RttEstimator;
@@ -141,8 +143,8 @@ struct FragmentCursor {
 struct Slot {
     /// The cooked packet: op code, sequence, payload.
     packet: Vec<u8>,
-    first_sent: Instant,
-    last_sent: Instant,
+    first_sent: Timestamp,
+    last_sent: Timestamp,
     sends: u32,
     acked: bool,
     /// Declared lost and waiting to be sent again.
@@ -188,15 +190,15 @@ pub(crate) struct ReliableSender {
     window: u64,
     slots: Vec<Slot>,
     /// The earliest retransmission timeout of a packet in flight.
-    resend_at: Option<Instant>,
+    resend_at: Option<Timestamp>,
     /// The highest sequence a selective ack named, and when it was (last) sent.
-    largest_acked: Option<(u64, Instant)>,
+    largest_acked: Option<(u64, Timestamp)>,
     /// When a packet below `largest_acked` becomes lost by the time threshold.
-    loss_time: Option<Instant>,
+    loss_time: Option<Timestamp>,
     /// Packets declared lost and not sent again yet.
     lost: u32,
     /// When to probe with one retransmission if nothing is acknowledged by then.
-    probe_at: Option<Instant>,
+    probe_at: Option<Timestamp>,
     /// Probes since the last progress (each doubles the wait for the next).
     probes: u32,
     /// Capacity of the packets in flight (slots not yet acknowledged), kept as
@@ -212,7 +214,7 @@ pub(crate) struct Resent {
     pub(crate) timed_out: bool,
     /// The send time of the newest packet declared lost, if any was (a congestion
     /// event).
-    pub(crate) lost_sent: Option<Instant>,
+    pub(crate) lost_sent: Option<Timestamp>,
     /// Bytes of the packets sent again (for the rate cap).
     pub(crate) bytes: usize,
 }
@@ -303,7 +305,7 @@ impl ReliableSender {
 
     /// When the next retransmission check is due: a packet's timeout, a loss by
     /// the time threshold, or a probe.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Timestamp> {
         [self.resend_at, self.loss_time, self.probe_at]
             .into_iter()
             .flatten()
@@ -353,7 +355,7 @@ impl ReliableSender {
 
     /// Cuts the next packet into a slot and returns its sequence, if the window and
     /// the queue allow.
-    pub(crate) fn build_next(&mut self, rules: PacketRules, now: Instant) -> Option<u64> {
+    pub(crate) fn build_next(&mut self, rules: PacketRules, now: Timestamp) -> Option<u64> {
         if !self.can_send() {
             return None;
         }
@@ -381,7 +383,7 @@ impl ReliableSender {
     /// Doubles the slot ring (from 8, up to the window), moving the packets in flight
     /// to their slots in the larger ring. Rings grow with use, so an idle session
     /// costs a few hundred bytes, not a window's worth.
-    fn grow_slots(&mut self, now: Instant) {
+    fn grow_slots(&mut self, now: Timestamp) {
         let len = (self.slots.len() * 2)
             .max(8)
             .min((self.window as usize).next_power_of_two());
@@ -519,7 +521,7 @@ impl ReliableSender {
     fn release(
         slot: &mut Slot,
         largest: bool,
-        now: Instant,
+        now: Timestamp,
         rtt: &mut RttEstimator,
         lost: &mut u32,
         in_flight_bytes: &mut usize,
@@ -563,9 +565,9 @@ impl ReliableSender {
     /// newest packet it declared lost.
     pub(crate) fn detect_losses(
         &mut self,
-        now: Instant,
+        now: Timestamp,
         loss_delay: Option<Duration>,
-    ) -> Option<Instant> {
+    ) -> Option<Timestamp> {
         self.loss_time = None;
         let (largest, largest_sent) = self.largest_acked?;
         let mut newest_lost = None;
@@ -584,7 +586,7 @@ impl ReliableSender {
                 slot.lost = true;
                 self.lost += 1;
                 newest_lost =
-                    Some(newest_lost.map_or(slot.last_sent, |t: Instant| t.max(slot.last_sent)));
+                    Some(newest_lost.map_or(slot.last_sent, |t: Timestamp| t.max(slot.last_sent)));
             } else if let Some(t) = lost_at {
                 self.loss_time = Some(self.loss_time.map_or(t, |l| l.min(t)));
             }
@@ -596,7 +598,7 @@ impl ReliableSender {
     pub(crate) fn on_ack_all(
         &mut self,
         wire: u16,
-        now: Instant,
+        now: Timestamp,
         rtt: &mut RttEstimator,
     ) -> AckOutcome {
         let Some(upto) = self.extend_ack(wire) else {
@@ -633,7 +635,12 @@ impl ReliableSender {
 
     /// Selective acknowledgement of one sequence. Earlier packets it passes become
     /// candidates for loss detection ([`ReliableSender::detect_losses`]).
-    pub(crate) fn on_ack(&mut self, wire: u16, now: Instant, rtt: &mut RttEstimator) -> AckOutcome {
+    pub(crate) fn on_ack(
+        &mut self,
+        wire: u16,
+        now: Timestamp,
+        rtt: &mut RttEstimator,
+    ) -> AckOutcome {
         let Some(seq) = self.extend_ack(wire) else {
             return AckOutcome::Invalid;
         };
@@ -667,7 +674,7 @@ impl ReliableSender {
 
     /// Records that fresh packets were handed to the assembler: arms the
     /// retransmission timeout and the probe.
-    pub(crate) fn arm_timer(&mut self, now: Instant, times: LossTimes) {
+    pub(crate) fn arm_timer(&mut self, now: Timestamp, times: LossTimes) {
         if self.resend_at.is_none() {
             self.resend_at = Some(now + times.rto);
         }
@@ -677,7 +684,7 @@ impl ReliableSender {
     /// A flush that sent no fresh packet: arms the timers only where they are
     /// not armed, so traffic that merely passes by (acks, the peer's
     /// retransmissions) does not keep pushing a tail-loss probe back.
-    pub(crate) fn arm_unset_timers(&mut self, now: Instant, times: LossTimes) {
+    pub(crate) fn arm_unset_timers(&mut self, now: Timestamp, times: LossTimes) {
         if self.resend_at.is_none() {
             self.resend_at = Some(now + times.rto);
         }
@@ -688,7 +695,7 @@ impl ReliableSender {
 
     /// Arms the probe a probe timeout from `now` (doubled per probe since the
     /// last progress), or clears it when nothing is in flight.
-    pub(crate) fn arm_probe(&mut self, now: Instant, pto: Duration) {
+    pub(crate) fn arm_probe(&mut self, now: Timestamp, pto: Duration) {
         self.probe_at =
             (self.in_flight() > 0).then(|| now + pto.saturating_mul(1 << self.probes.min(10)));
     }
@@ -700,7 +707,7 @@ impl ReliableSender {
     /// packet when it exceeds `give_up_after`.
     pub(crate) fn resend_due(
         &mut self,
-        now: Instant,
+        now: Timestamp,
         times: LossTimes,
         give_up_after: Option<Duration>,
         budget: &mut u16,
@@ -717,7 +724,7 @@ impl ReliableSender {
             return Ok(outcome);
         }
         let mut sent_any = false;
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Timestamp> = None;
         for seq in self.unacked_from..self.next_seq {
             let idx = self.slot_index(seq);
             let slot = &mut self.slots[idx];
@@ -791,7 +798,6 @@ fn copy_virtual(out: &mut Vec<u8>, cursor: &mut FragmentCursor, msg: &[u8], take
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // tests take an arbitrary epoch from the clock
 mod tests {
     use super::*;
     use crate::protocol::DataBundle;
@@ -817,7 +823,7 @@ mod tests {
     fn drain(
         s: &mut ReliableSender,
         rules: PacketRules,
-        now: Instant,
+        now: Timestamp,
     ) -> Vec<(bool, u16, Vec<u8>)> {
         let mut out = Vec::new();
         while let Some(seq) = s.build_next(rules, now) {
@@ -840,7 +846,7 @@ mod tests {
         for i in 0..5u8 {
             s.enqueue(&[i; 10], usize::MAX);
         }
-        let packets = drain(&mut s, rules(100), Instant::now());
+        let packets = drain(&mut s, rules(100), Timestamp::ZERO);
         assert_eq!(packets.len(), 1);
         let (fragment, seq, payload) = &packets[0];
         assert!(!fragment);
@@ -872,7 +878,7 @@ mod tests {
         s.enqueue(&[1], usize::MAX);
         s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], usize::MAX);
         s.enqueue(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], usize::MAX);
-        let packets = drain(&mut s, rules(15), Instant::now());
+        let packets = drain(&mut s, rules(15), Timestamp::ZERO);
         assert_eq!(packets.len(), 3);
         assert_eq!(
             packets[0].2,
@@ -890,7 +896,7 @@ mod tests {
         let mut s = ReliableSender::new(2, None, false, 196);
         let msg: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
         s.enqueue(&msg, usize::MAX);
-        let packets = drain(&mut s, rules(500), Instant::now());
+        let packets = drain(&mut s, rules(500), Timestamp::ZERO);
         assert_eq!(packets.len(), 3);
         assert!(packets.iter().all(|p| p.0));
         assert_eq!(&packets[0].2[..4], &1400u32.to_be_bytes());
@@ -927,7 +933,7 @@ mod tests {
                 coalesce: false,
                 bundle_room: usize::MAX,
             },
-            Instant::now(),
+            Timestamp::ZERO,
         );
         assert_eq!(packets[0].2, [0x00, 0x19, 4, 0x00, 0x19, 7, 7]);
         let mut joined = packets[1].2[4..].to_vec();
@@ -958,7 +964,7 @@ mod tests {
                 coalesce: false,
                 bundle_room: usize::MAX,
             },
-            Instant::now(),
+            Timestamp::ZERO,
         );
         assert_eq!(packets[0].2, [0x00, 0x00, 0x01 ^ 0x39]);
     }
@@ -969,7 +975,7 @@ mod tests {
         for i in 0..10u8 {
             s.enqueue(&[i; 300], usize::MAX);
         }
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         let mut r = rtt();
         assert_eq!(drain(&mut s, rules(400), t).len(), 4);
         assert_eq!(s.in_flight(), 4);
@@ -995,7 +1001,7 @@ mod tests {
     fn acks_extend_across_the_16_bit_wrap() {
         let mut s = ReliableSender::new(0, None, false, 196);
         let mut r = rtt();
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         for round in 0..700u32 {
             for _ in 0..100 {
                 s.enqueue(&[round as u8], usize::MAX);
@@ -1028,7 +1034,7 @@ mod tests {
     /// Runs `resend_due` and returns (outcome, packets resent).
     fn resend(
         s: &mut ReliableSender,
-        now: Instant,
+        now: Timestamp,
         times: LossTimes,
         give_up: Option<Duration>,
         budget: &mut u16,
@@ -1047,7 +1053,7 @@ mod tests {
         for i in 0..10u8 {
             s.enqueue(&[i; 300], usize::MAX);
         }
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         let sent = drain(&mut s, rules(400), t).len();
         assert_eq!(sent, 10);
         s.arm_timer(t, times(500 * MS));
@@ -1080,7 +1086,7 @@ mod tests {
         for i in 0..10u8 {
             s.enqueue(&[i; 300], usize::MAX);
         }
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         let mut r = rtt();
         assert_eq!(drain(&mut s, rules(400), t).len(), 10);
         // 4 arrives: 0 and 1 are three or more behind (lost); 2 and 3 may only be
@@ -1115,7 +1121,7 @@ mod tests {
         for i in 0..6u8 {
             s.enqueue(&[i; 300], usize::MAX);
         }
-        let t = Instant::now();
+        let t = Timestamp::ZERO;
         let mut r = rtt();
         drain(&mut s, rules(400), t);
         let times = LossTimes {
