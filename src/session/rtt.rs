@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::timestamp::nanos;
+
 /// Granularity term of the RTO: `RTO = SRTT + max(G, 4·RTTVAR)`.
 const GRANULARITY: Duration = Duration::from_millis(10);
 
@@ -28,10 +30,6 @@ pub(crate) struct RttEstimator {
     backoff: u32,
     min: u64,
     max: u64,
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl RttEstimator {

@@ -21,9 +21,7 @@ pub(crate) struct Timestamp(u64);
 /// `d` in nanoseconds, saturating.
 #[inline]
 pub(crate) fn nanos(d: Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(d.subsec_nanos()))
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Timestamp {
