@@ -108,6 +108,16 @@ pub struct BenchArgs {
     pub game_server: GameServerOpts,
     #[command(flatten)]
     pub capture: CaptureOpts,
+    /// Runs every server this many times, alternating the order (as asked, then
+    /// reversed, ...), and reports each round and the median of every ratio. On a
+    /// shared machine one pair of runs can be off by a quarter either way.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=99),
+        conflicts_with = "capture"
+    )]
+    pub rounds: u32,
 }
 
 /// Where the clients' datagrams are written.

@@ -152,23 +152,30 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         return bench_game(a);
     }
     a.workload.validate()?;
-    let results = bench_each_server(
+    let rounds = bench_rounds(
         &a,
-        None,
-        |kind, to| plan(kind.to_string(), to, &a.workload, &a.proto),
-        |run| {
-            let mut s = setup(
-                run.kind.to_string(),
-                Some(run.shards),
-                run.target,
-                &run.plan,
-                &a.workload,
-            );
-            s.server_echo_failures = Some(run.echo_failures);
-            RunResult::new(s, &run.outcome)
+        |r: &RunResult| &r.server,
+        |kinds| {
+            bench_each_server(
+                &a,
+                kinds,
+                None,
+                |kind, to| plan(kind.to_string(), to, &a.workload, &a.proto),
+                |run| {
+                    let mut s = setup(
+                        run.kind.to_string(),
+                        Some(run.shards),
+                        run.target,
+                        &run.plan,
+                        &a.workload,
+                    );
+                    s.server_echo_failures = Some(run.echo_failures);
+                    RunResult::new(s, &run.outcome)
+                },
+            )
         },
     )?;
-    output(&results, &a.workload)
+    output(&rounds, &a.workload)
 }
 
 /// `bench --scenario game`: each server in turn, with the game logic, under the
@@ -177,27 +184,60 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
     a.workload.validate_game()?;
     let server_cfg = GameServerCfg::new(&a.game_server);
     let client_cfg = GameClientCfg::new(&a.game_client);
-    let results = bench_each_server(
+    let rounds = bench_rounds(
         &a,
-        Some(&server_cfg),
-        |kind, to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
-        |run| {
-            let server_counters = match (&run.outcome.server_start, &run.outcome.server_end) {
-                (Some(a), Some(b)) => Some(b.game.since(&a.game)),
-                _ => None,
-            };
-            game::GameResult::new(game::GameRun {
-                server: run.kind.to_string(),
-                shards: Some(run.shards),
-                sessions: run.plan.sessions,
-                client: &client_cfg,
-                server_cfg: Some(&server_cfg),
-                outcome: &run.outcome,
-                server_counters,
-            })
+        |r: &game::GameResult| &r.server,
+        |kinds| {
+            bench_each_server(
+                &a,
+                kinds,
+                Some(&server_cfg),
+                |kind, to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
+                |run| {
+                    let server_counters = match (&run.outcome.server_start, &run.outcome.server_end)
+                    {
+                        (Some(a), Some(b)) => Some(b.game.since(&a.game)),
+                        _ => None,
+                    };
+                    game::GameResult::new(game::GameRun {
+                        server: run.kind.to_string(),
+                        shards: Some(run.shards),
+                        sessions: run.plan.sessions,
+                        client: &client_cfg,
+                        server_cfg: Some(&server_cfg),
+                        outcome: &run.outcome,
+                        server_counters,
+                    })
+                },
+            )
         },
     )?;
-    output_game(&results, &a.workload)
+    output_game(&rounds, &a.workload)
+}
+
+/// `bench --rounds N`: every round runs each server once, in the order asked for
+/// in even rounds and reversed in odd ones (so a machine that speeds up or slows
+/// down during the bench favours no server), and lists its results in the order
+/// asked for.
+fn bench_rounds<R>(
+    a: &BenchArgs,
+    server_of: impl Fn(&R) -> &str,
+    mut one_round: impl FnMut(&[ServerKind]) -> Result<Vec<R>, String>,
+) -> Result<Vec<Vec<R>>, String> {
+    let mut kinds = a.server.clone();
+    kinds.dedup();
+    let position = |name: &str| kinds.iter().position(|k| k.to_string() == name);
+    let mut rounds = Vec::new();
+    for round in 0..a.rounds {
+        let mut order = kinds.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut results = one_round(&order)?;
+        results.sort_by_key(|r| position(server_of(r)));
+        rounds.push(results);
+    }
+    Ok(rounds)
 }
 
 /// One server's finished bench run, as [`bench_each_server`] hands it over.
@@ -211,20 +251,19 @@ struct ServerRun {
     echo_failures: u64,
 }
 
-/// `bench`'s loop: each server named (once) in turn, on one shard, started in this
-/// process with `game` logic if given, driven by the clients `make_plan` describes
-/// (through the relay and capture if asked), stopped, and its run turned into a
-/// result by `result`. The first failure ends the bench, naming the server.
+/// One round of `bench`: each server of `kinds` in turn, on one shard, started in
+/// this process with `game` logic if given, driven by the clients `make_plan`
+/// describes (through the relay and capture if asked), stopped, and its run turned
+/// into a result by `result`. The first failure ends the bench, naming the server.
 fn bench_each_server<R>(
     a: &BenchArgs,
+    kinds: &[ServerKind],
     game: Option<&GameServerCfg>,
     make_plan: impl Fn(ServerKind, SocketAddr) -> ClientPlan,
     mut result: impl FnMut(ServerRun) -> R,
 ) -> Result<Vec<R>, String> {
-    let mut kinds = a.server.clone();
-    kinds.dedup();
     let mut results = Vec::new();
-    for kind in kinds {
+    for &kind in kinds {
         let mut spec = ServerSpec::new(
             kind,
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -288,45 +327,7 @@ fn run_game(a: RunArgs) -> Result<ExitCode, String> {
         outcome: &outcome,
         server_counters: None,
     });
-    output_game(&[result], &a.workload)
-}
-
-/// The game table (stdout, or stderr with `--json -`) and JSON. Exits non-zero when
-/// something arrived wrong, a session closed, or a reliable message was lost.
-fn output_game(results: &[game::GameResult], w: &Workload) -> Result<ExitCode, String> {
-    let ratios = game::ratios(results);
-    let text = report_text(
-        &game::describe(results),
-        &game::table(results),
-        &ratios,
-        "server_cpu_us_per_session_s",
-    );
-    let json = report_json(results, &ratios, "server_cpu_per_session_s", Some("game"))?;
-    emit(&text, json, w)?;
-    let mut bad = Vec::new();
-    for r in results {
-        if r.errors > 0 {
-            bad.push(format!(
-                "{}: {} errors (first: {})",
-                r.server,
-                r.errors,
-                r.first_error.as_deref().unwrap_or("?")
-            ));
-        }
-        if r.reliable_lost > 0 {
-            bad.push(format!(
-                "{}: {} messages lost on a reliable channel",
-                r.server, r.reliable_lost
-            ));
-        }
-        if r.sessions_closed > 0 {
-            bad.push(format!(
-                "{}: {} sessions closed",
-                r.server, r.sessions_closed
-            ));
-        }
-    }
-    Ok(verdict(&bad))
+    output_game(&[vec![result]], &a.workload)
 }
 
 /// The text report: the workload line, the table, then each ratio of `metric`.
@@ -341,22 +342,26 @@ fn report_text(describe: &str, table: &str, ratios: &[(String, f64)], metric: &s
     text
 }
 
-/// The JSON report: one result as is, several with their ratios (under
-/// `ratios_<metric>`) and the scenario's name, if any.
-fn report_json<R: serde::Serialize>(
+/// The JSON report of one round: one result as is, several with their ratios
+/// (under `ratios_<metric>`) and the scenario's name, if any.
+fn report_value<R: serde::Serialize>(
     results: &[R],
     ratios: &[(String, f64)],
     metric: &str,
     scenario: Option<&str>,
-) -> Result<String, String> {
-    let json = match results {
-        [one] => serde_json::to_string_pretty(one),
+) -> Result<serde_json::Value, String> {
+    let encode = |e: serde_json::Error| format!("cannot encode the result: {e}");
+    match results {
+        [one] => serde_json::to_value(one).map_err(encode),
         many => {
             let mut doc = serde_json::Map::new();
             if let Some(name) = scenario {
                 doc.insert("scenario".into(), serde_json::json!(name));
             }
-            doc.insert("results".into(), serde_json::json!(many));
+            doc.insert(
+                "results".into(),
+                serde_json::to_value(many).map_err(encode)?,
+            );
             let ratios: serde_json::Map<_, _> = ratios
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::json!(v)))
@@ -365,10 +370,9 @@ fn report_json<R: serde::Serialize>(
                 format!("ratios_{metric}"),
                 serde_json::Value::Object(ratios),
             );
-            serde_json::to_string_pretty(&doc)
+            Ok(serde_json::Value::Object(doc))
         }
-    };
-    json.map_err(|e| format!("cannot encode the result: {e}"))
+    }
 }
 
 /// Exit status 3, with the reasons on stderr, when anything in `bad`; else 0.
@@ -510,39 +514,194 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         setup("external".into(), None, target, &p, &a.workload),
         &outcome,
     );
-    output(&[result], &a.workload)
+    output(&[vec![result]], &a.workload)
 }
 
-/// Prints the table (stdout, or stderr with `--json -`) and writes the JSON. Exits
-/// non-zero when echoes were wrong or a reliable channel lost messages.
-fn output(results: &[RunResult], w: &Workload) -> Result<ExitCode, String> {
-    let ratios = report::ratios(results);
-    let text = report_text(
-        &report::describe(results),
-        &report::table(results),
-        &ratios,
-        "msgs_per_server_cpu_s",
-    );
-    let json = report_json(results, &ratios, "msgs_per_server_cpu_s", None)?;
-    emit(&text, json, w)?;
+/// How one kind of result is reported: its workload line, table and ratios, the
+/// metric the ratios compare, and what makes a run fail.
+struct ReportSpec<R> {
+    describe: fn(&[R]) -> String,
+    table: fn(&[R]) -> String,
+    ratios: fn(&[R]) -> Vec<(String, f64)>,
+    /// The metric's name in the text report, and in the JSON report's keys.
+    metric: (&'static str, &'static str),
+    scenario: Option<&'static str>,
+    /// Why a run failed, if it did.
+    problems: fn(&R, &Workload) -> Vec<String>,
+}
+
+/// The echo report.
+const ECHO_REPORT: ReportSpec<RunResult> = ReportSpec {
+    describe: report::describe,
+    table: report::table,
+    ratios: report::ratios,
+    metric: ("msgs_per_server_cpu_s", "msgs_per_server_cpu_s"),
+    scenario: None,
+    problems: echo_problems,
+};
+
+/// The game report.
+const GAME_REPORT: ReportSpec<game::GameResult> = ReportSpec {
+    describe: game::describe,
+    table: game::table,
+    ratios: game::ratios,
+    metric: ("server_cpu_us_per_session_s", "server_cpu_per_session_s"),
+    scenario: Some("game"),
+    problems: game_problems,
+};
+
+/// The echo table (stdout, or stderr with `--json -`) and JSON. Exits non-zero when
+/// something arrived wrong or (on a reliable channel) was lost.
+fn output(rounds: &[Vec<RunResult>], w: &Workload) -> Result<ExitCode, String> {
+    output_rounds(rounds, &ECHO_REPORT, w)
+}
+
+/// The game table and JSON. Exits non-zero when something arrived wrong, a session
+/// closed, or a reliable message was lost.
+fn output_game(rounds: &[Vec<game::GameResult>], w: &Workload) -> Result<ExitCode, String> {
+    output_rounds(rounds, &GAME_REPORT, w)
+}
+
+fn echo_problems(r: &RunResult, w: &Workload) -> Vec<String> {
     let mut bad = Vec::new();
-    for r in results {
-        if r.details.errors > 0 {
-            bad.push(format!(
-                "{}: {} errors (first: {})",
-                r.server,
-                r.details.errors,
-                r.details.first_error.as_deref().unwrap_or("?")
-            ));
+    if r.details.errors > 0 {
+        bad.push(format!(
+            "{}: {} errors (first: {})",
+            r.server,
+            r.details.errors,
+            r.details.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if w.channel.is_reliable() && r.messages_lost > 0 {
+        bad.push(format!(
+            "{}: {} messages lost on a reliable channel",
+            r.server, r.messages_lost
+        ));
+    }
+    bad
+}
+
+fn game_problems(r: &game::GameResult, _: &Workload) -> Vec<String> {
+    let mut bad = Vec::new();
+    if r.errors > 0 {
+        bad.push(format!(
+            "{}: {} errors (first: {})",
+            r.server,
+            r.errors,
+            r.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if r.reliable_lost > 0 {
+        bad.push(format!(
+            "{}: {} messages lost on a reliable channel",
+            r.server, r.reliable_lost
+        ));
+    }
+    if r.sessions_closed > 0 {
+        bad.push(format!(
+            "{}: {} sessions closed",
+            r.server, r.sessions_closed
+        ));
+    }
+    bad
+}
+
+/// Prints and writes the report of every round. One round reads as it always
+/// did; several are listed one after another, then each ratio's median over the
+/// rounds with its range (the JSON report holds every round and the medians).
+/// Exits non-zero when any run of any round failed.
+fn output_rounds<R: serde::Serialize>(
+    rounds: &[Vec<R>],
+    spec: &ReportSpec<R>,
+    w: &Workload,
+) -> Result<ExitCode, String> {
+    let (metric, json_metric) = spec.metric;
+    let round_text = |results: &[R]| {
+        report_text(
+            &(spec.describe)(results),
+            &(spec.table)(results),
+            &(spec.ratios)(results),
+            metric,
+        )
+    };
+    let round_json =
+        |results: &[R]| report_value(results, &(spec.ratios)(results), json_metric, spec.scenario);
+    let (text, json) = match rounds {
+        // A single result keeps its own field order.
+        [one] => match one.as_slice() {
+            [result] => (round_text(one), pretty(result)?),
+            _ => (round_text(one), pretty(&round_json(one)?)?),
+        },
+        many => {
+            let mut text = String::new();
+            let mut docs = Vec::new();
+            for (i, results) in many.iter().enumerate() {
+                text += &format!(
+                    "round {} of {}\n{}\n",
+                    i + 1,
+                    many.len(),
+                    round_text(results)
+                );
+                docs.push(round_json(results)?);
+            }
+            let per_round: Vec<_> = many.iter().map(|r| (spec.ratios)(r)).collect();
+            let medians = median_ratios(&per_round);
+            let mut summary = serde_json::Map::new();
+            for (name, median, each) in &medians {
+                let each_text: Vec<_> = each.iter().map(|v| format!("{v:.2}×")).collect();
+                text += &format!(
+                    "{metric} ratio {name}: median {median:.2}× over {} rounds ({})\n",
+                    each.len(),
+                    each_text.join(", ")
+                );
+                summary.insert(name.clone(), serde_json::json!(median));
+            }
+            let mut doc = serde_json::Map::new();
+            if let Some(name) = spec.scenario {
+                doc.insert("scenario".into(), serde_json::json!(name));
+            }
+            doc.insert("rounds".into(), serde_json::Value::Array(docs));
+            doc.insert(
+                format!("median_ratios_{json_metric}"),
+                serde_json::Value::Object(summary),
+            );
+            (text, pretty(&doc)?)
         }
-        if w.channel.is_reliable() && r.messages_lost > 0 {
-            bad.push(format!(
-                "{}: {} messages lost on a reliable channel",
-                r.server, r.messages_lost
-            ));
+    };
+    emit(&text, json, w)?;
+    let bad: Vec<String> = rounds
+        .iter()
+        .flatten()
+        .flat_map(|r| (spec.problems)(r, w))
+        .collect();
+    Ok(verdict(&bad))
+}
+
+fn pretty<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(value).map_err(|e| format!("cannot encode the result: {e}"))
+}
+
+/// Each ratio's median over the rounds that measured it, with every round's value
+/// in round order.
+fn median_ratios(per_round: &[Vec<(String, f64)>]) -> Vec<(String, f64, Vec<f64>)> {
+    let mut out: Vec<(String, f64, Vec<f64>)> = Vec::new();
+    for (name, value) in per_round.iter().flatten() {
+        match out.iter_mut().find(|(n, _, _)| n == name) {
+            Some((_, _, each)) => each.push(*value),
+            None => out.push((name.clone(), 0.0, vec![*value])),
         }
     }
-    Ok(verdict(&bad))
+    for (_, median, each) in &mut out {
+        let mut sorted = each.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        *median = if sorted.len() % 2 == 0 {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        } else {
+            sorted[mid]
+        };
+    }
+    out
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {

@@ -148,6 +148,58 @@ fn json_dash_puts_only_json_on_stdout() {
     assert!(text(&out.stderr).contains("messages_received"));
 }
 
+#[test]
+fn rounds_alternate_the_servers_and_report_medians() {
+    let json = temp_file("bench-rounds.json");
+    let mut args = vec![
+        "bench",
+        "--server",
+        "soe-uring,peer",
+        "--rounds",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(QUICK);
+    let out = loadgen(&args);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for round in ["round 1 of 3", "round 2 of 3", "round 3 of 3"] {
+        assert!(stdout.contains(round), "{stdout}");
+    }
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("ratio soe-uring/peer: median"))
+        .unwrap_or_else(|| panic!("no median line: {stdout}"));
+    assert!(
+        line.ends_with(')') && line.matches('×').count() == 4,
+        "{line}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rounds = v["rounds"].as_array().expect("one document per round");
+    assert_eq!(rounds.len(), 3);
+    let mut each = Vec::new();
+    for round in rounds {
+        // Listed in the order asked for, whichever ran first.
+        let results = round["results"].as_array().unwrap();
+        check_result(&results[0], "soe-uring", true);
+        check_result(&results[1], "peer", true);
+        each.push(num(
+            &round["ratios_msgs_per_server_cpu_s"],
+            "soe-uring/peer",
+        ));
+    }
+    each.sort_by(f64::total_cmp);
+    let median = num(&v["median_ratios_msgs_per_server_cpu_s"], "soe-uring/peer");
+    assert_eq!(median, each[1], "{v}");
+    // One capture file per server cannot hold several rounds.
+    fails_with(
+        &["bench", "--rounds", "2", "--capture", "x.pcap"],
+        "--capture",
+    );
+    fails_with(&["bench", "--rounds", "0"], "--rounds");
+}
+
 /// Starts `loadgen serve` and reads the address it prints.
 #[test]
 fn serve_and_run_in_two_processes_then_sigterm() {
