@@ -152,30 +152,23 @@ fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         return bench_game(a);
     }
     a.workload.validate()?;
-    let rounds = bench_rounds(
+    let rounds = bench_each_server(
         &a,
-        |r: &RunResult| &r.server,
-        |kinds| {
-            bench_each_server(
-                &a,
-                kinds,
-                None,
-                |kind, to| plan(kind.to_string(), to, &a.workload, &a.proto),
-                |run| {
-                    let mut s = setup(
-                        run.kind.to_string(),
-                        Some(run.shards),
-                        run.target,
-                        &run.plan,
-                        &a.workload,
-                    );
-                    s.server_echo_failures = Some(run.echo_failures);
-                    RunResult::new(s, &run.outcome)
-                },
-            )
+        None,
+        |kind, to| plan(kind.to_string(), to, &a.workload, &a.proto),
+        |run| {
+            let mut s = setup(
+                run.kind.to_string(),
+                Some(run.shards),
+                run.target,
+                &run.plan,
+                &a.workload,
+            );
+            s.server_echo_failures = Some(run.echo_failures);
+            RunResult::new(s, &run.outcome)
         },
     )?;
-    output(&rounds, &a.workload)
+    output(&rounds, &ECHO_REPORT, &a.workload)
 }
 
 /// `bench --scenario game`: each server in turn, with the game logic, under the
@@ -184,60 +177,27 @@ fn bench_game(a: BenchArgs) -> Result<ExitCode, String> {
     a.workload.validate_game()?;
     let server_cfg = GameServerCfg::new(&a.game_server);
     let client_cfg = GameClientCfg::new(&a.game_client);
-    let rounds = bench_rounds(
+    let rounds = bench_each_server(
         &a,
-        |r: &game::GameResult| &r.server,
-        |kinds| {
-            bench_each_server(
-                &a,
-                kinds,
-                Some(&server_cfg),
-                |kind, to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
-                |run| {
-                    let server_counters = match (&run.outcome.server_start, &run.outcome.server_end)
-                    {
-                        (Some(a), Some(b)) => Some(b.game.since(&a.game)),
-                        _ => None,
-                    };
-                    game::GameResult::new(game::GameRun {
-                        server: run.kind.to_string(),
-                        shards: Some(run.shards),
-                        sessions: run.plan.sessions,
-                        client: &client_cfg,
-                        server_cfg: Some(&server_cfg),
-                        outcome: &run.outcome,
-                        server_counters,
-                    })
-                },
-            )
+        Some(&server_cfg),
+        |kind, to| game_plan(kind.to_string(), to, &a.workload, &a.proto, &client_cfg),
+        |run| {
+            let server_counters = match (&run.outcome.server_start, &run.outcome.server_end) {
+                (Some(a), Some(b)) => Some(b.game.since(&a.game)),
+                _ => None,
+            };
+            game::GameResult::new(game::GameRun {
+                server: run.kind.to_string(),
+                shards: Some(run.shards),
+                sessions: run.plan.sessions,
+                client: &client_cfg,
+                server_cfg: Some(&server_cfg),
+                outcome: &run.outcome,
+                server_counters,
+            })
         },
     )?;
-    output_game(&rounds, &a.workload)
-}
-
-/// `bench --rounds N`: every round runs each server once, in the order asked for
-/// in even rounds and reversed in odd ones (so a machine that speeds up or slows
-/// down during the bench favours no server), and lists its results in the order
-/// asked for.
-fn bench_rounds<R>(
-    a: &BenchArgs,
-    server_of: impl Fn(&R) -> &str,
-    mut one_round: impl FnMut(&[ServerKind]) -> Result<Vec<R>, String>,
-) -> Result<Vec<Vec<R>>, String> {
-    let mut kinds = a.server.clone();
-    kinds.dedup();
-    let position = |name: &str| kinds.iter().position(|k| k.to_string() == name);
-    let mut rounds = Vec::new();
-    for round in 0..a.rounds {
-        let mut order = kinds.clone();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        let mut results = one_round(&order)?;
-        results.sort_by_key(|r| position(server_of(r)));
-        rounds.push(results);
-    }
-    Ok(rounds)
+    output(&rounds, &GAME_REPORT, &a.workload)
 }
 
 /// One server's finished bench run, as [`bench_each_server`] hands it over.
@@ -251,73 +211,88 @@ struct ServerRun {
     echo_failures: u64,
 }
 
-/// One round of `bench`: each server of `kinds` in turn, on one shard, started in
-/// this process with `game` logic if given, driven by the clients `make_plan`
-/// describes (through the relay and capture if asked), stopped, and its run turned
-/// into a result by `result`. The first failure ends the bench, naming the server.
+/// `bench`'s loop: `--rounds` rounds of each server named (once) in turn, on one
+/// shard, started in this process with `game` logic if given, driven by the
+/// clients `make_plan` describes (through the relay and capture if asked),
+/// stopped, and its run turned into a result by `result`. Odd rounds run the
+/// servers in reverse order (so a machine that speeds up or slows down during the
+/// bench favours none of them); every round lists its results in the order asked
+/// for. The first failure ends the bench, naming the server.
 fn bench_each_server<R>(
     a: &BenchArgs,
-    kinds: &[ServerKind],
     game: Option<&GameServerCfg>,
     make_plan: impl Fn(ServerKind, SocketAddr) -> ClientPlan,
     mut result: impl FnMut(ServerRun) -> R,
-) -> Result<Vec<R>, String> {
-    let mut results = Vec::new();
-    for &kind in kinds {
-        let mut spec = ServerSpec::new(
-            kind,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            1,
-            &a.server_opts,
-            &a.proto,
-        )?;
-        spec.game = game.cloned();
-        let server = RunningServer::start(&spec)?;
-        let target = server.local_addr;
-        let file = a.capture.path_for(&kind.to_string());
-        let (plan, outcome) = drive(
-            target,
-            &a.workload,
-            file.as_deref(),
-            a.capture.capture_limit,
-            Some(&server),
-            |to| make_plan(kind, to),
-        )?;
-        let echo_failures = server.echo_failures.load(Ordering::Relaxed);
-        let shards = server.shards;
-        let stopped = server.stop();
-        let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
-        stopped?;
-        results.push(result(ServerRun {
-            kind,
-            shards,
-            target,
-            plan,
-            outcome,
-            echo_failures,
-        }));
+) -> Result<Vec<Vec<R>>, String> {
+    let mut kinds = a.server.clone();
+    kinds.dedup();
+    let mut rounds = Vec::new();
+    for round in 0..a.rounds {
+        let reversed = round % 2 == 1;
+        let mut order = kinds.clone();
+        if reversed {
+            order.reverse();
+        }
+        let mut results = Vec::new();
+        for &kind in &order {
+            results.push(result(run_embedded(a, kind, game, &make_plan)?));
+        }
+        if reversed {
+            results.reverse();
+        }
+        rounds.push(results);
     }
-    Ok(results)
+    Ok(rounds)
+}
+
+/// One run of the embedded server `kind`: start, drive, stop.
+fn run_embedded(
+    a: &BenchArgs,
+    kind: ServerKind,
+    game: Option<&GameServerCfg>,
+    make_plan: &impl Fn(ServerKind, SocketAddr) -> ClientPlan,
+) -> Result<ServerRun, String> {
+    let mut spec = ServerSpec::new(
+        kind,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        1,
+        &a.server_opts,
+        &a.proto,
+    )?;
+    spec.game = game.cloned();
+    let server = RunningServer::start(&spec)?;
+    let target = server.local_addr;
+    let file = a.capture.path_for(&kind.to_string());
+    let (plan, outcome) = drive(
+        target,
+        &a.workload,
+        file.as_deref(),
+        a.capture.capture_limit,
+        Some(&server),
+        |to| make_plan(kind, to),
+    )?;
+    let echo_failures = server.echo_failures.load(Ordering::Relaxed);
+    let shards = server.shards;
+    let stopped = server.stop();
+    let outcome = outcome.map_err(|e| format!("{kind}: {e}"))?;
+    stopped?;
+    Ok(ServerRun {
+        kind,
+        shards,
+        target,
+        plan,
+        outcome,
+        echo_failures,
+    })
 }
 
 /// `run --scenario game`, against `serve --scenario game`.
 fn run_game(a: RunArgs) -> Result<ExitCode, String> {
     a.workload.validate_game()?;
-    a.proto.validate()?;
-    if a.target.port() == 0 {
-        return Err("--target needs a port".into());
-    }
     let client_cfg = GameClientCfg::new(&a.game_client);
-    let target = normalize(a.target);
-    let (p, outcome) = drive(
-        target,
-        &a.workload,
-        a.capture.capture.as_deref(),
-        a.capture.capture_limit,
-        None,
-        |to| game_plan(target.to_string(), to, &a.workload, &a.proto, &client_cfg),
-    )?;
-    let outcome = outcome?;
+    let (_, p, outcome) = run_external(&a, |target, to| {
+        game_plan(target.to_string(), to, &a.workload, &a.proto, &client_cfg)
+    })?;
     let result = game::GameResult::new(game::GameRun {
         server: "external".into(),
         shards: None,
@@ -327,7 +302,30 @@ fn run_game(a: RunArgs) -> Result<ExitCode, String> {
         outcome: &outcome,
         server_counters: None,
     });
-    output_game(&[vec![result]], &a.workload)
+    output(&[vec![result]], &GAME_REPORT, &a.workload)
+}
+
+/// `run`'s clients against `--target` (checked, and `0.0.0.0` read as this host),
+/// through the relay and capture if asked: the target, the plan and the outcome.
+/// `make_plan` gets the target and the address the clients dial.
+fn run_external(
+    a: &RunArgs,
+    make_plan: impl FnOnce(SocketAddr, SocketAddr) -> ClientPlan,
+) -> Result<(SocketAddr, ClientPlan, client::ClientOutcome), String> {
+    a.proto.validate()?;
+    if a.target.port() == 0 {
+        return Err("--target needs a port".into());
+    }
+    let target = normalize(a.target);
+    let (p, outcome) = drive(
+        target,
+        &a.workload,
+        a.capture.capture.as_deref(),
+        a.capture.capture_limit,
+        None,
+        |to| make_plan(target, to),
+    )?;
+    Ok((target, p, outcome?))
 }
 
 /// The text report: the workload line, the table, then each ratio of `metric`.
@@ -403,7 +401,6 @@ fn emit(text: &str, json: String, w: &Workload) -> Result<(), String> {
     Ok(())
 }
 
-/// The chaos relay `--relay` asks for, in front of `target`.
 /// Runs the clients of `make_plan(address they dial)` against `target`: through
 /// a relay when the workload asks for one, writing the capture `file` when given.
 /// The clients' own failure comes back inside, for the caller to report after
@@ -427,6 +424,7 @@ fn drive(
     Ok((p, outcome))
 }
 
+/// The chaos relay `--relay` asks for, in front of `target`.
 fn start_relay(w: &Workload, target: SocketAddr) -> Result<Option<relay::Relay>, String> {
     let Some(spec) = &w.relay else {
         return Ok(None);
@@ -472,9 +470,7 @@ fn relay_command(a: args::RelayArgs) -> Result<ExitCode, String> {
             next = Some(at + every);
         }
     }
-    let summary = relay.stats.summary();
-    relay.stop().map_err(|e| format!("the relay failed: {e}"))?;
-    eprintln!("loadgen: relay: {summary}");
+    stop_relay(Some(relay))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -496,25 +492,14 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         return run_game(a);
     }
     a.workload.validate()?;
-    a.proto.validate()?;
-    if a.target.port() == 0 {
-        return Err("--target needs a port".into());
-    }
-    let target = normalize(a.target);
-    let (p, outcome) = drive(
-        target,
-        &a.workload,
-        a.capture.capture.as_deref(),
-        a.capture.capture_limit,
-        None,
-        |to| plan(target.to_string(), to, &a.workload, &a.proto),
-    )?;
-    let outcome = outcome?;
+    let (target, p, outcome) = run_external(&a, |target, to| {
+        plan(target.to_string(), to, &a.workload, &a.proto)
+    })?;
     let result = RunResult::new(
         setup("external".into(), None, target, &p, &a.workload),
         &outcome,
     );
-    output(&[vec![result]], &a.workload)
+    output(&[vec![result]], &ECHO_REPORT, &a.workload)
 }
 
 /// How one kind of result is reported: its workload line, table and ratios, the
@@ -523,8 +508,10 @@ struct ReportSpec<R> {
     describe: fn(&[R]) -> String,
     table: fn(&[R]) -> String,
     ratios: fn(&[R]) -> Vec<(String, f64)>,
-    /// The metric's name in the text report, and in the JSON report's keys.
-    metric: (&'static str, &'static str),
+    /// The metric's name in the text report.
+    metric: &'static str,
+    /// Its name in the JSON report's keys.
+    json_metric: &'static str,
     scenario: Option<&'static str>,
     /// Why a run failed, if it did.
     problems: fn(&R, &Workload) -> Vec<String>,
@@ -535,7 +522,8 @@ const ECHO_REPORT: ReportSpec<RunResult> = ReportSpec {
     describe: report::describe,
     table: report::table,
     ratios: report::ratios,
-    metric: ("msgs_per_server_cpu_s", "msgs_per_server_cpu_s"),
+    metric: "msgs_per_server_cpu_s",
+    json_metric: "msgs_per_server_cpu_s",
     scenario: None,
     problems: echo_problems,
 };
@@ -545,22 +533,11 @@ const GAME_REPORT: ReportSpec<game::GameResult> = ReportSpec {
     describe: game::describe,
     table: game::table,
     ratios: game::ratios,
-    metric: ("server_cpu_us_per_session_s", "server_cpu_per_session_s"),
+    metric: "server_cpu_us_per_session_s",
+    json_metric: "server_cpu_per_session_s",
     scenario: Some("game"),
     problems: game_problems,
 };
-
-/// The echo table (stdout, or stderr with `--json -`) and JSON. Exits non-zero when
-/// something arrived wrong or (on a reliable channel) was lost.
-fn output(rounds: &[Vec<RunResult>], w: &Workload) -> Result<ExitCode, String> {
-    output_rounds(rounds, &ECHO_REPORT, w)
-}
-
-/// The game table and JSON. Exits non-zero when something arrived wrong, a session
-/// closed, or a reliable message was lost.
-fn output_game(rounds: &[Vec<game::GameResult>], w: &Workload) -> Result<ExitCode, String> {
-    output_rounds(rounds, &GAME_REPORT, w)
-}
 
 fn echo_problems(r: &RunResult, w: &Workload) -> Vec<String> {
     let mut bad = Vec::new();
@@ -606,16 +583,17 @@ fn game_problems(r: &game::GameResult, _: &Workload) -> Vec<String> {
     bad
 }
 
-/// Prints and writes the report of every round. One round reads as it always
-/// did; several are listed one after another, then each ratio's median over the
-/// rounds with its range (the JSON report holds every round and the medians).
-/// Exits non-zero when any run of any round failed.
-fn output_rounds<R: serde::Serialize>(
+/// Prints the report (stdout, or stderr with `--json -`) and writes the JSON. One
+/// round reads as it always did; several are listed one after another, then each
+/// ratio's median over the rounds with its range (the JSON report holds every
+/// round and the medians). Exits non-zero when any run of any round failed: echoes
+/// that arrived wrong, reliable messages lost, game sessions closed.
+fn output<R: serde::Serialize>(
     rounds: &[Vec<R>],
     spec: &ReportSpec<R>,
     w: &Workload,
 ) -> Result<ExitCode, String> {
-    let (metric, json_metric) = spec.metric;
+    let (metric, json_metric) = (spec.metric, spec.json_metric);
     let round_text = |results: &[R]| {
         report_text(
             &(spec.describe)(results),
