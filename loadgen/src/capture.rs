@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use soe_dump::net::{fold, ones_sum};
+use soe_dump::net::{fold, ones_sum, udp_checksum};
 
 /// `LINKTYPE_RAW`: records start with an IPv4 or IPv6 header.
 pub const LINKTYPE_RAW: u32 = 101;
@@ -311,11 +311,7 @@ impl Recorder {
         buf.extend_from_slice(&(udp_len as u16).to_be_bytes());
         buf.extend_from_slice(&[0, 0]);
         buf.extend_from_slice(datagram);
-        // 0 means "no checksum" on the wire, so a computed 0 is sent as FFFF.
-        let checksum = match !fold(ones_sum(pseudo, &buf[udp..])) {
-            0 => 0xFFFF,
-            c => c,
-        };
+        let checksum = udp_checksum(ones_sum(pseudo, &buf[udp..]));
         buf[udp + 6..udp + 8].copy_from_slice(&checksum.to_be_bytes());
         if buf.len() >= FLUSH_AT {
             self.flush();

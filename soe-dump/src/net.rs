@@ -188,6 +188,16 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// The checksum a sender writes in a UDP header, from the [`ones_sum`] of the
+/// pseudo-header and the datagram (checksum field zero). A computed 0 goes out as
+/// `FFFF`: 0 on the wire means "no checksum".
+pub fn udp_checksum(sum: u32) -> u16 {
+    match !fold(sum) {
+        0 => 0xFFFF,
+        c => c,
+    }
+}
+
 fn parse_ipv4(packet: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
     if packet.len() < 20 {
         return Err(Skip::Malformed("truncated IPv4 header"));
@@ -340,6 +350,14 @@ fn parse_udp(
 pub(crate) mod tests {
     use super::*;
 
+    #[test]
+    fn a_computed_udp_checksum_of_zero_goes_out_as_ffff() {
+        // A sum that folds to FFFF complements to 0, which would read as "none".
+        assert_eq!(udp_checksum(0xFFFF), 0xFFFF);
+        assert_eq!(udp_checksum(0x1_FFFE), 0xFFFF);
+        assert_eq!(udp_checksum(0x1234), !0x1234);
+    }
+
     /// A UDP header and `payload`, checksummed over the pseudo-header made of
     /// `addresses` (source then destination, as they stand in the IP header).
     fn udp_with_checksum(
@@ -356,10 +374,7 @@ pub(crate) mod tests {
         udp.extend_from_slice(&[0, 0]);
         udp.extend_from_slice(payload);
         let sum = ones_sum(0, addresses) + u32::from(IPPROTO_UDP) + udp_len as u32;
-        let c = match !fold(ones_sum(sum, &udp)) {
-            0 => 0xFFFF,
-            c => c,
-        };
+        let c = udp_checksum(ones_sum(sum, &udp));
         udp[6..8].copy_from_slice(&c.to_be_bytes());
         udp
     }
