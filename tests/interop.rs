@@ -191,12 +191,20 @@ fn reference_client_against_our_server(case: Case) {
     );
 }
 
-/// Our client sends; the reference server echoes each message on its channel.
-fn our_client_against_reference_server(case: Case) {
-    let mut server = RefPeer::new(common::ref_config(&case, PROTOCOL));
-    let mut client = OurPeer::new(common::our_config(&case, PROTOCOL));
+/// A reference server with `case`'s configuration and our client connecting to it
+/// (its SessionRequest goes out on the client's first drive), with the server's
+/// address.
+fn our_client_of_reference_server(case: &Case) -> (OurPeer, RefPeer, SocketAddr) {
+    let server = RefPeer::new(common::ref_config(case, PROTOCOL));
+    let mut client = OurPeer::new(common::our_config(case, PROTOCOL));
     let server_addr = server.addr();
     client.mux.connect(server_addr, Instant::now()).unwrap();
+    (client, server, server_addr)
+}
+
+/// Our client sends; the reference server echoes each message on its channel.
+fn our_client_against_reference_server(case: Case) {
+    let (mut client, mut server, server_addr) = our_client_of_reference_server(&case);
 
     let started = Instant::now();
     let mut opened = false;
@@ -370,10 +378,7 @@ fn our_client_rc4_compression_70k_messages() {
 #[test]
 fn bundle_like_payloads_reach_the_reference() {
     let case = SMALL;
-    let mut server = RefPeer::new(common::ref_config(&case, PROTOCOL));
-    let mut client = OurPeer::new(common::our_config(&case, PROTOCOL));
-    let server_addr = server.addr();
-    client.mux.connect(server_addr, Instant::now()).unwrap();
+    let (mut client, mut server, server_addr) = our_client_of_reference_server(&case);
     let payloads: Vec<Vec<u8>> = (0..200u32)
         .map(|i| {
             let mut p = vec![0x00, 0x19];
@@ -428,10 +433,7 @@ fn bundle_like_payloads_reach_the_reference() {
 #[test]
 fn delayed_acks_draw_no_retransmissions_from_the_reference() {
     let case = SMALL;
-    let mut server = RefPeer::new(common::ref_config(&case, PROTOCOL));
-    let mut client = OurPeer::new(common::our_config(&case, PROTOCOL));
-    let server_addr = server.addr();
-    client.mux.connect(server_addr, Instant::now()).unwrap();
+    let (mut client, mut server, server_addr) = our_client_of_reference_server(&case);
     let started = Instant::now();
     let (mut opened, mut sent, mut echoed) = (false, 0u32, 0u32);
     let mut next_send = Instant::now();

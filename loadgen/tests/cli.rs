@@ -4,6 +4,7 @@
 // A test that waits for a child process reads the clock.
 #![allow(clippy::disallowed_methods)]
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -52,6 +53,31 @@ const QUICK: &[&str] = &[
     "--quiet",
 ];
 
+/// Runs `loadgen <args> --json <json, or - without one> <QUICK>`, which must
+/// succeed, and returns its table (stdout; stderr with `--json -`) and its JSON
+/// report.
+fn quick(args: &[&str], json: Option<&Path>) -> (String, Value) {
+    let json_arg = json.map_or("-", |p| p.to_str().unwrap());
+    let out = loadgen(&[args, &["--json", json_arg], QUICK].concat());
+    assert!(
+        out.status.success(),
+        "{args:?}: {:?}\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    match json {
+        Some(path) => {
+            let report = std::fs::read_to_string(path).unwrap();
+            (text(&out.stdout), serde_json::from_str(&report).unwrap())
+        }
+        None => {
+            let v = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+            (text(&out.stderr), v)
+        }
+    }
+}
+
 /// Every contract key is there and the values make sense.
 fn check_result(v: &Value, server: &str, reliable: bool) {
     for key in KEYS {
@@ -84,25 +110,9 @@ fn check_result(v: &Value, server: &str, reliable: bool) {
 
 fn bench(server: &str) {
     let json = temp_file(&format!("bench-{server}.json"));
-    let mut args = vec![
-        "bench",
-        "--server",
-        server,
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend_from_slice(QUICK);
-    let out = loadgen(&args);
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{server}: {:?}\n{stdout}\n{}",
-        out.status,
-        text(&out.stderr)
-    );
+    let (stdout, v) = quick(&["bench", "--server", server], Some(&json));
     // The table goes to stdout next to the JSON file.
     assert!(stdout.contains("msgs_per_server_cpu_s"), "{stdout}");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     check_result(&v, server, true);
     assert_eq!(v["shards"], 1);
     assert_eq!(v["sessions"], 8);
@@ -127,7 +137,7 @@ fn bench_reference_peer() {
 
 #[test]
 fn json_dash_puts_only_json_on_stdout() {
-    let mut args = vec![
+    let args = [
         "bench",
         "--server",
         "soe-uring",
@@ -135,35 +145,19 @@ fn json_dash_puts_only_json_on_stdout() {
         "reliable:3",
         "--size",
         "16-700",
-        "--json",
-        "-",
     ];
-    args.extend_from_slice(QUICK);
-    let out = loadgen(&args);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let (stderr, v) = quick(&args, None);
     check_result(&v, "soe-uring", true);
     assert_eq!(v["details"]["channel"], "reliable:3");
     // The table went to stderr.
-    assert!(text(&out.stderr).contains("messages_received"));
+    assert!(stderr.contains("messages_received"));
 }
 
 #[test]
 fn rounds_alternate_the_servers_and_report_medians() {
     let json = temp_file("bench-rounds.json");
-    let mut args = vec![
-        "bench",
-        "--server",
-        "soe-uring,peer",
-        "--rounds",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend_from_slice(QUICK);
-    let out = loadgen(&args);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let args = ["bench", "--server", "soe-uring,peer", "--rounds", "3"];
+    let (stdout, v) = quick(&args, Some(&json));
     for round in ["round 1 of 3", "round 2 of 3", "round 3 of 3"] {
         assert!(stdout.contains(round), "{stdout}");
     }
@@ -175,7 +169,6 @@ fn rounds_alternate_the_servers_and_report_medians() {
         line.ends_with(')') && line.matches('×').count() == 4,
         "{line}"
     );
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rounds = v["rounds"].as_array().expect("one document per round");
     assert_eq!(rounds.len(), 3);
     let mut each = Vec::new();
@@ -205,24 +198,10 @@ fn rounds_alternate_the_servers_and_report_medians() {
 fn serve_and_run_in_two_processes_then_sigterm() {
     let (mut server, addr) = serve(&[]);
     let json = temp_file("run.json");
-    let mut args = vec![
-        "run",
-        "--target",
-        addr.as_str(),
-        "--churn",
-        "20",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend_from_slice(QUICK);
-    let out = loadgen(&args);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+    let (_, v) = quick(
+        &["run", "--target", addr.as_str(), "--churn", "20"],
+        Some(&json),
     );
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     check_result(&v, "external", true);
     // An external server's CPU is unknown.
     assert!(v["server_cpu_s"].is_null(), "{v}");
@@ -275,7 +254,7 @@ fn serve_and_run_with_the_eq_and_udp_library_profiles() {
         ("udp-library", "xor-buffer,xor"),
     ] {
         let (mut server, addr) = serve(&["--profile", profile, "--passes", passes]);
-        let mut args = vec![
+        let args = [
             "run",
             "--target",
             addr.as_str(),
@@ -283,18 +262,8 @@ fn serve_and_run_with_the_eq_and_udp_library_profiles() {
             profile,
             "--size",
             "16-1500",
-            "--json",
-            "-",
         ];
-        args.extend_from_slice(QUICK);
-        let out = loadgen(&args);
-        assert!(
-            out.status.success(),
-            "{profile} {passes}: {}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (_, v) = quick(&args, None);
         check_result(&v, "external", true);
         sigterm(&server);
         let status = wait_exit(&mut server, Duration::from_secs(20));
