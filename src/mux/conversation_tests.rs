@@ -407,3 +407,38 @@ fn a_restarted_client_replaces_its_old_session() {
     assert_eq!(out, [(client, response)]);
     assert_eq!(c.mux.session(&client).unwrap().session_id(), 0x5566_7788);
 }
+
+/// A session handed to another multiplexer (a shard taking over a client whose
+/// address moved) keeps its own clock: its deadlines stay where they were, however
+/// late the new multiplexer first ran, and they fire there.
+#[test]
+fn a_session_moved_to_another_multiplexer_keeps_its_deadlines() {
+    let client = addr("10.0.0.1:5000");
+    let mut a = Conversation::new(SocketConfig::default());
+    a.open(0, client);
+    // Data for the client at 1 s, never acknowledged: a resend is due later.
+    a.mux.enqueue_data(&client, b"hello").unwrap();
+    let first = a.tick(1000);
+    assert_eq!(first.len(), 1);
+    let due = a.mux.settle_deadline().expect("a resend is due");
+    assert!(due > a.at(1001));
+
+    let transfer = a.mux.take_session(&client).expect("the session");
+    assert_eq!(a.mux.settle_deadline(), None, "nothing left behind");
+    // The new multiplexer started on its own, half a second after `a`.
+    let mut b = SoeMultiplexer::new(SocketConfig::default());
+    b.run_tick(a.at(500));
+    b.adopt_session(transfer).expect("adopted");
+    b.run_tick(a.at(1001));
+    assert!(b.take_outgoing().is_empty());
+    assert_eq!(b.settle_deadline(), Some(due));
+
+    b.run_tick(due);
+    let resent: Vec<_> = b
+        .take_outgoing()
+        .into_iter()
+        .map(|(to, d)| (to, d.to_vec()))
+        .collect();
+    assert_eq!(resent, first, "the same packet, from the new multiplexer");
+    assert!(b.take_events().is_empty(), "the application sees no change");
+}

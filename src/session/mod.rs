@@ -775,6 +775,7 @@ impl SoeSession {
         let p = &self.params;
         match self.state {
             SessionState::Negotiating => {
+                // The session's clock starts at its creation.
                 visit(
                     Deadline::ConnectTimeout,
                     Timestamp::ZERO + p.connect_timeout,
@@ -1665,7 +1666,8 @@ impl SoeSession {
     fn net_status_reply(&self, request: NetStatusRequest, now: Timestamp) -> NetStatusResponse {
         NetStatusResponse {
             timestamp: request.timestamp,
-            server_stamp: now.saturating_duration_since(Timestamp::ZERO).as_millis() as u32,
+            // The low 32 bits of the millisecond clock, as the wire carries it.
+            server_stamp: self.clock_ms(now) as u32,
             your_sent: request.our_sent,
             your_received: request.our_received,
             our_sent: self.stats.datagrams_sent,
@@ -1714,7 +1716,8 @@ impl SoeSession {
         self.stats.bytes_sent += b;
     }
 
-    /// The session's millisecond clock (ClockSync stamps).
+    /// The session's millisecond clock since its creation (ClockSync stamps,
+    /// NetStatus replies).
     fn clock_ms(&self, now: Timestamp) -> u64 {
         now.saturating_duration_since(Timestamp::ZERO).as_millis() as u64
     }
