@@ -1136,3 +1136,34 @@ fn with_a_tick_period_the_handler_ticks_while_sessions_live() {
     assert!(timer >= 20, "{timer} timer wake-ups");
     server.shutdown().unwrap();
 }
+
+/// What no session could take comes back as `Invalid` at once, blocking or async,
+/// and after shutdown every send gives its payload back as `Stopped` without
+/// waiting for room that will never come.
+#[test]
+fn handle_gives_back_refused_and_late_payloads() {
+    let server = stream_server(2, 2);
+    let handle = server.handle();
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    // Empty, and on a channel that does not exist.
+    let refused = handle.enqueue_data_on(peer, Vec::new(), Channel::Reliable(0));
+    assert_eq!(outcome(refused), ("Invalid", Vec::new()));
+    let refused = block_on(handle.enqueue_data_on_async(peer, vec![1, 2], Channel::Reliable(9)));
+    assert_eq!(outcome(refused), ("Invalid", vec![1, 2]));
+    server.shutdown().unwrap();
+    let late = handle.enqueue_data_on(peer, vec![3], Channel::Reliable(0));
+    assert_eq!(outcome(late), ("Stopped", vec![3]));
+    let late = block_on(handle.enqueue_data_on_async(peer, vec![4], Channel::Unreliable));
+    assert_eq!(outcome(late), ("Stopped", vec![4]));
+}
+
+/// A send's outcome by name, with the payload that came back.
+fn outcome<T: AsRef<[u8]>>(result: Result<(), SendError<T>>) -> (&'static str, Vec<u8>) {
+    match result {
+        Ok(()) => ("Ok", Vec::new()),
+        Err(SendError::Full(d)) => ("Full", d.as_ref().to_vec()),
+        Err(SendError::Stopped(d)) => ("Stopped", d.as_ref().to_vec()),
+        Err(SendError::Invalid(d)) => ("Invalid", d.as_ref().to_vec()),
+        Err(_) => ("other", Vec::new()),
+    }
+}
