@@ -594,45 +594,38 @@ fn output<R: serde::Serialize>(
     w: &Workload,
 ) -> Result<ExitCode, String> {
     let (metric, json_metric) = (spec.metric, spec.json_metric);
-    let round_text = |results: &[R]| {
-        report_text(
-            &(spec.describe)(results),
-            &(spec.table)(results),
-            &(spec.ratios)(results),
-            metric,
-        )
+    // Each round's ratios, worked out once for its text, its JSON and the medians.
+    let ratios: Vec<_> = rounds.iter().map(|r| (spec.ratios)(r)).collect();
+    let round_text = |results: &[R], ratios: &[(String, f64)]| {
+        let (describe, table) = ((spec.describe)(results), (spec.table)(results));
+        report_text(&describe, &table, ratios, metric)
     };
-    let round_json =
-        |results: &[R]| report_value(results, &(spec.ratios)(results), json_metric, spec.scenario);
     let (text, json) = match rounds {
         // A single result keeps its own field order.
         [one] => match one.as_slice() {
-            [result] => (round_text(one), pretty(result)?),
-            _ => (round_text(one), pretty(&round_json(one)?)?),
+            [result] => (round_text(one, &ratios[0]), pretty(result)?),
+            _ => (
+                round_text(one, &ratios[0]),
+                pretty(&report_value(one, &ratios[0], json_metric, spec.scenario)?)?,
+            ),
         },
         many => {
             let mut text = String::new();
             let mut docs = Vec::new();
-            for (i, results) in many.iter().enumerate() {
-                text += &format!(
-                    "round {} of {}\n{}\n",
-                    i + 1,
-                    many.len(),
-                    round_text(results)
-                );
-                docs.push(round_json(results)?);
+            for (i, (results, ratios)) in many.iter().zip(&ratios).enumerate() {
+                let round = round_text(results, ratios);
+                text += &format!("round {} of {}\n{round}\n", i + 1, many.len());
+                docs.push(report_value(results, ratios, json_metric, spec.scenario)?);
             }
-            let per_round: Vec<_> = many.iter().map(|r| (spec.ratios)(r)).collect();
-            let medians = median_ratios(&per_round);
             let mut summary = serde_json::Map::new();
-            for (name, median, each) in &medians {
+            for (name, median, each) in median_ratios(&ratios) {
                 let each_text: Vec<_> = each.iter().map(|v| format!("{v:.2}×")).collect();
                 text += &format!(
                     "{metric} ratio {name}: median {median:.2}× over {} rounds ({})\n",
                     each.len(),
                     each_text.join(", ")
                 );
-                summary.insert(name.clone(), serde_json::json!(median));
+                summary.insert(name, serde_json::json!(median));
             }
             let mut doc = serde_json::Map::new();
             if let Some(name) = spec.scenario {
