@@ -9,6 +9,13 @@
 //! encryption passes, if any, then its CRC.
 //!
 //! Sub-packets never carry their own flag or CRC: the outer packet's cover them.
+//!
+//! The multi-packet is built where it will be sent, at the end of the io's
+//! outgoing bytes: its header and a zero compression flag first, then each
+//! sub-packet as it comes. Each packet is copied once, from where its owner keeps
+//! it to the datagram. A multi-packet that ends with one sub-packet is turned
+//! into the bare packet in place; only a body that gets compressed passes
+//! through a scratch buffer.
 
 use super::io::SessionIo;
 use super::params::MultiLength;
@@ -29,7 +36,13 @@ pub(crate) struct Assembler<'a> {
     max_datagram: usize,
     multi: Option<MultiLength>,
     compression: Option<Compression>,
+    /// Sub-packets in the open multi-packet.
     items: usize,
+    /// Where the open multi-packet starts in the io's outgoing bytes.
+    open_start: usize,
+    /// Where its body (after the op code and flag) starts.
+    body_start: usize,
+    /// Length of the first sub-packet's length prefix.
     first_prefix: usize,
     /// Whether the first collected item is unreliable application data (sent alone
     /// it is a raw datagram, not an internal packet).
@@ -51,7 +64,6 @@ impl<'a> Assembler<'a> {
         if let Some(c) = compression {
             io.compressor(c.level);
         }
-        io.scratch.clear();
         Self {
             io,
             framing,
@@ -59,6 +71,8 @@ impl<'a> Assembler<'a> {
             multi,
             compression,
             items: 0,
+            open_start: 0,
+            body_start: 0,
             first_prefix: 0,
             first_unreliable: false,
             datagrams: 0,
@@ -98,7 +112,7 @@ impl<'a> Assembler<'a> {
             self.write_alone(item, unreliable);
             return;
         };
-        if self.items > 0 && self.io.scratch.len() + prefix + len > body_limit {
+        if self.items > 0 && self.io.tx_bytes.len() - self.body_start + prefix + len > body_limit {
             self.finish();
         }
         let mut len_bytes = [0u8; multi_len::MAX_LEN];
@@ -109,12 +123,19 @@ impl<'a> Assembler<'a> {
                 1
             }
         };
-        self.io.scratch.extend_from_slice(&len_bytes[..n]);
-        self.io.scratch.extend_from_slice(item);
+        let tx = &mut self.io.tx_bytes;
         if self.items == 0 {
+            self.open_start = tx.len();
+            tx.extend_from_slice(&MULTI_PACKET_HEADER);
+            if self.framing.compression() {
+                tx.push(0);
+            }
+            self.body_start = tx.len();
             self.first_prefix = n;
             self.first_unreliable = unreliable;
         }
+        tx.extend_from_slice(&len_bytes[..n]);
+        tx.extend_from_slice(item);
         self.items += 1;
     }
 
@@ -147,74 +168,121 @@ impl<'a> Assembler<'a> {
             }
             return;
         }
+        let set_aside = self.set_aside_open();
         let start = self.io.tx_bytes.len();
         if escape {
             self.io.tx_bytes.push(0);
         }
         self.io.tx_bytes.extend_from_slice(payload);
         self.seal(start);
+        self.restore_open(set_aside);
     }
 
     /// Writes a contextless packet (no flag, no CRC) as its own datagram.
     pub(crate) fn push_contextless(&mut self, packet: &[u8]) {
+        let set_aside = self.set_aside_open();
         let start = self.io.tx_bytes.len();
         self.io.tx_bytes.extend_from_slice(packet);
         self.end(start);
+        self.restore_open(set_aside);
+    }
+
+    /// A datagram that travels alone goes out ahead of the multi-packet still
+    /// collecting: the open one moves to the scratch buffer meanwhile. Whether
+    /// there was one.
+    fn set_aside_open(&mut self) -> bool {
+        if self.items == 0 {
+            return false;
+        }
+        let io = &mut *self.io;
+        io.scratch.clear();
+        io.scratch
+            .extend_from_slice(&io.tx_bytes[self.open_start..]);
+        io.tx_bytes.truncate(self.open_start);
+        true
+    }
+
+    /// Puts the multi-packet [`Assembler::set_aside_open`] moved back at the end.
+    fn restore_open(&mut self, set_aside: bool) {
+        if set_aside {
+            let io = &mut *self.io;
+            let header = self.body_start - self.open_start;
+            self.open_start = io.tx_bytes.len();
+            self.body_start = self.open_start + header;
+            io.tx_bytes.extend_from_slice(&io.scratch);
+        }
     }
 
     /// Sends what is collected so far.
     pub(crate) fn finish(&mut self) {
-        match self.items {
-            0 => return,
+        let (start, body_start) = (self.open_start, self.body_start);
+        match std::mem::take(&mut self.items) {
+            0 => {}
             1 => {
-                let scratch = std::mem::take(&mut self.io.scratch);
-                self.write_alone(&scratch[self.first_prefix..], self.first_unreliable);
-                self.io.scratch = scratch;
+                // `00 03 [flag] prefix item` becomes the item alone: an internal
+                // packet `00 op [flag] body`, or an unreliable payload as it is.
+                let item = body_start + self.first_prefix;
+                let tx = &mut self.io.tx_bytes;
+                if self.first_unreliable {
+                    tx.copy_within(item.., start);
+                    tx.truncate(tx.len() - (item - start));
+                    self.seal(start);
+                } else {
+                    tx[start + 1] = tx[item + 1];
+                    let body_at = body_start;
+                    tx.copy_within(item + OP_CODE_LEN.., body_at);
+                    tx.truncate(tx.len() - (item + OP_CODE_LEN - body_at));
+                    self.close_datagram(start, body_at);
+                }
             }
-            _ => {
-                let scratch = std::mem::take(&mut self.io.scratch);
-                self.write_datagram(MULTI_PACKET_HEADER, &scratch);
-                self.io.scratch = scratch;
-            }
+            _ => self.close_datagram(start, body_start),
         }
-        self.io.scratch.clear();
-        self.items = 0;
     }
 
     fn write_single(&mut self, cooked: &[u8]) {
         let (op, body) = cooked.split_at(OP_CODE_LEN);
-        self.write_datagram([op[0], op[1]], body);
+        let tx = &mut self.io.tx_bytes;
+        let start = tx.len();
+        tx.extend_from_slice(op);
+        if self.framing.compression() {
+            tx.push(0);
+        }
+        let body_start = tx.len();
+        tx.extend_from_slice(body);
+        self.close_datagram(start, body_start);
     }
 
-    fn write_datagram(&mut self, op: [u8; 2], body: &[u8]) {
+    /// Finishes the datagram at `start` whose body (after the op code and a zero
+    /// compression flag, when the framing has one) is in place from `body_start`:
+    /// compresses the body when negotiated and worth it, then seals.
+    fn close_datagram(&mut self, start: usize, body_start: usize) {
         let io = &mut *self.io;
-        let start = io.tx_bytes.len();
-        io.tx_bytes.extend_from_slice(&op);
-        if self.framing.compression() {
-            let flag_at = io.tx_bytes.len();
-            let packed = match (self.compression, io.compressor.as_mut()) {
-                // zlib adds at least 6 bytes: tiny bodies never shrink.
-                (Some(c), Some((_, zlib))) if body.len() >= c.min_len.max(8) => {
-                    // Flag plus at most `body.len() - 1` bytes: only strictly smaller
-                    // results are worth sending.
-                    io.tx_bytes.resize(flag_at + body.len(), 0);
-                    zlib.compress(body, &mut io.tx_bytes[flag_at + 1..])
-                }
-                _ => None,
-            };
-            match packed {
-                Some(n) => {
-                    io.tx_bytes[flag_at] = 1;
-                    io.tx_bytes.truncate(flag_at + 1 + n);
-                }
-                None => {
-                    io.tx_bytes.truncate(flag_at);
-                    io.tx_bytes.push(0);
-                    io.tx_bytes.extend_from_slice(body);
+        let body_len = io.tx_bytes.len() - body_start;
+        if let (true, Some(c), Some((_, zlib))) = (
+            self.framing.compression(),
+            self.compression,
+            io.compressor.as_mut(),
+        ) {
+            // zlib adds at least 6 bytes: tiny bodies never shrink.
+            if body_len >= c.min_len.max(8) {
+                let flag_at = body_start - 1;
+                io.scratch.clear();
+                io.scratch.extend_from_slice(&io.tx_bytes[body_start..]);
+                // At most `body_len - 1` bytes: only strictly smaller results are
+                // worth sending.
+                let room = &mut io.tx_bytes[body_start..body_start + body_len - 1];
+                let packed = zlib.compress(&io.scratch, room);
+                match packed {
+                    Some(n) => {
+                        io.tx_bytes[flag_at] = 1;
+                        io.tx_bytes.truncate(body_start + n);
+                    }
+                    None => {
+                        io.tx_bytes.truncate(body_start);
+                        io.tx_bytes.extend_from_slice(&io.scratch);
+                    }
                 }
             }
-        } else {
-            io.tx_bytes.extend_from_slice(body);
         }
         self.seal(start);
     }
@@ -243,5 +311,163 @@ impl<'a> Assembler<'a> {
         self.datagrams += 1;
         self.bytes += (self.io.tx_bytes.len() - start) as u64;
         self.io.end_datagram(start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Decompressor, Unframed};
+
+    const SEED: u32 = 0x1234_5678;
+    const ACK: [u8; 4] = [0x00, 0x15, 0x00, 0x07];
+    const DATA: [u8; 7] = [0x00, 0x09, 0x00, 0x03, 0xAA, 0xBB, 0xCC];
+
+    fn framing() -> Framing {
+        Framing::new(SEED, 2, true)
+    }
+
+    /// Runs `build` on an assembler and returns each datagram, checked against
+    /// its CRC and unframed: `(op, compressed, body)`, or `(None, false, payload)`
+    /// for unreliable data.
+    fn assemble(
+        compression: Option<Compression>,
+        build: impl FnOnce(&mut Assembler<'_>),
+    ) -> Vec<(Option<u8>, bool, Vec<u8>)> {
+        let framing = framing();
+        let mut io = SessionIo::new();
+        let mut asm = Assembler::new(
+            &mut io,
+            &framing,
+            512,
+            Some(MultiLength::OneByte),
+            compression,
+        );
+        build(&mut asm);
+        asm.finish();
+        let (datagrams, bytes) = (asm.datagrams, asm.bytes);
+        assert_eq!(datagrams as usize, io.datagram_count());
+        assert_eq!(
+            bytes as usize,
+            io.datagrams().map(<[u8]>::len).sum::<usize>()
+        );
+        io.datagrams()
+            .map(|d| match framing.unframe(d).expect("a valid datagram") {
+                Unframed::Contextual {
+                    op,
+                    compressed,
+                    body,
+                } => (Some(op.type_byte()), compressed, body.to_vec()),
+                Unframed::Application(payload) => (None, false, payload.to_vec()),
+                Unframed::Contextless(..) => panic!("no contextless packet was pushed"),
+            })
+            .collect()
+    }
+
+    /// `len item` for each item: the body of a multi-packet with one-byte lengths.
+    fn multi_body(items: &[&[u8]]) -> Vec<u8> {
+        items
+            .iter()
+            .flat_map(|i| std::iter::once(i.len() as u8).chain(i.iter().copied()))
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_packets_share_one_multi_packet() {
+        let got = assemble(None, |asm| {
+            asm.push(&ACK);
+            asm.push(&DATA);
+        });
+        assert_eq!(got, [(Some(0x03), false, multi_body(&[&ACK, &DATA]))]);
+    }
+
+    #[test]
+    fn a_lone_packet_goes_out_bare() {
+        let got = assemble(None, |asm| asm.push(&DATA));
+        assert_eq!(got, [(Some(0x09), false, DATA[2..].to_vec())]);
+    }
+
+    #[test]
+    fn a_lone_unreliable_item_goes_out_as_raw_data() {
+        let got = assemble(None, |asm| asm.push_unreliable(&[0x42, 0x43], true));
+        assert_eq!(got, [(None, false, vec![0x42, 0x43])]);
+    }
+
+    /// Unreliable data that travels alone (and contextless packets) are written
+    /// while a multi-packet is still collecting: they go out first, whole, and
+    /// the multi-packet keeps every packet pushed before and after.
+    #[test]
+    fn datagrams_sent_alone_go_ahead_of_the_open_multi_packet() {
+        let got = assemble(None, |asm| {
+            asm.push(&ACK);
+            asm.push_unreliable(&[0x42, 0x43], false);
+            asm.push(&DATA);
+            asm.push_unreliable(&[0x00, 0x44], false);
+        });
+        assert_eq!(
+            got,
+            [
+                (None, false, vec![0x42, 0x43]),
+                (None, false, vec![0x00, 0x44]),
+                (Some(0x03), false, multi_body(&[&ACK, &DATA])),
+            ]
+        );
+    }
+
+    #[test]
+    fn packets_that_do_not_fit_start_the_next_datagram() {
+        let mut big = vec![0x00, 0x09, 0x00, 0x04];
+        big.resize(300, 0x5A);
+        let got = assemble(None, |asm| {
+            asm.push(&ACK);
+            asm.push(&DATA);
+            // Too long for a one-byte length: it travels alone, after what was
+            // collected.
+            asm.push(&big);
+            asm.push(&ACK);
+        });
+        assert_eq!(
+            got,
+            [
+                (Some(0x03), false, multi_body(&[&ACK, &DATA])),
+                (Some(0x09), false, big[2..].to_vec()),
+                (Some(0x15), false, ACK[2..].to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bodies_are_compressed_only_when_they_shrink() {
+        let compression = Some(Compression {
+            level: 6,
+            min_len: 16,
+        });
+        let mut repetitive = vec![0x00, 0x09, 0x00, 0x05];
+        repetitive.resize(200, 0x61);
+        let got = assemble(compression, |asm| {
+            asm.push(&ACK);
+            asm.push(&repetitive);
+        });
+        assert_eq!(got.len(), 1);
+        let (op, compressed, body) = &got[0];
+        assert_eq!((*op, *compressed), (Some(0x03), true));
+        let mut inflated = Vec::new();
+        Decompressor::new()
+            .inflate(body, &mut inflated, 1 << 16)
+            .expect("a zlib stream");
+        assert_eq!(inflated, multi_body(&[&ACK, &repetitive]));
+
+        // Incompressible bodies, and bodies under `min_len`, go out as they are.
+        let noise: Vec<u8> = [0x00, 0x09, 0x00, 0x06]
+            .into_iter()
+            .chain((0..60u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8))
+            .collect();
+        let got = assemble(compression, |asm| {
+            asm.push(&noise);
+            asm.push(&ACK);
+        });
+        assert_eq!(got, [(Some(0x03), false, multi_body(&[&noise, &ACK]))]);
+        let got = assemble(compression, |asm| asm.push(&DATA));
+        assert_eq!(got, [(Some(0x09), false, DATA[2..].to_vec())]);
     }
 }
