@@ -33,6 +33,7 @@ pub use packet::{
     BundleIter, DataBundle, DecodeError, Disconnect, MultiIter, MultiPacket, NetStatusRequest,
     NetStatusResponse, Packet, RemapConnection, SessionRequest, SessionResponse,
 };
+pub(crate) use packet::{reliable_body, sequence_of};
 pub use passes::{
     DecryptError, Deflate, EQ_COMPRESSED, EQ_UNCOMPRESSED, EncryptMethod, EncryptionPass,
     PassBuffers, PassCodes, PassContext, PassError, Passes, UnsupportedPass,

@@ -37,6 +37,28 @@ impl From<Truncated> for DecodeError {
     }
 }
 
+/// The sequence (or stamp) that starts the body of reliable data, acks and
+/// ordered packets.
+#[inline]
+pub(crate) fn sequence_of(body: &[u8]) -> Result<u16, DecodeError> {
+    match body {
+        [hi, lo, ..] => Ok(u16::from_be_bytes([*hi, *lo])),
+        _ => Err(DecodeError::TooShort),
+    }
+}
+
+/// The body of reliable data or a fragment: its sequence and its payload, which is
+/// never empty.
+#[inline]
+pub(crate) fn reliable_body(body: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+    match body {
+        [hi, lo, payload @ ..] if !payload.is_empty() => {
+            Ok((u16::from_be_bytes([*hi, *lo]), payload))
+        }
+        _ => Err(DecodeError::TooShort),
+    }
+}
+
 fn be_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -688,13 +710,7 @@ impl<'a> Packet<'a> {
     /// (after the compression flag, if any). Contextless op codes and
     /// [`OpCode::ZeroEscape`] need the whole packet: use [`Packet::parse`] for them.
     pub fn parse_contextual(op: OpCode, body: &'a [u8]) -> Result<Self, DecodeError> {
-        let seq = || {
-            if body.len() < 2 {
-                Err(DecodeError::TooShort)
-            } else {
-                Ok(be_u16(body, 0))
-            }
-        };
+        let seq = || sequence_of(body);
         Ok(match op {
             OpCode::MultiPacket => Self::MultiPacket(MultiPacket::new(body)),
             OpCode::Disconnect => Self::Disconnect(Disconnect::parse_body(body)?),
@@ -704,11 +720,7 @@ impl<'a> Packet<'a> {
                 Self::NetStatusResponse(NetStatusResponse::parse_body(body)?)
             }
             OpCode::ReliableData(channel) | OpCode::ReliableDataFragment(channel) => {
-                let sequence = seq()?;
-                let payload = &body[2..];
-                if payload.is_empty() {
-                    return Err(DecodeError::TooShort);
-                }
+                let (sequence, payload) = reliable_body(body)?;
                 if matches!(op, OpCode::ReliableData(_)) {
                     Self::ReliableData {
                         channel,

@@ -482,6 +482,56 @@ fn corrupt_packet_with_a_valid_crc_ends_the_session_with_a_disconnect() {
     assert!(c.tick(10).is_empty());
 }
 
+/// §8, §10.5: every kind of sub-packet reads in a multi-packet as it reads alone:
+/// reliable data and acks, application data (plain and zero-escaped) delivered
+/// unreliably, contextless packets and acks of nothing sent ignored and counted;
+/// a malformed sub-packet (reliable data without a payload) ends the session,
+/// and nothing after it is read.
+#[test]
+fn every_kind_of_sub_packet_reads_in_a_multi_packet_as_alone() {
+    let mut c = server(SessionParameters::default());
+    c.recv(
+        10,
+        &sealed(concat!(
+            "00 03",             // MultiPacket
+            "05 00 09 00 00 61", // ReliableData seq 0 "a"
+            "02 62 63",          // application data "bc"
+            "03 00 00 64",       // zero-escaped application data "00 64"
+            "02 00 1D",          // UnknownSender: contextless, ignored
+            "04 00 15 00 05",    // AcknowledgeAll 5: we sent nothing, ignored
+        )),
+    );
+    assert_eq!(
+        c.events(),
+        [
+            received(&hex("61")),
+            SessionEvent::DataReceived {
+                data: bytes::Bytes::from_static(b"bc"),
+                channel: Channel::Unreliable,
+            },
+            SessionEvent::DataReceived {
+                data: bytes::Bytes::from_static(&[0x00, 0x64]),
+                channel: Channel::Unreliable,
+            },
+        ]
+    );
+    assert_eq!(c.session.stats().ignored_packets, 2);
+    assert_eq!(c.session.state(), SessionState::Running);
+
+    c.recv(
+        20,
+        &sealed(concat!(
+            "00 03",             // MultiPacket
+            "04 00 09 00 01",    // ReliableData seq 1 without a payload
+            "05 00 09 00 01 62", // ReliableData seq 1 "b": never read
+        )),
+    );
+    assert_eq!(
+        c.events(),
+        [SessionEvent::Closed(DisconnectReason::CorruptPacket)]
+    );
+}
+
 /// §8.4, §10.1, §10.5: what a client sends after the handshake shares one
 /// multi-packet (one-byte lengths by default); the peer's multi-packets are read
 /// sub-packet by sub-packet, and an ack alone goes out as a bare packet.

@@ -28,9 +28,10 @@ use self::rtt::RttEstimator;
 use self::timestamp::Timestamp;
 use crate::protocol::{DataBundle, MultiPacket, RemapConnection, SessionRequest, SessionResponse};
 use crate::protocol::{
-    Disconnect, DisconnectReason, EncryptMethod, FrameError, Framing, NetStatusRequest,
-    NetStatusResponse, OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Packet,
-    PassContext, Passes, RELIABLE_CHANNEL_COUNT, Rc4KeyState, Unframed, UnsupportedPass,
+    DecodeError, Disconnect, DisconnectReason, EncryptMethod, FrameError, Framing,
+    NetStatusRequest, NetStatusResponse, OP_CODE_LEN, OpCode, PROTOCOL_VERSION_2,
+    PROTOCOL_VERSION_3, Packet, PassContext, Passes, RELIABLE_CHANNEL_COUNT, Rc4KeyState, Unframed,
+    UnsupportedPass, reliable_body, sequence_of,
 };
 
 pub use self::io::SessionIo;
@@ -1121,10 +1122,57 @@ impl SoeSession {
     }
 
     fn handle_contextual(&mut self, op: OpCode, body: &[u8], now: Timestamp, io: &mut SessionIo) {
-        match Packet::parse_contextual(op, body) {
-            Ok(packet) => self.handle_packet(packet, 0, now, io),
-            Err(_) => self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io),
+        if self.handle_op(op, body, 0, now, io).is_err() {
+            self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
         }
+    }
+
+    /// A contextual packet, by its op code and body. The packets of every
+    /// exchange (reliable data, acknowledgements, multi-packets) are read in
+    /// place; the rest as a [`Packet`]. `Err` when the body is malformed.
+    fn handle_op(
+        &mut self,
+        op: OpCode,
+        body: &[u8],
+        depth: u8,
+        now: Timestamp,
+        io: &mut SessionIo,
+    ) -> Result<(), DecodeError> {
+        match op {
+            OpCode::ReliableData(channel) | OpCode::ReliableDataFragment(channel) => {
+                let (sequence, payload) = reliable_body(body)?;
+                let fragment = matches!(op, OpCode::ReliableDataFragment(_));
+                self.handle_reliable(channel, sequence, payload, fragment, now, io);
+            }
+            OpCode::Acknowledge(channel) | OpCode::AcknowledgeAll(channel) => {
+                let all = matches!(op, OpCode::AcknowledgeAll(_));
+                self.handle_ack(channel, sequence_of(body)?, all, now);
+            }
+            OpCode::MultiPacket => self.handle_container(MultiPacket::new(body), depth, now, io),
+            _ => self.handle_packet(Packet::parse_contextual(op, body)?, depth, now, io),
+        }
+        Ok(())
+    }
+
+    /// A sub-packet of a multi-packet or data bundle: a cooked contextual packet
+    /// goes to [`SoeSession::handle_op`], anything else (application data, a
+    /// zero-escape, a contextless packet) through [`Packet::parse`].
+    fn handle_sub(
+        &mut self,
+        sub: &[u8],
+        depth: u8,
+        now: Timestamp,
+        io: &mut SessionIo,
+    ) -> Result<(), DecodeError> {
+        if let [0, ty, body @ ..] = sub
+            && let Some(op) = OpCode::from_type_byte(*ty)
+            && !op.is_contextless()
+            && op != OpCode::ZeroEscape
+        {
+            return self.handle_op(op, body, depth, now, io);
+        }
+        self.handle_packet(Packet::parse(sub)?, depth, now, io);
+        Ok(())
     }
 
     fn handle_packet(&mut self, packet: Packet<'_>, depth: u8, now: Timestamp, io: &mut SessionIo) {
@@ -1192,10 +1240,12 @@ impl SoeSession {
             return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
         }
         for item in bundle.iter() {
-            let Ok(p) = item.and_then(Packet::parse) else {
+            if item
+                .and_then(|item| self.handle_sub(item, depth + 1, now, io))
+                .is_err()
+            {
                 return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
-            };
-            self.handle_packet(p, depth + 1, now, io);
+            }
             if self.state == SessionState::Terminated {
                 return;
             }
@@ -1243,11 +1293,11 @@ impl SoeSession {
             return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
         }
         for sub in multi.iter() {
-            match sub.and_then(Packet::parse) {
-                Ok(p) => self.handle_packet(p, depth + 1, now, io),
-                Err(_) => {
-                    return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
-                }
+            if sub
+                .and_then(|sub| self.handle_sub(sub, depth + 1, now, io))
+                .is_err()
+            {
+                return self.end(DisconnectReason::CorruptPacket, Ending::Announced, now, io);
             }
             // A sub-packet may have ended the session: the rest is not processed.
             if self.state == SessionState::Terminated {
