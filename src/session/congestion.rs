@@ -42,7 +42,7 @@
 
 use std::time::Duration;
 
-use super::timestamp::Timestamp;
+use super::timestamp::{Timestamp, nanos};
 
 /// The smallest window, in packets.
 const MIN_WINDOW: f64 = 2.0;
@@ -53,13 +53,14 @@ const BURST: f64 = 10.0;
 const PACING_GAIN: f64 = 1.25;
 /// Before the first round-trip sample, pacing assumes this round trip.
 const INITIAL_RTT: Duration = Duration::from_millis(100);
-/// How long the smallest round trip is remembered.
-const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
-/// A queue shows when the round trip exceeds the smallest by this much and by
-/// an eighth of it.
-const QUEUE_DELAY: Duration = Duration::from_millis(5);
-/// The shortest epoch of the standing round trip.
-const MIN_EPOCH: Duration = Duration::from_millis(10);
+/// How long the smallest round trip is remembered, in nanoseconds (like every
+/// round trip below: the ack path compares them as integers).
+const MIN_RTT_WINDOW: u64 = 10_000_000_000;
+/// A queue shows when the round trip exceeds the smallest by this much (in
+/// nanoseconds) and by an eighth of it.
+const QUEUE_DELAY: u64 = 5_000_000;
+/// The shortest epoch of the standing round trip, in nanoseconds.
+const MIN_EPOCH: u64 = 10_000_000;
 
 /// One session's congestion window and pacing state.
 #[derive(Debug, Clone)]
@@ -70,12 +71,12 @@ pub(crate) struct Congestion {
     max_window: f64,
     /// A loss of a packet sent before this does not shrink the window again.
     recovery_since: Option<Timestamp>,
-    /// The smallest round trip lately, and when it was seen.
-    min_rtt: Option<(Duration, Timestamp)>,
+    /// The smallest round trip lately (nanoseconds), and when it was seen.
+    min_rtt: Option<(u64, Timestamp)>,
     /// The standing round trip: the smallest sample of the current epoch (about
     /// one round trip long, from `epoch_start`) and of the one before.
-    epoch_min: Option<Duration>,
-    previous_epoch_min: Option<Duration>,
+    epoch_min: Option<u64>,
+    previous_epoch_min: Option<u64>,
     epoch_start: Option<Timestamp>,
     /// Pacing tokens, in packets.
     tokens: f64,
@@ -150,14 +151,16 @@ impl Congestion {
 
     /// A round-trip sample (`srtt`: the smoothed round trip, with it).
     pub(crate) fn on_rtt(&mut self, rtt: Duration, now: Timestamp, srtt: Option<Duration>) {
-        let epoch = srtt.unwrap_or(rtt).max(MIN_EPOCH);
-        match self.epoch_start {
-            Some(start) if now < start + epoch => {
-                self.epoch_min = self.epoch_min.map(|m| m.min(rtt)).or(Some(rtt));
+        let rtt = nanos(rtt);
+        let epoch = srtt.map_or(rtt, nanos).max(MIN_EPOCH);
+        let into_epoch = self.epoch_start.map(|start| now.nanos_since(start));
+        match into_epoch {
+            Some(elapsed) if elapsed < epoch => {
+                self.epoch_min = Some(self.epoch_min.map_or(rtt, |m| m.min(rtt)));
             }
-            start => {
+            _ => {
                 // A new epoch; the last one counts only if it just ended.
-                let recent = start.is_some_and(|s| now < s + 2 * epoch);
+                let recent = into_epoch.is_some_and(|elapsed| elapsed < 2 * epoch);
                 self.previous_epoch_min = if recent { self.epoch_min } else { None };
                 self.epoch_min = Some(rtt);
                 self.epoch_start = Some(now);
@@ -165,7 +168,7 @@ impl Congestion {
         }
         let stale = self
             .min_rtt
-            .is_none_or(|(min, at)| rtt <= min || now >= at + MIN_RTT_WINDOW);
+            .is_none_or(|(min, at)| rtt <= min || now.nanos_since(at) >= MIN_RTT_WINDOW);
         if stale {
             self.min_rtt = Some((rtt, now));
         }

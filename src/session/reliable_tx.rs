@@ -306,10 +306,10 @@ impl ReliableSender {
     /// When the next retransmission check is due: a packet's timeout, a loss by
     /// the time threshold, or a probe.
     pub(crate) fn deadline(&self) -> Option<Timestamp> {
-        [self.resend_at, self.loss_time, self.probe_at]
-            .into_iter()
-            .flatten()
-            .min()
+        Timestamp::earliest(
+            Timestamp::earliest(self.resend_at, self.loss_time),
+            self.probe_at,
+        )
     }
 
     /// Whether packets were declared lost and wait to be sent again.

@@ -41,6 +41,22 @@ impl Timestamp {
         epoch + Duration::from_nanos(self.0)
     }
 
+    /// The earlier of two optional times (`None` is never).
+    #[inline]
+    pub(crate) fn earliest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, None) => a,
+            (None, b) => b,
+        }
+    }
+
+    /// Nanoseconds elapsed since `earlier`; zero if `earlier` is later.
+    #[inline]
+    pub(crate) fn nanos_since(self, earlier: Self) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
     /// The time elapsed since `earlier`; zero if `earlier` is later.
     #[inline]
     pub(crate) fn saturating_duration_since(self, earlier: Self) -> Duration {
