@@ -1,6 +1,7 @@
 //! One peer ([`SoeSession`]): handshake, channels, timers, coalescing.
 
 mod assembler;
+mod channels;
 mod congestion;
 mod io;
 mod net_status;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use self::assembler::{Assembler, Compression};
+use self::channels::Channels;
 use self::congestion::Congestion;
 use self::net_status::ClockSync;
 use self::reliable_rx::{AckPolicy, ReliableReceiver, RxCounters, RxError};
@@ -399,7 +401,7 @@ struct FlushRound {
     bytes: u64,
 }
 
-type Senders = [Option<Box<ReliableSender>>; RELIABLE_CHANNEL_COUNT];
+type Senders = Channels<ReliableSender>;
 
 impl FlushRound {
     /// Retransmissions first: they are not held back (a due one must go, or its
@@ -415,7 +417,7 @@ impl FlushRound {
     ) {
         let mut budget = max_resends;
         let mut resent_bytes = 0;
-        for s in senders.iter_mut().flatten() {
+        for s in senders.iter_mut() {
             match s.resend_due(now, times, give_up, &mut budget, asm, &mut self.resent) {
                 Ok(outcome) => {
                     self.timed_out |= outcome.timed_out;
@@ -444,8 +446,8 @@ impl FlushRound {
         congestion: &mut Congestion,
         asm: &mut Assembler<'_>,
     ) {
-        let mut in_flight: u64 = senders.iter().flatten().map(|s| s.in_flight()).sum();
-        for s in senders.iter_mut().flatten() {
+        let mut in_flight: u64 = senders.iter().map(|s| s.in_flight()).sum();
+        for s in senders.iter_mut() {
             let before = in_flight;
             while s.can_send() && congestion.allows(in_flight) {
                 if !congestion.may_send(rules.room) {
@@ -526,8 +528,8 @@ pub struct SoeSession {
     secret_seed: u32,
     framing: Framing,
     response: Option<SessionResponse>,
-    senders: [Option<Box<ReliableSender>>; RELIABLE_CHANNEL_COUNT],
-    receivers: [Option<Box<ReliableReceiver>>; RELIABLE_CHANNEL_COUNT],
+    senders: Channels<ReliableSender>,
+    receivers: Channels<ReliableReceiver>,
     unreliable: UnreliableQueue,
     ordered_out: u16,
     ordered_in: [Option<u16>; 2],
@@ -672,7 +674,7 @@ impl SoeSession {
     /// Counters.
     pub fn stats(&self) -> SessionStats {
         let mut stats = self.stats;
-        for r in self.receivers.iter().flatten() {
+        for r in self.receivers.iter() {
             let c: &RxCounters = &r.counters;
             stats.duplicate_packets += c.duplicates;
             stats.out_of_order_packets += c.out_of_order;
@@ -688,11 +690,7 @@ impl SoeSession {
     /// Bytes this session holds for its peer: out-of-order packets waiting for a
     /// gap, and partly reassembled messages.
     pub fn buffered_bytes(&self) -> usize {
-        self.receivers
-            .iter()
-            .flatten()
-            .map(|r| r.held_bytes())
-            .sum()
+        self.receivers.iter().map(|r| r.held_bytes()).sum()
     }
 
     /// The smoothed round-trip time, once measured.
@@ -742,28 +740,19 @@ impl SoeSession {
     /// reliable packets in flight, counted by the buffers' capacity. Capped by
     /// `max_pending_bytes`.
     pub fn pending_bytes(&self) -> usize {
-        self.senders
-            .iter()
-            .flatten()
-            .map(|s| s.held_bytes())
-            .sum::<usize>()
+        self.senders.iter().map(|s| s.held_bytes()).sum::<usize>()
             + self.unreliable.buf.capacity()
             + self.unreliable.items.capacity() * std::mem::size_of::<(u32, bool)>()
     }
 
     /// Application bytes queued and not yet cut into packets, over all channels.
     pub fn queued_bytes(&self) -> usize {
-        self.senders
-            .iter()
-            .flatten()
-            .map(|s| s.queued_bytes())
-            .sum::<usize>()
-            + self.unreliable.buf.len()
+        self.senders.iter().map(|s| s.queued_bytes()).sum::<usize>() + self.unreliable.buf.len()
     }
 
     /// Whether every reliable message has been sent and acknowledged.
     pub fn is_flushed(&self) -> bool {
-        self.senders.iter().flatten().all(|s| s.is_idle()) && self.unreliable.items.is_empty()
+        self.senders.iter().all(|s| s.is_idle()) && self.unreliable.items.is_empty()
     }
 
     /// Every deadline the session has now, by name: the one table that
@@ -815,12 +804,12 @@ impl SoeSession {
         if let Some(pace) = self.paced_until {
             visit(Deadline::Pace, pace);
         }
-        for sender in self.senders.iter().flatten() {
+        for sender in self.senders.iter() {
             if let Some(at) = sender.deadline() {
                 visit(Deadline::Retransmit, at);
             }
         }
-        for receiver in self.receivers.iter().flatten() {
+        for receiver in self.receivers.iter() {
             if let Some(at) = receiver.ack_deadline() {
                 visit(Deadline::Ack, at);
             }
@@ -889,7 +878,7 @@ impl SoeSession {
         let mut held = self.pending_bytes();
         if held + cost > cap {
             // Idle capacity counts too; give back what is cheap before saying no.
-            for s in self.senders.iter_mut().flatten() {
+            for s in self.senders.iter_mut() {
                 s.compact();
             }
             if self.unreliable.items.is_empty() {
@@ -940,27 +929,27 @@ impl SoeSession {
     fn sender(&mut self, channel: usize) -> &mut ReliableSender {
         let cipher = &self.cipher;
         let params = &self.params;
-        self.senders[channel].get_or_insert_with(|| {
-            Box::new(ReliableSender::new(
+        self.senders.get_or_insert_with(channel, || {
+            ReliableSender::new(
                 channel as u8,
                 cipher.clone(),
                 params.zero_escape == ZeroEscape::Always,
                 params.max_queued_outgoing_reliable,
-            ))
+            )
         })
     }
 
     fn receiver(&mut self, channel: usize) -> &mut ReliableReceiver {
         let cipher = &self.cipher;
         let params = &self.params;
-        self.receivers[channel].get_or_insert_with(|| {
-            Box::new(ReliableReceiver::new(
+        self.receivers.get_or_insert_with(channel, || {
+            ReliableReceiver::new(
                 channel as u8,
                 cipher.clone(),
                 params.zero_escape == ZeroEscape::Always,
                 params.max_queued_incoming_reliable,
                 params.max_reassembly_len,
-            ))
+            )
         })
     }
 
@@ -1335,7 +1324,7 @@ impl SoeSession {
 
     fn handle_ack(&mut self, channel: u8, sequence: u16, all: bool, now: Timestamp) {
         self.stats.acks_received += 1;
-        let Some(sender) = self.senders[usize::from(channel)].as_deref_mut() else {
+        let Some(sender) = self.senders.get_mut(usize::from(channel)) else {
             self.stats.ignored_packets += 1;
             return;
         };
@@ -1496,10 +1485,10 @@ impl SoeSession {
     pub fn handle_timeout(&mut self, now: Instant, io: &mut SessionIo) {
         let now = self.timestamp(now);
         if now.saturating_duration_since(self.last_received) >= QUIET_RELEASE {
-            for s in self.senders.iter_mut().flatten() {
+            for s in self.senders.iter_mut() {
                 s.release_memory();
             }
-            for r in self.receivers.iter_mut().flatten() {
+            for r in self.receivers.iter_mut() {
                 r.release_memory();
             }
         }
@@ -1559,7 +1548,7 @@ impl SoeSession {
         let mut round = FlushRound::default();
         {
             let mut asm = assembler(&self.params, &self.framing, io, true);
-            for r in self.receivers.iter_mut().flatten() {
+            for r in self.receivers.iter_mut() {
                 r.write_acks(now, data_ready, policy, &mut asm);
             }
             control.write(&mut asm);
@@ -1621,7 +1610,6 @@ impl SoeSession {
             || self
                 .senders
                 .iter()
-                .flatten()
                 .any(|s| s.can_send() || s.lost_pending() || s.deadline().is_some_and(|t| now >= t))
     }
 
