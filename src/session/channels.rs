@@ -46,7 +46,7 @@ impl<T> Channels<T> {
     /// The channels created, in channel order.
     #[inline]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.slots[..self.used].iter().flatten().map(|b| &**b)
+        self.slots[..self.used].iter().filter_map(|s| s.as_deref())
     }
 
     /// The channels created, in channel order.
