@@ -1127,20 +1127,40 @@ impl SoeSession {
         now: Timestamp,
         io: &mut SessionIo,
     ) -> Result<(), DecodeError> {
+        if let Some(handled) = self.handle_exchange(op, body, now, io) {
+            return handled;
+        }
         match op {
-            OpCode::ReliableData(channel) | OpCode::ReliableDataFragment(channel) => {
-                let (sequence, payload) = reliable_body(body)?;
-                let fragment = matches!(op, OpCode::ReliableDataFragment(_));
-                self.handle_reliable(channel, sequence, payload, fragment, now, io);
-            }
-            OpCode::Acknowledge(channel) | OpCode::AcknowledgeAll(channel) => {
-                let all = matches!(op, OpCode::AcknowledgeAll(_));
-                self.handle_ack(channel, sequence_of(body)?, all, now);
-            }
             OpCode::MultiPacket => self.handle_container(MultiPacket::new(body), depth, now, io),
             _ => self.handle_packet(Packet::parse_contextual(op, body)?, depth, now, io),
         }
         Ok(())
+    }
+
+    /// Reliable data and acknowledgements, the packets of every exchange; `None`
+    /// for other op codes. Not recursive, so the multi-packet loop inlines it.
+    #[inline]
+    fn handle_exchange(
+        &mut self,
+        op: OpCode,
+        body: &[u8],
+        now: Timestamp,
+        io: &mut SessionIo,
+    ) -> Option<Result<(), DecodeError>> {
+        Some(match op {
+            OpCode::ReliableData(channel) | OpCode::ReliableDataFragment(channel) => {
+                reliable_body(body).map(|(sequence, payload)| {
+                    let fragment = matches!(op, OpCode::ReliableDataFragment(_));
+                    self.handle_reliable(channel, sequence, payload, fragment, now, io);
+                })
+            }
+            OpCode::Acknowledge(channel) | OpCode::AcknowledgeAll(channel) => sequence_of(body)
+                .map(|sequence| {
+                    let all = matches!(op, OpCode::AcknowledgeAll(_));
+                    self.handle_ack(channel, sequence, all, now);
+                }),
+            _ => return None,
+        })
     }
 
     /// A sub-packet of a multi-packet or data bundle: a cooked contextual packet
@@ -1158,7 +1178,10 @@ impl SoeSession {
             && !op.is_contextless()
             && op != OpCode::ZeroEscape
         {
-            return self.handle_op(op, body, depth, now, io);
+            return match self.handle_exchange(op, body, now, io) {
+                Some(handled) => handled,
+                None => self.handle_op(op, body, depth, now, io),
+            };
         }
         self.handle_packet(Packet::parse(sub)?, depth, now, io);
         Ok(())
