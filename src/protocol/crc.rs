@@ -46,9 +46,29 @@ impl Crc32 {
         if n == 0 {
             return len;
         }
-        let crc = self.checksum(&buf[..len]).to_be_bytes();
-        buf[len..len + n].copy_from_slice(&crc[4 - n..]);
+        let crc = self.checksum(&buf[..len]);
+        for (to, from) in buf[len..len + n].iter_mut().zip(wire_bytes(crc, n)) {
+            *to = from;
+        }
         len + n
+    }
+
+    /// Appends the low `crc_length` bytes of the CRC of `buf[from..]` to `buf`.
+    ///
+    /// # Panics
+    /// Panics if `crc_length > 4` or `from > buf.len()`.
+    #[inline]
+    pub fn push(&self, buf: &mut Vec<u8>, from: usize, crc_length: u8) {
+        let n = usize::from(crc_length);
+        assert!(n <= 4, "crc length must be 0..=4");
+        if n > 0 {
+            let crc = self.checksum(&buf[from..]);
+            // At most four bytes, pushed one by one: no call to copy an unknown
+            // length.
+            for b in wire_bytes(crc, n) {
+                buf.push(b);
+            }
+        }
     }
 
     /// Checks the trailing `crc_length` bytes of `datagram`. Returns the datagram
@@ -64,6 +84,12 @@ impl Crc32 {
             None
         }
     }
+}
+
+/// The low `n` bytes of `crc`, most significant first: its form on the wire.
+#[inline]
+fn wire_bytes(crc: u32, n: usize) -> impl Iterator<Item = u8> {
+    crc.to_be_bytes().into_iter().skip(4 - n)
 }
 
 /// Whether the low `trailer.len()` bytes of `crc` (big-endian) equal `trailer`.
@@ -104,6 +130,22 @@ mod tests {
             reg = (reg >> 8) ^ table[((reg ^ u32::from(b)) & 0xFF) as usize];
         }
         !reg
+    }
+
+    #[test]
+    fn push_appends_what_append_writes_in_place() {
+        let crc = Crc32::new(0xDEAD_BEEF);
+        let data = hex("00 09 00 01 61 62 63");
+        for n in 0..=4u8 {
+            let mut in_place = data.clone();
+            in_place.resize(data.len() + usize::from(n), 0);
+            assert_eq!(crc.append(&mut in_place, data.len(), n), in_place.len());
+            let mut pushed = hex("AA BB");
+            pushed.extend_from_slice(&data);
+            crc.push(&mut pushed, 2, n);
+            assert_eq!(pushed[2..], in_place[..], "crc length {n}");
+            assert!(crc.verify(&in_place, n).is_some());
+        }
     }
 
     // Vectors: tests/vectors/v01_crc.txt.

@@ -133,6 +133,13 @@ impl Framing {
         self.crc.append(buf, len, self.crc_length)
     }
 
+    /// Appends the CRC of `buf[start..]` to `buf`: [`Framing::seal`] for a
+    /// datagram at the end of a growing buffer.
+    #[inline]
+    pub fn seal_vec(&self, buf: &mut Vec<u8>, start: usize) {
+        self.crc.push(buf, start, self.crc_length);
+    }
+
     /// Classifies and opens a received datagram of a session with encryption passes:
     /// checks and strips the CRC, copies the rest into `out` and undoes the passes
     /// there (EQ's compression pass inflating at most `max_inflated` bytes), then

@@ -134,7 +134,12 @@ impl<'a> Assembler<'a> {
             self.first_prefix = n;
             self.first_unreliable = unreliable;
         }
-        tx.extend_from_slice(&len_bytes[..n]);
+        if n == 1 {
+            // The common case: a plain push, not a copy of unknown length.
+            tx.push(len_bytes[0]);
+        } else {
+            tx.extend_from_slice(&len_bytes[..n]);
+        }
         tx.extend_from_slice(item);
         self.items += 1;
     }
@@ -299,11 +304,7 @@ impl<'a> Assembler<'a> {
             };
             passes.encrypt(&mut io.tx_bytes, start, &mut io.pass_buffers, deflate);
         }
-        let crc_len = usize::from(self.framing.crc_length());
-        let tx = &mut self.io.tx_bytes;
-        let end = tx.len();
-        tx.resize(end + crc_len, 0);
-        self.framing.seal(&mut tx[start..], end - start);
+        self.framing.seal_vec(&mut self.io.tx_bytes, start);
         self.end(start);
     }
 
