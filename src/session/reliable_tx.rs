@@ -108,7 +108,13 @@ impl MessageQueue {
     }
 
     fn front(&self) -> Option<&[u8]> {
-        self.iter().next()
+        let len = *self.lens.front()? as usize;
+        Some(&self.buf[self.head..self.head + len])
+    }
+
+    /// Messages queued.
+    fn len(&self) -> usize {
+        self.lens.len()
     }
 
     fn pop(&mut self) {
@@ -437,7 +443,8 @@ impl ReliableSender {
         let wrap = self.needs_wrap(front);
         let front_len = front.len();
 
-        if rules.coalesce || wrap {
+        // A lone message that needs no wrapping goes out as it is, bundled or not.
+        if (rules.coalesce && self.queue.len() > 1) || wrap {
             let mut size = DATA_BUNDLE_HEADER.len();
             let mut count = 0;
             for msg in self.queue.iter() {
