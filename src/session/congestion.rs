@@ -124,9 +124,11 @@ impl Congestion {
     /// Packets acknowledged: the window grows (one per packet in slow start, one
     /// per window in congestion avoidance). A round trip after a loss event,
     /// recovery ends.
-    pub(crate) fn on_acked(&mut self, packets: u32, now: Timestamp, srtt: Option<Duration>) {
+    /// Round trips here and in [`Congestion::on_rtt`] are in nanoseconds, as the
+    /// RTT estimator keeps them.
+    pub(crate) fn on_acked(&mut self, packets: u32, now: Timestamp, srtt: Option<u64>) {
         if let Some(since) = self.recovery_since
-            && now >= since + srtt.unwrap_or(INITIAL_RTT)
+            && now.nanos_since(since) >= srtt.unwrap_or(nanos(INITIAL_RTT))
         {
             self.recovery_since = None;
         }
@@ -150,9 +152,8 @@ impl Congestion {
     }
 
     /// A round-trip sample (`srtt`: the smoothed round trip, with it).
-    pub(crate) fn on_rtt(&mut self, rtt: Duration, now: Timestamp, srtt: Option<Duration>) {
-        let rtt = nanos(rtt);
-        let epoch = srtt.map_or(rtt, nanos).max(MIN_EPOCH);
+    pub(crate) fn on_rtt(&mut self, rtt: u64, now: Timestamp, srtt: Option<u64>) {
+        let epoch = srtt.unwrap_or(rtt).max(MIN_EPOCH);
         let into_epoch = self.epoch_start.map(|start| now.nanos_since(start));
         match into_epoch {
             Some(elapsed) if elapsed < epoch => {
@@ -298,42 +299,42 @@ mod tests {
         let mut c = Congestion::new(true, 10, 196, None);
         assert_eq!(c.window(), 10);
         assert!(c.allows(9) && !c.allows(10));
-        c.on_acked(10, t0, Some(50 * MS));
+        c.on_acked(10, t0, Some(nanos(50 * MS)));
         assert_eq!(c.window(), 20);
         // Losses on a path without a queue do not count, nor does one late sample
         // among normal ones.
-        c.on_rtt(50 * MS, t0, None);
-        c.on_rtt(50 * MS, t0 + 60 * MS, Some(50 * MS));
-        c.on_rtt(300 * MS, t0 + 70 * MS, Some(50 * MS));
+        c.on_rtt(nanos(50 * MS), t0, None);
+        c.on_rtt(nanos(50 * MS), t0 + 60 * MS, Some(nanos(50 * MS)));
+        c.on_rtt(nanos(300 * MS), t0 + 70 * MS, Some(nanos(50 * MS)));
         c.on_lost(t0, t0 + 75 * MS);
         assert_eq!(c.window(), 20);
         // With a queue (every sample of a round trip at 100 ms against 50 ms), two
         // losses of packets sent before the first loss's detection: one event.
         let t1 = t0 + 500 * MS;
-        c.on_rtt(100 * MS, t1, Some(60 * MS));
+        c.on_rtt(nanos(100 * MS), t1, Some(nanos(60 * MS)));
         c.on_lost(t1, t1 + 10 * MS);
         c.on_lost(t1 + MS, t1 + 11 * MS);
         assert_eq!(c.window(), 10);
         // No growth during recovery, nor while the queue stands; once it drains,
         // congestion avoidance.
-        c.on_acked(10, t1 + 20 * MS, Some(50 * MS));
+        c.on_acked(10, t1 + 20 * MS, Some(nanos(50 * MS)));
         assert_eq!(c.window(), 10);
-        c.on_acked(10, t1 + 70 * MS, Some(50 * MS));
+        c.on_acked(10, t1 + 70 * MS, Some(nanos(50 * MS)));
         assert_eq!(c.window(), 10);
-        c.on_rtt(50 * MS, t1 + 70 * MS, Some(60 * MS));
-        c.on_acked(10, t1 + 71 * MS, Some(50 * MS));
+        c.on_rtt(nanos(50 * MS), t1 + 70 * MS, Some(nanos(60 * MS)));
+        c.on_acked(10, t1 + 71 * MS, Some(nanos(50 * MS)));
         assert_eq!(c.window(), 11);
         // The queue builds again (two round trips of 100 ms samples): timeouts.
-        c.on_rtt(100 * MS, t1 + 140 * MS, Some(60 * MS));
-        c.on_rtt(100 * MS, t1 + 210 * MS, Some(60 * MS));
+        c.on_rtt(nanos(100 * MS), t1 + 140 * MS, Some(nanos(60 * MS)));
+        c.on_rtt(nanos(100 * MS), t1 + 210 * MS, Some(nanos(60 * MS)));
         c.on_timeout(t1 + 220 * MS, false);
         assert_eq!(c.window(), 5);
         c.on_timeout(t1 + 300 * MS, true);
         assert_eq!(c.window(), 2);
         // Timeouts on a path without a queue leave the window alone.
         let mut lossy = Congestion::new(true, 10, 196, None);
-        lossy.on_rtt(50 * MS, t0, None);
-        lossy.on_rtt(52 * MS, t0 + 60 * MS, Some(50 * MS));
+        lossy.on_rtt(nanos(50 * MS), t0, None);
+        lossy.on_rtt(nanos(52 * MS), t0 + 60 * MS, Some(nanos(50 * MS)));
         lossy.on_timeout(t0 + 200 * MS, false);
         lossy.on_timeout(t0 + 400 * MS, true);
         assert_eq!(lossy.window(), 10);

@@ -1360,10 +1360,11 @@ impl SoeSession {
             AckOutcome::Invalid => self.stats.ignored_packets += 1,
             AckOutcome::Stale => {}
             AckOutcome::Released(packets) => {
+                let srtt = self.rtt.srtt_nanos();
                 if let Some(rtt) = self.rtt.take_sample() {
-                    self.congestion.on_rtt(rtt, now, self.rtt.srtt());
+                    self.congestion.on_rtt(rtt, now, srtt);
                 }
-                self.congestion.on_acked(packets, now, self.rtt.srtt());
+                self.congestion.on_acked(packets, now, srtt);
                 if !all && let Some(sent) = sender.detect_losses(now, self.rtt.loss_delay()) {
                     self.congestion.on_lost(sent, now);
                 }

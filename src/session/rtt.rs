@@ -110,9 +110,14 @@ impl RttEstimator {
         self.backoff > 0
     }
 
-    /// The sample taken since the last call, if any.
-    pub(crate) fn take_sample(&mut self) -> Option<Duration> {
-        std::mem::take(&mut self.fresh).then(|| Duration::from_nanos(self.latest))
+    /// The sample taken since the last call, if any, in nanoseconds.
+    pub(crate) fn take_sample(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.fresh).then_some(self.latest)
+    }
+
+    /// The smoothed round trip in nanoseconds, once sampled.
+    pub(crate) fn srtt_nanos(&self) -> Option<u64> {
+        self.srtt
     }
 
     /// The peer acknowledged something new: the path works, the backoff ends
