@@ -32,6 +32,8 @@ pub struct Framing {
     compression: bool,
     /// Shared and boxed: most sessions have none, and the framing stays small.
     passes: Option<Arc<Passes>>,
+    /// [`Framing::overhead`], worked out once: every packet a session sends asks.
+    overhead: usize,
 }
 
 /// Why a received datagram was rejected before parsing.
@@ -77,18 +79,26 @@ pub enum Unframed<'a> {
 impl Framing {
     /// Framing with the given CRC seed and length and compression flag.
     pub fn new(crc_seed: u32, crc_length: u8, compression: bool) -> Self {
-        Self {
+        let mut framing = Self {
             crc: Crc32::new(crc_seed),
             crc_seed,
             crc_length: crc_length.min(4),
             compression,
             passes: None,
-        }
+            overhead: 0,
+        };
+        framing.overhead = framing.compute_overhead();
+        framing
+    }
+
+    fn compute_overhead(&self) -> usize {
+        usize::from(self.compression) + self.expansion() + usize::from(self.crc_length)
     }
 
     /// The same framing with encryption passes run on every contextual datagram.
     pub fn with_passes(mut self, passes: Option<Passes>) -> Self {
         self.passes = passes.map(Arc::new);
+        self.overhead = self.compute_overhead();
         self
     }
 
@@ -119,8 +129,9 @@ impl Framing {
 
     /// Bytes added to every contextual packet: the flag (if negotiated), what the
     /// encryption passes may add, and the CRC.
+    #[inline]
     pub fn overhead(&self) -> usize {
-        usize::from(self.compression) + self.expansion() + usize::from(self.crc_length)
+        self.overhead
     }
 
     /// The seeded CRC.
