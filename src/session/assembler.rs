@@ -315,6 +315,18 @@ impl<'a> Assembler<'a> {
     }
 }
 
+/// Every caller ends with [`Assembler::finish`]: a multi-packet still collecting
+/// would stay in the io's outgoing bytes, unsent. Checked in debug builds only
+/// (the flush path is hot, and no call site leaves one open).
+impl Drop for Assembler<'_> {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.items == 0 || std::thread::panicking(),
+            "an assembler dropped with a multi-packet open: call finish"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +359,7 @@ mod tests {
         build(&mut asm);
         asm.finish();
         let (datagrams, bytes) = (asm.datagrams, asm.bytes);
+        drop(asm);
         assert_eq!(datagrams as usize, io.datagram_count());
         assert_eq!(
             bytes as usize,
@@ -380,6 +393,16 @@ mod tests {
             asm.push(&DATA);
         });
         assert_eq!(got, [(Some(0x03), false, multi_body(&[&ACK, &DATA]))]);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "call finish")]
+    fn an_assembler_dropped_with_a_multi_packet_open_is_a_bug() {
+        let framing = framing();
+        let mut io = SessionIo::new();
+        let mut asm = Assembler::new(&mut io, &framing, 512, Some(MultiLength::OneByte), None);
+        asm.push(&ACK);
     }
 
     #[test]
