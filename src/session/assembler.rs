@@ -47,6 +47,9 @@ pub(crate) struct Assembler<'a> {
     /// Whether the first collected item is unreliable application data (sent alone
     /// it is a raw datagram, not an internal packet).
     first_unreliable: bool,
+    /// Whether the open multi-packet waits in the scratch buffer, moved out of the
+    /// way of datagrams that travel alone (see [`Assembler::set_aside_open`]).
+    set_aside: bool,
     pub(crate) datagrams: u64,
     pub(crate) bytes: u64,
 }
@@ -75,6 +78,7 @@ impl<'a> Assembler<'a> {
             body_start: 0,
             first_prefix: 0,
             first_unreliable: false,
+            set_aside: false,
             datagrams: 0,
             bytes: 0,
         }
@@ -112,8 +116,11 @@ impl<'a> Assembler<'a> {
             self.write_alone(item, unreliable);
             return;
         };
-        if self.items > 0 && self.io.tx_bytes.len() - self.body_start + prefix + len > body_limit {
-            self.finish();
+        if self.items > 0 {
+            self.restore_open();
+            if self.io.tx_bytes.len() - self.body_start + prefix + len > body_limit {
+                self.finish();
+            }
         }
         let mut len_bytes = [0u8; multi_len::MAX_LEN];
         let n = match multi {
@@ -123,17 +130,12 @@ impl<'a> Assembler<'a> {
                 1
             }
         };
-        let tx = &mut self.io.tx_bytes;
         if self.items == 0 {
-            self.open_start = tx.len();
-            tx.extend_from_slice(&MULTI_PACKET_HEADER);
-            if self.framing.compression() {
-                tx.push(0);
-            }
-            self.body_start = tx.len();
+            (self.open_start, self.body_start) = self.begin_datagram(MULTI_PACKET_HEADER);
             self.first_prefix = n;
             self.first_unreliable = unreliable;
         }
+        let tx = &mut self.io.tx_bytes;
         if n == 1 {
             // The common case: a plain push, not a copy of unknown length.
             tx.push(len_bytes[0]);
@@ -173,53 +175,59 @@ impl<'a> Assembler<'a> {
             }
             return;
         }
-        let set_aside = self.set_aside_open();
+        self.set_aside_open();
         let start = self.io.tx_bytes.len();
         if escape {
             self.io.tx_bytes.push(0);
         }
         self.io.tx_bytes.extend_from_slice(payload);
         self.seal(start);
-        self.restore_open(set_aside);
     }
 
     /// Writes a contextless packet (no flag, no CRC) as its own datagram.
     pub(crate) fn push_contextless(&mut self, packet: &[u8]) {
-        let set_aside = self.set_aside_open();
+        self.set_aside_open();
         let start = self.io.tx_bytes.len();
         self.io.tx_bytes.extend_from_slice(packet);
         self.end(start);
-        self.restore_open(set_aside);
     }
 
     /// A datagram that travels alone goes out ahead of the multi-packet still
-    /// collecting: the open one moves to the scratch buffer meanwhile. Whether
-    /// there was one.
-    fn set_aside_open(&mut self) -> bool {
-        if self.items == 0 {
-            return false;
+    /// collecting: the open one moves to the scratch buffer until the next packet
+    /// joins it or it is finished, so a run of such datagrams moves it once.
+    fn set_aside_open(&mut self) {
+        if self.items == 0 || self.set_aside {
+            return;
         }
         let io = &mut *self.io;
         io.scratch.clear();
         io.scratch
             .extend_from_slice(&io.tx_bytes[self.open_start..]);
         io.tx_bytes.truncate(self.open_start);
-        true
+        self.set_aside = true;
     }
 
     /// Puts the multi-packet [`Assembler::set_aside_open`] moved back at the end.
-    fn restore_open(&mut self, set_aside: bool) {
-        if set_aside {
-            let io = &mut *self.io;
-            let header = self.body_start - self.open_start;
-            self.open_start = io.tx_bytes.len();
-            self.body_start = self.open_start + header;
-            io.tx_bytes.extend_from_slice(&io.scratch);
+    #[inline]
+    fn restore_open(&mut self) {
+        if self.set_aside {
+            self.move_back_open();
         }
+    }
+
+    #[cold]
+    fn move_back_open(&mut self) {
+        self.set_aside = false;
+        let io = &mut *self.io;
+        let header = self.body_start - self.open_start;
+        self.open_start = io.tx_bytes.len();
+        self.body_start = self.open_start + header;
+        io.tx_bytes.extend_from_slice(&io.scratch);
     }
 
     /// Sends what is collected so far.
     pub(crate) fn finish(&mut self) {
+        self.restore_open();
         let (start, body_start) = (self.open_start, self.body_start);
         match std::mem::take(&mut self.items) {
             0 => {}
@@ -234,10 +242,9 @@ impl<'a> Assembler<'a> {
                     self.seal(start);
                 } else {
                     tx[start + 1] = tx[item + 1];
-                    let body_at = body_start;
-                    tx.copy_within(item + OP_CODE_LEN.., body_at);
-                    tx.truncate(tx.len() - (item + OP_CODE_LEN - body_at));
-                    self.close_datagram(start, body_at);
+                    tx.copy_within(item + OP_CODE_LEN.., body_start);
+                    tx.truncate(tx.len() - (item + OP_CODE_LEN - body_start));
+                    self.close_datagram(start, body_start);
                 }
             }
             _ => self.close_datagram(start, body_start),
@@ -245,16 +252,23 @@ impl<'a> Assembler<'a> {
     }
 
     fn write_single(&mut self, cooked: &[u8]) {
-        let (op, body) = cooked.split_at(OP_CODE_LEN);
+        let (start, body_start) = self.begin_datagram([cooked[0], cooked[1]]);
+        self.io.tx_bytes.extend_from_slice(&cooked[OP_CODE_LEN..]);
+        self.close_datagram(start, body_start);
+    }
+
+    /// Starts a contextual datagram at the end of the io's outgoing bytes: its op
+    /// code, then a zero compression flag when the framing has one. Returns where
+    /// the datagram and its body start.
+    #[inline]
+    fn begin_datagram(&mut self, op: [u8; OP_CODE_LEN]) -> (usize, usize) {
         let tx = &mut self.io.tx_bytes;
         let start = tx.len();
-        tx.extend_from_slice(op);
+        tx.extend_from_slice(&op);
         if self.framing.compression() {
             tx.push(0);
         }
-        let body_start = tx.len();
-        tx.extend_from_slice(body);
-        self.close_datagram(start, body_start);
+        (start, tx.len())
     }
 
     /// Finishes the datagram at `start` whose body (after the op code and a zero
@@ -433,6 +447,21 @@ mod tests {
             [
                 (None, false, vec![0x42, 0x43]),
                 (None, false, vec![0x00, 0x44]),
+                (Some(0x03), false, multi_body(&[&ACK, &DATA])),
+            ]
+        );
+        // A run of them moves the open multi-packet out of the way once.
+        let got = assemble(None, |asm| {
+            asm.push(&ACK);
+            asm.push_unreliable(&[0x45], false);
+            asm.push_unreliable(&[0x46], false);
+            asm.push(&DATA);
+        });
+        assert_eq!(
+            got,
+            [
+                (None, false, vec![0x45]),
+                (None, false, vec![0x46]),
                 (Some(0x03), false, multi_body(&[&ACK, &DATA])),
             ]
         );
