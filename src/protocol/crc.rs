@@ -96,7 +96,7 @@ fn wire_bytes(crc: u32, n: usize) -> impl Iterator<Item = u8> {
 #[inline]
 pub fn crc_matches(crc: u32, trailer: &[u8]) -> bool {
     let n = trailer.len().min(4);
-    crc.to_be_bytes()[4 - n..] == trailer[..n]
+    wire_bytes(crc, n).eq(trailer[..n].iter().copied())
 }
 
 /// One-shot seeded CRC: `crc32(seed.to_le_bytes() ++ data)`.

@@ -179,6 +179,13 @@ impl OpCode {
                 | Self::PortAlive
         )
     }
+
+    /// Whether a packet with this op code is read from its body alone (what
+    /// follows the op code, [`Packet::parse_contextual`]): every op code but the
+    /// contextless ones and the zero-escape, which need the whole packet.
+    pub fn reads_from_body(self) -> bool {
+        !self.is_contextless() && self != Self::ZeroEscape
+    }
 }
 
 /// Why a session ended. The `u16` values are the wire values of the Disconnect packet.

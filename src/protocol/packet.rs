@@ -710,7 +710,6 @@ impl<'a> Packet<'a> {
     /// (after the compression flag, if any). Contextless op codes and
     /// [`OpCode::ZeroEscape`] need the whole packet: use [`Packet::parse`] for them.
     pub fn parse_contextual(op: OpCode, body: &'a [u8]) -> Result<Self, DecodeError> {
-        let seq = || sequence_of(body);
         Ok(match op {
             OpCode::MultiPacket => Self::MultiPacket(MultiPacket::new(body)),
             OpCode::Disconnect => Self::Disconnect(Disconnect::parse_body(body)?),
@@ -737,16 +736,16 @@ impl<'a> Packet<'a> {
             }
             OpCode::Acknowledge(channel) => Self::Acknowledge {
                 channel,
-                sequence: seq()?,
+                sequence: sequence_of(body)?,
             },
             OpCode::AcknowledgeAll(channel) => Self::AcknowledgeAll {
                 channel,
-                sequence: seq()?,
+                sequence: sequence_of(body)?,
             },
             OpCode::DataBundle => Self::DataBundle(DataBundle::new(body)),
             OpCode::Ordered | OpCode::Ordered2 => Self::Ordered {
                 second: op == OpCode::Ordered2,
-                stamp: seq()?,
+                stamp: sequence_of(body)?,
                 payload: &body[2..],
             },
             OpCode::ZeroEscape
@@ -866,6 +865,23 @@ impl<'a> Packet<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `OpCode::reads_from_body` names exactly the op codes `parse_contextual`
+    /// takes: the session reads sub-packets by it.
+    #[test]
+    fn op_codes_read_from_their_body_are_the_ones_parse_contextual_takes() {
+        let body = [0u8; 64];
+        for ty in 0..=u8::MAX {
+            let Some(op) = OpCode::from_type_byte(ty) else {
+                continue;
+            };
+            let taken = !matches!(
+                Packet::parse_contextual(op, &body),
+                Err(DecodeError::UnknownOpCode(_))
+            );
+            assert_eq!(op.reads_from_body(), taken, "{op:?}");
+        }
+    }
 
     use crate::test_support::hex;
 

@@ -1175,8 +1175,7 @@ impl SoeSession {
     ) -> Result<(), DecodeError> {
         if let [0, ty, body @ ..] = sub
             && let Some(op) = OpCode::from_type_byte(*ty)
-            && !op.is_contextless()
-            && op != OpCode::ZeroEscape
+            && op.reads_from_body()
         {
             return match self.handle_exchange(op, body, now, io) {
                 Some(handled) => handled,
