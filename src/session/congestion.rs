@@ -42,7 +42,7 @@
 
 use std::time::Duration;
 
-use super::timestamp::{Timestamp, nanos};
+use super::timestamp::Timestamp;
 
 /// The smallest window, in packets.
 const MIN_WINDOW: f64 = 2.0;
@@ -51,8 +51,9 @@ const BURST: f64 = 10.0;
 /// Pacing runs this much faster than window / SRTT, so pacing alone never limits
 /// a window-limited sender.
 const PACING_GAIN: f64 = 1.25;
-/// Before the first round-trip sample, pacing assumes this round trip.
-const INITIAL_RTT: Duration = Duration::from_millis(100);
+/// Before the first round-trip sample, pacing assumes this round trip (in
+/// nanoseconds, like every round trip here: the RTT estimator keeps them so).
+const INITIAL_RTT: u64 = 100_000_000;
 /// How long the smallest round trip is remembered, in nanoseconds (like every
 /// round trip below: the ack path compares them as integers).
 const MIN_RTT_WINDOW: u64 = 10_000_000_000;
@@ -124,11 +125,9 @@ impl Congestion {
     /// Packets acknowledged: the window grows (one per packet in slow start, one
     /// per window in congestion avoidance). A round trip after a loss event,
     /// recovery ends.
-    /// Round trips here and in [`Congestion::on_rtt`] are in nanoseconds, as the
-    /// RTT estimator keeps them.
     pub(crate) fn on_acked(&mut self, packets: u32, now: Timestamp, srtt: Option<u64>) {
         if let Some(since) = self.recovery_since
-            && now.nanos_since(since) >= srtt.unwrap_or(nanos(INITIAL_RTT))
+            && now.nanos_since(since) >= srtt.unwrap_or(INITIAL_RTT)
         {
             self.recovery_since = None;
         }
@@ -217,8 +216,15 @@ impl Congestion {
         self.recovery_since = Some(now);
     }
 
-    /// Adds the tokens earned since the last refill.
-    pub(crate) fn refill(&mut self, now: Timestamp, srtt: Option<Duration>) {
+    /// Pacing tokens earned per second: `PACING_GAIN` × window / SRTT.
+    fn pacing_rate(&self, srtt: Option<u64>) -> f64 {
+        let rtt = (srtt.unwrap_or(INITIAL_RTT) as f64 * 1e-9).max(1e-4);
+        PACING_GAIN * self.window / rtt
+    }
+
+    /// Adds the tokens earned since the last refill (`srtt` in nanoseconds, like
+    /// every round trip here).
+    pub(crate) fn refill(&mut self, now: Timestamp, srtt: Option<u64>) {
         let burst = BURST.max(self.window / 4.0);
         if self.tokens >= burst && self.rate_cap.is_none() {
             // Full already (the common case between sparse sends): nothing to earn.
@@ -230,9 +236,7 @@ impl Congestion {
             .refilled
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.refilled = Some(now);
-        let rtt = srtt.unwrap_or(INITIAL_RTT).as_secs_f64().max(1e-4);
-        let rate = PACING_GAIN * self.window / rtt;
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.tokens = (self.tokens + elapsed * self.pacing_rate(srtt)).min(burst);
         if let Some(cap) = self.rate_cap {
             // Up to 10 ms worth (at least one datagram) may leave at once.
             self.rate_tokens = (self.rate_tokens + elapsed * cap).min((cap / 100.0).max(1500.0));
@@ -266,17 +270,10 @@ impl Congestion {
     }
 
     /// When a packet of `len` bytes may leave, if it may not now.
-    pub(crate) fn next_send(
-        &self,
-        now: Timestamp,
-        len: usize,
-        srtt: Option<Duration>,
-    ) -> Timestamp {
+    pub(crate) fn next_send(&self, now: Timestamp, len: usize, srtt: Option<u64>) -> Timestamp {
         let mut wait: f64 = 0.0;
         if self.enabled && self.tokens < 1.0 {
-            let rtt = srtt.unwrap_or(INITIAL_RTT).as_secs_f64().max(1e-4);
-            let rate = PACING_GAIN * self.window / rtt;
-            wait = wait.max((1.0 - self.tokens) / rate);
+            wait = wait.max((1.0 - self.tokens) / self.pacing_rate(srtt));
         }
         if let Some(cap) = self.rate_cap
             && self.rate_tokens < len as f64
@@ -290,6 +287,7 @@ impl Congestion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::timestamp::nanos;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -347,7 +345,7 @@ mod tests {
     fn pacing_spreads_a_burst_and_the_rate_cap_holds() {
         let t0 = Timestamp::ZERO;
         let mut c = Congestion::new(true, 40, 196, None);
-        c.refill(t0, Some(100 * MS));
+        c.refill(t0, Some(nanos(100 * MS)));
         let mut sent = 0;
         while c.may_send(500) {
             c.spend(500);
@@ -355,9 +353,9 @@ mod tests {
         }
         assert_eq!(sent, 10, "one burst");
         // 1.25 × 40 / 100 ms = 500 packets/s: 2 ms later, one more.
-        let next = c.next_send(t0, 500, Some(100 * MS));
+        let next = c.next_send(t0, 500, Some(nanos(100 * MS)));
         assert!(next > t0 && next <= t0 + 3 * MS, "{:?}", next - t0);
-        c.refill(t0 + 2 * MS, Some(100 * MS));
+        c.refill(t0 + 2 * MS, Some(nanos(100 * MS)));
         assert!(c.may_send(500));
 
         let mut capped = Congestion::new(false, 10, 196, Some(100_000));

@@ -1555,7 +1555,7 @@ impl SoeSession {
         if !self.flush_handshake(now, io) {
             return;
         }
-        let srtt = self.rtt.srtt();
+        let srtt = self.rtt.srtt_nanos();
         let times = LossTimes {
             rto: self.rtt.rto_with(self.params.peer_max_ack_delay),
             pto: self.rtt.pto(self.params.peer_max_ack_delay),
@@ -1567,7 +1567,7 @@ impl SoeSession {
         let rules = self.packet_rules();
         let give_up = (!self.closing && !self.params.unacknowledged_timeout.is_zero())
             .then_some(self.params.unacknowledged_timeout);
-        let control = self.take_owed_control(now, srtt);
+        let control = self.take_owed_control(now);
         let mut round = FlushRound::default();
         {
             let mut asm = assembler(&self.params, &self.framing, io, true);
@@ -1650,7 +1650,7 @@ impl SoeSession {
     }
 
     /// The control packets owed to the peer, taken for this flush.
-    fn take_owed_control(&mut self, now: Timestamp, srtt: Option<Duration>) -> OwedControl {
+    fn take_owed_control(&mut self, now: Timestamp) -> OwedControl {
         let net_status = self
             .owed
             .net_status
@@ -1661,8 +1661,13 @@ impl SoeSession {
             let clock = self.clock_ms(now);
             // The sync counts itself among the datagrams sent.
             let sent = self.stats.datagrams_sent + 1;
-            self.clock_sync
-                .request(now, clock, sent, self.stats.datagrams_received, srtt)
+            self.clock_sync.request(
+                now,
+                clock,
+                sent,
+                self.stats.datagrams_received,
+                self.rtt.srtt(),
+            )
         });
         OwedControl {
             heartbeat,
@@ -1678,7 +1683,7 @@ impl SoeSession {
         &mut self,
         round: &FlushRound,
         rules: PacketRules,
-        srtt: Option<Duration>,
+        srtt: Option<u64>,
         now: Timestamp,
         io: &mut SessionIo,
     ) {
