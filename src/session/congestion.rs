@@ -218,10 +218,7 @@ impl Congestion {
 
     /// Pacing tokens earned per second: `PACING_GAIN` × window / SRTT.
     fn pacing_rate(&self, srtt: Option<u64>) -> f64 {
-        // Through `Duration`, for the same rounding as every earlier version.
-        let rtt = Duration::from_nanos(srtt.unwrap_or(INITIAL_RTT))
-            .as_secs_f64()
-            .max(1e-4);
+        let rtt = (srtt.unwrap_or(INITIAL_RTT) as f64 * 1e-9).max(1e-4);
         PACING_GAIN * self.window / rtt
     }
 
