@@ -251,6 +251,16 @@ fn echo_with(shards: usize, steering: bool, clients: usize, messages: u32) -> Se
     }
     let stats = server.stats();
     assert_eq!(stats.shards.len(), shards);
+    for shard in &stats.shards {
+        // The kernel's part of a shard's time is an estimate by tick samples, read
+        // a moment after the total.
+        assert!(
+            shard.kernel_time <= shard.cpu_time + Duration::from_millis(20),
+            "{:?} of {:?}",
+            shard.kernel_time,
+            shard.cpu_time
+        );
+    }
     server.shutdown().unwrap();
     stats
 }

@@ -796,6 +796,8 @@ pub struct GameResult {
     pub server_cpu_s: Option<f64>,
     /// Server CPU microseconds per session-second: the headline.
     pub server_cpu_us_per_session_s: Option<f64>,
+    /// The part of it spent in the kernel, as the kernel's tick samples split it.
+    pub server_kernel_us_per_session_s: Option<f64>,
     /// Client → server: inputs sent in the window, the client sockets' datagrams
     /// sent in the window (inputs, acks, heartbeats), and their ratio.
     pub c2s_messages: u64,
@@ -867,10 +869,7 @@ impl GameResult {
         let empty = GameThreadReport::empty();
         let g = g.unwrap_or(&empty);
         let secs = o.window.as_secs_f64().max(1e-9);
-        let server_cpu = match (o.server_start, o.server_end) {
-            (Some(a), Some(b)) => Some(b.cpu.saturating_sub(a.cpu).as_secs_f64()),
-            _ => None,
-        };
+        let (server_cpu, server_kernel) = crate::server::cpu_between(o.server_start, o.server_end);
         let d = &o.mux.sessions;
         let ratio = |a: u64, b: u64| {
             if b > 0 {
@@ -912,6 +911,8 @@ impl GameResult {
             zone_in_size: sc.map(|c| c.zone_in_size.to_string()),
             server_cpu_s: server_cpu.map(|c| round(c, 4)),
             server_cpu_us_per_session_s: server_cpu
+                .map(|c| round(c * 1e6 / (run.sessions.max(1) as f64 * secs), 2)),
+            server_kernel_us_per_session_s: server_kernel
                 .map(|c| round(c * 1e6 / (run.sessions.max(1) as f64 * secs), 2)),
             c2s_messages: o.sent,
             c2s_datagrams: d.datagrams_sent,
@@ -969,6 +970,10 @@ pub fn table(results: &[GameResult]) -> String {
         }),
         ("server_cpu_us_per_session_s", |r| {
             r.server_cpu_us_per_session_s
+                .map_or("-".into(), |v| format!("{v:.1}"))
+        }),
+        ("  of which kernel", |r| {
+            r.server_kernel_us_per_session_s
                 .map_or("-".into(), |v| format!("{v:.1}"))
         }),
         ("c2s_messages", |r| grouped(r.c2s_messages)),

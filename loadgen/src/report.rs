@@ -77,6 +77,10 @@ pub struct Details {
     pub churn_per_sec: f64,
     /// Server CPU microseconds per echoed message.
     pub server_cpu_us_per_msg: Option<f64>,
+    /// The part of it spent in the kernel (system calls; on loopback these also
+    /// run the receiving side's network stack and wake it), as the kernel's
+    /// scheduler-tick samples split the thread's time.
+    pub server_kernel_us_per_msg: Option<f64>,
     /// Client datagrams (both directions) per echoed message.
     pub client_datagrams_per_msg: f64,
     /// Datagrams the clients sent per echoed message (the message itself, and
@@ -136,10 +140,7 @@ fn round(v: f64, digits: i32) -> f64 {
 impl RunResult {
     pub fn new(setup: Setup, o: &ClientOutcome) -> Self {
         let secs = o.window.as_secs_f64().max(1e-9);
-        let server_cpu = match (o.server_start, o.server_end) {
-            (Some(a), Some(b)) => Some(b.cpu.saturating_sub(a.cpu).as_secs_f64()),
-            _ => None,
-        };
+        let (server_cpu, server_kernel) = crate::server::cpu_between(o.server_start, o.server_end);
         let per_cpu = server_cpu
             .filter(|c| *c > 0.0)
             .map(|c| round(o.received as f64 / c, 1));
@@ -183,6 +184,9 @@ impl RunResult {
                 channel: setup.channel,
                 churn_per_sec: setup.churn,
                 server_cpu_us_per_msg: server_cpu
+                    .filter(|_| o.received > 0)
+                    .map(|c| round(c * 1e6 / o.received as f64, 3)),
+                server_kernel_us_per_msg: server_kernel
                     .filter(|_| o.received > 0)
                     .map(|c| round(c * 1e6 / o.received as f64, 3)),
                 client_datagrams_per_msg: if o.received > 0 {
@@ -264,6 +268,9 @@ pub fn table(results: &[RunResult]) -> String {
         }),
         ("server_cpu_us_per_msg", |r| {
             opt(r.details.server_cpu_us_per_msg, |v| format!("{v:.3}"))
+        }),
+        ("  of which kernel", |r| {
+            opt(r.details.server_kernel_us_per_msg, |v| format!("{v:.3}"))
         }),
         ("client_cpu_s", |r| format!("{:.3}", r.client_cpu_s)),
         ("datagrams_sent", |r| grouped(r.datagrams_sent)),

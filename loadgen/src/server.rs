@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -128,6 +128,8 @@ impl ServerSpec {
 pub struct ServerSnapshot {
     /// CPU time of every server thread.
     pub cpu: Duration,
+    /// The part of `cpu` spent in the kernel, as the kernel's tick samples split it.
+    pub kernel: Option<Duration>,
     /// Datagrams read and written (soe-uring only).
     pub datagrams_in: Option<u64>,
     pub datagrams_out: Option<u64>,
@@ -138,11 +140,29 @@ pub struct ServerSnapshot {
     pub timer_wakeups: Option<u64>,
 }
 
+/// Server CPU seconds between two snapshots, and the part of it spent in the
+/// kernel; `None` where a snapshot (or the kernel split) is missing.
+pub fn cpu_between(
+    start: Option<ServerSnapshot>,
+    end: Option<ServerSnapshot>,
+) -> (Option<f64>, Option<f64>) {
+    let (Some(a), Some(b)) = (start, end) else {
+        return (None, None);
+    };
+    let kernel = a
+        .kernel
+        .zip(b.kernel)
+        .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
+    (Some(b.cpu.saturating_sub(a.cpu).as_secs_f64()), kernel)
+}
+
 enum Inner {
     Uring(SoeServer),
     Thread {
         thread: JoinHandle<Result<(), String>>,
         clock: Option<ThreadClock>,
+        /// The server thread's kernel id (0 until it ran).
+        tid: Arc<AtomicI32>,
         stop: tokio::sync::oneshot::Sender<()>,
     },
 }
@@ -176,6 +196,7 @@ impl RunningServer {
                 let stats = server.handle().stats_timeout(Duration::from_secs(2));
                 (stats.shards.len() == self.shards).then_some(ServerSnapshot {
                     cpu: stats.total.cpu_time,
+                    kernel: Some(stats.total.kernel_time),
                     datagrams_in: Some(stats.total.datagrams_in),
                     datagrams_out: Some(stats.total.datagrams_out),
                     game: self.game.snapshot(),
@@ -183,11 +204,17 @@ impl RunningServer {
                     timer_wakeups: Some(stats.total.timer_wakeups),
                 })
             }
-            Inner::Thread { clock, .. } => Some(ServerSnapshot {
-                cpu: clock.as_ref()?.read()?,
-                game: self.game.snapshot(),
-                ..ServerSnapshot::default()
-            }),
+            Inner::Thread { clock, tid, .. } => {
+                let cpu = clock.as_ref()?.read()?;
+                let kernel = crate::cpu::kernel_share(tid.load(Ordering::Acquire))
+                    .map(|share| cpu.mul_f64(share));
+                Some(ServerSnapshot {
+                    cpu,
+                    kernel,
+                    game: self.game.snapshot(),
+                    ..ServerSnapshot::default()
+                })
+            }
         }
     }
 
@@ -428,9 +455,13 @@ fn start_thread(
     let task_spec = spec.clone();
     let counter = failures.clone();
     let game_counters = game.clone();
+    let tid = Arc::new(AtomicI32::new(0));
+    let tid_slot = tid.clone();
     let thread = std::thread::Builder::new()
         .name(format!("{kind}-server"))
         .spawn(move || {
+            // Before the server is ready: the snapshot reads it after that.
+            tid_slot.store(crate::cpu::current_thread_id(), Ordering::Release);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -478,6 +509,7 @@ fn start_thread(
         inner: Inner::Thread {
             thread,
             clock,
+            tid,
             stop: stop_tx,
         },
     })

@@ -29,6 +29,7 @@
 //! | `soe_queue_depth{queue}` | gauge | `outgoing` datagrams, `timers`, `table_slots` |
 //! | `soe_state{state}` | gauge | 1 while `overloaded` / `draining` |
 //! | `soe_cpu_seconds` | gauge | the shard thread's CPU time so far (thread-per-core) |
+//! | `soe_cpu_kernel_seconds` | gauge | the part of it spent in the kernel (an estimate by tick samples) |
 //! | `soe_turn_seconds` | histogram | duration of each loop turn |
 //! | `soe_session_rtt_seconds` | histogram | smoothed round trips, sampled each publication |
 
@@ -68,6 +69,7 @@ pub(crate) struct DriverMetrics {
     depth: [Gauge; 3],
     state: [Gauge; 2],
     cpu: Gauge,
+    cpu_kernel: Gauge,
     turn: Histogram,
     rtt: Histogram,
 }
@@ -129,6 +131,7 @@ impl DriverMetrics {
             state: ["overloaded", "draining"]
                 .map(|st| gauge!("soe_state", "shard" => s.clone(), "state" => st)),
             cpu: gauge!("soe_cpu_seconds", "shard" => s.clone()),
+            cpu_kernel: gauge!("soe_cpu_kernel_seconds", "shard" => s.clone()),
             turn: histogram!("soe_turn_seconds", "shard" => s.clone()),
             rtt: histogram!("soe_session_rtt_seconds", "shard" => s),
         }
@@ -229,6 +232,7 @@ impl DriverMetrics {
         self.state[0].set(f64::from(u8::from(state.0)));
         self.state[1].set(f64::from(u8::from(state.1)));
         self.cpu.set(s.cpu_time.as_secs_f64());
+        self.cpu_kernel.set(s.kernel_time.as_secs_f64());
         for rtt in rtts.take(RTT_SAMPLES) {
             self.rtt.record(rtt.as_secs_f64());
         }

@@ -87,6 +87,11 @@ pub struct DriverStats {
     pub event_stalls: u64,
     /// CPU time the driver's thread has used (thread-per-core shards only).
     pub cpu_time: Duration,
+    /// The part of `cpu_time` spent in the kernel: receiving and sending datagrams
+    /// (on loopback, also the receiving side's network stack and wake-up), sleeping
+    /// and waking. Split from the total by the scheduler tick's samples, so an
+    /// estimate (thread-per-core shards only).
+    pub kernel_time: Duration,
 }
 
 impl DriverStats {
@@ -123,5 +128,6 @@ impl DriverStats {
         self.events += other.events;
         self.event_stalls += other.event_stalls;
         self.cpu_time += other.cpu_time;
+        self.kernel_time += other.kernel_time;
     }
 }

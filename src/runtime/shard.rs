@@ -326,6 +326,7 @@ impl Shard {
             self.driver.end_turn(now, ended, |driver| {
                 let mut stats = driver.snapshot();
                 stats.cpu_time = sys::thread_cpu_time();
+                stats.kernel_time = sys::thread_kernel_time();
                 stats.socket_drops = sys::socket_drops(fd);
                 stats
             });
@@ -445,6 +446,7 @@ impl Shard {
     fn snapshot(&self) -> super::ShardStats {
         let mut stats = self.driver.snapshot();
         stats.cpu_time = sys::thread_cpu_time();
+        stats.kernel_time = sys::thread_kernel_time();
         stats.socket_drops = sys::socket_drops(self.fd());
         stats
     }
