@@ -30,7 +30,8 @@ pub fn current_thread_id() -> libc::pid_t {
 /// The share of a thread's CPU time the kernel sampled it running in kernel mode
 /// (`stime / (utime + stime)` of `/proc/self/task/<tid>/stat`, in scheduler
 /// ticks): how the kernel itself splits a thread's exact total, as `getrusage`
-/// does for the calling thread. `None` if the thread is gone or was never sampled.
+/// does for the calling thread: a thread never sampled counts as all user time,
+/// as the kernel counts it. `None` if the thread is gone.
 pub fn kernel_share(tid: libc::pid_t) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     kernel_share_of_stat(&stat)
@@ -45,7 +46,11 @@ fn kernel_share_of_stat(stat: &str) -> Option<f64> {
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    (utime + stime > 0).then(|| stime as f64 / (utime + stime) as f64)
+    Some(if utime + stime == 0 {
+        0.0
+    } else {
+        stime as f64 / (utime + stime) as f64
+    })
 }
 
 /// The CPU clock of another thread, readable from any thread while that thread runs.
@@ -79,7 +84,7 @@ mod tests {
         let stat = "4242 (peer) (x) y) S 1 2 3 4 5 6 7 8 9 10 300 100 0 0 20 0 1 0";
         assert_eq!(kernel_share_of_stat(stat), Some(0.25));
         let never_sampled = "7 (t) S 1 2 3 4 5 6 7 8 9 10 0 0 0 0";
-        assert_eq!(kernel_share_of_stat(never_sampled), None);
+        assert_eq!(kernel_share_of_stat(never_sampled), Some(0.0));
         assert_eq!(kernel_share_of_stat("7 (t) S 1 2"), None);
     }
 
@@ -96,7 +101,7 @@ mod tests {
                 break;
             }
         }
-        let share = kernel_share(current_thread_id()).expect("sampled");
+        let share = kernel_share(current_thread_id()).expect("this thread");
         assert!(share > 0.5 && share <= 1.0, "{share}");
     }
 }
