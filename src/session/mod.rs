@@ -523,7 +523,9 @@ pub struct SoeSession {
     mode: SessionMode,
     state: SessionState,
     params: SessionParameters,
-    cipher: Option<Rc4KeyState>,
+    /// Boxed: 258 bytes that sessions without RC4 (most) would carry inline, and
+    /// that spread the hot fields over more cache lines.
+    cipher: Option<Box<Rc4KeyState>>,
     session_id: u32,
     secret_seed: u32,
     framing: Framing,
@@ -595,7 +597,7 @@ impl SoeSession {
             state: SessionState::Negotiating,
             closing: false,
             params,
-            cipher: app.encryption_key_state,
+            cipher: app.encryption_key_state.map(Box::new),
             session_id: 0,
             secret_seed: (secret >> 32) as u32,
             framing,

@@ -74,7 +74,8 @@ pub(crate) struct AckPolicy {
 #[derive(Debug)]
 pub(crate) struct ReliableReceiver {
     channel: u8,
-    cipher: Option<Rc4KeyState>,
+    /// Boxed, to keep the receiver's hot fields in few cache lines.
+    cipher: Option<Box<Rc4KeyState>>,
     unescape_plain: bool,
     next: u64,
     window: u64,
@@ -95,7 +96,7 @@ pub(crate) struct ReliableReceiver {
 impl ReliableReceiver {
     pub(crate) fn new(
         channel: u8,
-        cipher: Option<Rc4KeyState>,
+        cipher: Option<Box<Rc4KeyState>>,
         unescape_plain: bool,
         window: u16,
         max_reassembly: usize,
@@ -342,7 +343,7 @@ impl ReliableReceiver {
         } else {
             item
         };
-        let data = match self.cipher.as_mut() {
+        let data = match self.cipher.as_deref_mut() {
             Some(cipher) => io.deliver(body, |b| cipher.apply(b)),
             None => io.deliver(body, |_| {}),
         };

@@ -186,7 +186,8 @@ pub(crate) struct PacketRules {
 #[derive(Debug)]
 pub(crate) struct ReliableSender {
     channel: u8,
-    cipher: Option<Rc4KeyState>,
+    /// Boxed, to keep the sender's hot fields in few cache lines.
+    cipher: Option<Box<Rc4KeyState>>,
     /// UdpLibrary escaping of unencrypted messages that start with `00`.
     escape_plain: bool,
     queue: MessageQueue,
@@ -244,7 +245,7 @@ const PACKET_THRESHOLD: u64 = 3;
 impl ReliableSender {
     pub(crate) fn new(
         channel: u8,
-        cipher: Option<Rc4KeyState>,
+        cipher: Option<Box<Rc4KeyState>>,
         escape_plain: bool,
         window: u16,
     ) -> Self {
@@ -327,7 +328,7 @@ impl ReliableSender {
     /// The queue may grow by `room` bytes of memory beyond what the message needs.
     pub(crate) fn enqueue(&mut self, data: &[u8], room: usize) {
         let escape_plain = self.escape_plain;
-        let cipher = self.cipher.as_mut();
+        let cipher = self.cipher.as_deref_mut();
         self.queue.reserve(data.len() + 1, room);
         self.queue.push_with(|buf| {
             let start = buf.len();
@@ -962,7 +963,7 @@ mod tests {
         // Key 01..05's first keystream byte is 0xB2 (vector v23_rc4_keystream):
         // plaintext 0xB2 encrypts to 0x00.
         let key = Rc4KeyState::new(&[1, 2, 3, 4, 5]);
-        let mut s = ReliableSender::new(0, Some(key), false, 196);
+        let mut s = ReliableSender::new(0, Some(Box::new(key)), false, 196);
         s.enqueue(&[0xB2, 0x01], usize::MAX);
         let packets = drain(
             &mut s,
