@@ -796,7 +796,8 @@ pub struct GameResult {
     pub server_cpu_s: Option<f64>,
     /// Server CPU microseconds per session-second: the headline.
     pub server_cpu_us_per_session_s: Option<f64>,
-    /// The part of it spent in the kernel, as the kernel's tick samples split it.
+    /// The part of it spent in the kernel, as the kernel's tick samples split it
+    /// (`null` below [`crate::server::KERNEL_SPLIT_MIN_CPU_S`] of server CPU).
     pub server_kernel_us_per_session_s: Option<f64>,
     /// Client → server: inputs sent in the window, the client sockets' datagrams
     /// sent in the window (inputs, acks, heartbeats), and their ratio.

@@ -79,7 +79,8 @@ pub struct Details {
     pub server_cpu_us_per_msg: Option<f64>,
     /// The part of it spent in the kernel (system calls; on loopback these also
     /// run the receiving side's network stack and wake it), as the kernel's
-    /// scheduler-tick samples split the thread's time.
+    /// scheduler-tick samples split the thread's time; `null` below
+    /// [`crate::server::KERNEL_SPLIT_MIN_CPU_S`] of server CPU in the window.
     pub server_kernel_us_per_msg: Option<f64>,
     /// Client datagrams (both directions) per echoed message.
     pub client_datagrams_per_msg: f64,

@@ -140,8 +140,16 @@ pub struct ServerSnapshot {
     pub timer_wakeups: Option<u64>,
 }
 
+/// Least server CPU in a window for its kernel split to be reported. The kernel
+/// splits a thread's time by which mode the scheduler tick found it in (250 or
+/// 1000 times a second), so 0.2 s is at least 50 samples: a share within about
+/// 7 points. Below it, a run of a few ticks would print nonsense (all kernel, or
+/// none).
+pub const KERNEL_SPLIT_MIN_CPU_S: f64 = 0.2;
+
 /// Server CPU seconds between two snapshots, and the part of it spent in the
-/// kernel; `None` where a snapshot (or the kernel split) is missing.
+/// kernel; `None` where a snapshot is missing (the split also where the server
+/// used less than [`KERNEL_SPLIT_MIN_CPU_S`]).
 pub fn cpu_between(
     start: Option<ServerSnapshot>,
     end: Option<ServerSnapshot>,
@@ -149,11 +157,13 @@ pub fn cpu_between(
     let (Some(a), Some(b)) = (start, end) else {
         return (None, None);
     };
+    let cpu = b.cpu.saturating_sub(a.cpu).as_secs_f64();
     let kernel = a
         .kernel
         .zip(b.kernel)
-        .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
-    (Some(b.cpu.saturating_sub(a.cpu).as_secs_f64()), kernel)
+        .filter(|_| cpu >= KERNEL_SPLIT_MIN_CPU_S)
+        .map(|(a, b)| b.saturating_sub(a).as_secs_f64().min(cpu));
+    (Some(cpu), kernel)
 }
 
 enum Inner {
@@ -763,4 +773,36 @@ pub fn rss_of(pid: &str) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(cpu_ms: u64, kernel_ms: Option<u64>) -> Option<ServerSnapshot> {
+        Some(ServerSnapshot {
+            cpu: Duration::from_millis(cpu_ms),
+            kernel: kernel_ms.map(Duration::from_millis),
+            ..ServerSnapshot::default()
+        })
+    }
+
+    #[test]
+    fn the_kernel_split_needs_enough_cpu_and_both_snapshots() {
+        let (cpu, kernel) = cpu_between(snapshot(100, Some(30)), snapshot(1100, Some(630)));
+        assert_eq!(cpu, Some(1.0));
+        assert_eq!(kernel, Some(0.6));
+        // A few ticks' worth: the total only.
+        let (cpu, kernel) = cpu_between(snapshot(100, Some(30)), snapshot(250, Some(180)));
+        assert!(cpu.is_some_and(|c| (c - 0.15).abs() < 1e-9));
+        assert_eq!(kernel, None);
+        // The estimate never exceeds the exact total.
+        let (_, kernel) = cpu_between(snapshot(0, Some(0)), snapshot(500, Some(520)));
+        assert_eq!(kernel, Some(0.5));
+        assert_eq!(
+            cpu_between(snapshot(0, None), snapshot(500, Some(5))).1,
+            None
+        );
+        assert_eq!(cpu_between(None, snapshot(500, Some(5))), (None, None));
+    }
 }
