@@ -63,9 +63,9 @@
 //! 65 536; reliable data is retransmitted past that).
 //!
 //! Then it sleeps until a datagram or a command arrives, the event queue has room
-//! again, the socket can take queued datagrams, the multiplexer's next timer is due
-//! ([`SoeMultiplexer::next_deadline`]), or `tick_period` has passed since the last
-//! turn, whichever comes first. The multiplexer's timers are exact, so
+//! again, the socket can take queued datagrams, the earliest deadline a session
+//! really has is due ([`SoeMultiplexer::settle_deadline`]), or `tick_period` has
+//! passed since the last turn, whichever comes first. The multiplexer's timers are exact, so
 //! `tick_period` is only an upper bound on how long an idle driver sleeps;
 //! `Duration::ZERO` disables the periodic wake-up (the reference panics on it). The
 //! steady state allocates nothing per datagram.

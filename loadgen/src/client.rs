@@ -1314,10 +1314,12 @@ impl Worker {
         }
     }
 
-    fn wait_time(&self, now: Instant) -> Duration {
+    fn wait_time(&mut self, now: Instant) -> Duration {
         let mut wait = MAX_WAIT;
         let mut until = |t: Instant| wait = wait.min(t.saturating_duration_since(now));
-        if let Some(deadline) = self.mux.next_deadline() {
+        // Settled, as the runtimes do: a deadline that moved later (an ack rode on
+        // the next input) wakes nobody.
+        if let Some(deadline) = self.mux.settle_deadline() {
             until(deadline);
         }
         if self.sending {

@@ -23,6 +23,7 @@
 //! | `soe_drops_total{cause}` | counter | datagrams or messages dropped: `socket`, `send`, `forward`, `truncated`, `crc`, `malformed`, `parked_overflow`, `queue_full`, `enqueue_refused` |
 //! | `soe_errors_total{cause}` | counter | `recv`, `send`, `icmp_unreachable`, `icmp_other` |
 //! | `soe_remaps_total{outcome}` | counter | `moved` / `refused` |
+//! | `soe_timers_total{outcome}` | counter | session timers `run`, or `moved` because their deadline had moved later |
 //! | `soe_turns_total`, `soe_wakeups_total`, `soe_overloaded_turns_total` | counter | loop activity |
 //! | `soe_timer_wakeups_total` | counter | wake-ups that only a timeout ended (session deadlines, ticks) |
 //! | `soe_event_stalls_total` | counter | times the event stream was full |
@@ -61,6 +62,7 @@ pub(crate) struct DriverMetrics {
     drops: [Counter; 9],
     errors: [Counter; 4],
     remaps: [Counter; 2],
+    timers: [Counter; 2],
     turns: Counter,
     wakeups: Counter,
     timer_wakeups: Counter,
@@ -121,6 +123,7 @@ impl DriverMetrics {
             errors: ["recv", "send", "icmp_unreachable", "icmp_other"]
                 .map(|cause| c("soe_errors_total", "cause", cause)),
             remaps: ["moved", "refused"].map(|o| c("soe_remaps_total", "outcome", o)),
+            timers: ["run", "moved"].map(|o| c("soe_timers_total", "outcome", o)),
             turns: counter!("soe_turns_total", "shard" => s.clone()),
             wakeups: counter!("soe_wakeups_total", "shard" => s.clone()),
             timer_wakeups: counter!("soe_timer_wakeups_total", "shard" => s.clone()),
@@ -221,6 +224,8 @@ impl DriverMetrics {
         }
         self.remaps[0].absolute(m.remaps);
         self.remaps[1].absolute(m.remaps_refused);
+        self.timers[0].absolute(m.timers_run);
+        self.timers[1].absolute(m.timers_moved);
         self.turns.absolute(s.turns);
         self.wakeups.absolute(s.wakeups);
         self.timer_wakeups.absolute(s.timer_wakeups);

@@ -442,3 +442,40 @@ fn a_session_moved_to_another_multiplexer_keeps_its_deadlines() {
     assert_eq!(resent, first, "the same packet, from the new multiplexer");
     assert!(b.take_events().is_empty(), "the application sees no change");
 }
+
+/// §9, §12: a deadline that moved later (the ack of the packet it would have
+/// resent arrived) is not run when its old time comes: the timer moves to the
+/// session's new deadline, which then runs as usual.
+#[test]
+fn a_timer_whose_deadline_moved_later_moves_instead_of_running() {
+    let client = addr("10.0.0.1:5000");
+    let mut c = Conversation::new(SocketConfig::default());
+    let seed = c.open(0, client);
+    c.mux.enqueue_data(&client, b"hello").unwrap();
+    assert_eq!(c.tick(1000).len(), 1);
+    let resend_at = c.mux.next_deadline().expect("a resend is due");
+    // The client acknowledges sequence 0: nothing is due until the inactivity
+    // timeout, 30 s after the ack.
+    c.recv(1010, client, &sealed(seed, "00 15 00 00"));
+    assert!(c.tick(1010).is_empty());
+    assert_eq!(c.mux.next_deadline(), Some(resend_at), "the entry is stale");
+
+    let ms = u64::try_from((resend_at - c.at(0)).as_millis()).unwrap() + 1;
+    assert!(c.tick(ms).is_empty());
+    let stats = c.mux.stats();
+    assert_eq!((stats.timers_run, stats.timers_moved), (0, 1));
+    // (An older entry, from before the resend was scheduled, is still in the
+    // heap; settling drops it.)
+    assert_eq!(c.mux.settle_deadline(), Some(c.at(1010 + 30_000)));
+
+    // The moved timer runs when its time comes.
+    assert!(c.tick(1010 + 30_000).is_empty());
+    assert_eq!(c.mux.stats().timers_run, 1);
+    assert_eq!(
+        c.events(),
+        [SocketEvent::SessionClosed {
+            remote: client,
+            reason: DisconnectReason::Timeout
+        }]
+    );
+}

@@ -189,6 +189,12 @@ pub struct MuxStats {
     pub unreachable_unknown: u64,
     /// Gauge: entries in the timer heap now (about one per live session).
     pub timer_entries: u64,
+    /// Session timers that ran ([`SoeSession::handle_timeout`]): something was due.
+    pub timers_run: u64,
+    /// Timer entries that came due after their session's deadline had moved later
+    /// (the ack a retransmission waited for arrived, a delayed ack rode on data):
+    /// moved to the new deadline without running the session or flushing it.
+    pub timers_moved: u64,
     /// Gauge: slots of the session table now (live and free); it shrinks back
     /// after a flood of short-lived sessions.
     pub table_slots: u64,
@@ -214,6 +220,8 @@ impl MuxStats {
         self.remaps_refused += other.remaps_refused;
         self.unreachable_unknown += other.unreachable_unknown;
         self.timer_entries += other.timer_entries;
+        self.timers_run += other.timers_run;
+        self.timers_moved += other.timers_moved;
         self.table_slots += other.table_slots;
     }
 
@@ -1159,7 +1167,9 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
 
     /// Runs at most `limit` due session timers (the earliest first) without
     /// flushing; returns whether more are due. A driver bounds each loop turn this
-    /// way and calls [`SoeMultiplexer::flush`] after.
+    /// way and calls [`SoeMultiplexer::flush`] after. A timer whose session's
+    /// deadline has moved later since it was set is moved there instead of run
+    /// (counted in [`MuxStats::timers_moved`], not in `limit`).
     pub fn run_timers(&mut self, now: Instant, limit: usize) -> bool {
         let mut fired = 0;
         while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
@@ -1179,8 +1189,19 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             if entry.scheduled != Some(deadline) {
                 continue;
             }
+            // Deadlines mostly move later without a timer (an ack arrives, a
+            // delayed ack rides on data), so the entry is often stale by now:
+            // running the session would flush it for nothing. Move it instead.
+            let actual = entry.session.next_deadline();
+            if let Some(at) = actual.filter(|&at| at > now) {
+                entry.scheduled = Some(at);
+                self.timers.push(Reverse((at, slot, generation)));
+                self.stats.timers_moved += 1;
+                continue;
+            }
             entry.scheduled = None;
             fired += 1;
+            self.stats.timers_run += 1;
             self.io.set_owner(slot);
             entry.session.handle_timeout(now, &mut self.io);
             // Rescheduled by the next flush: what is due now (acks, resends) only
