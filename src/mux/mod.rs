@@ -1189,24 +1189,21 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             if entry.scheduled != Some(deadline) {
                 continue;
             }
-            // Deadlines mostly move later without a timer (an ack arrives, a
-            // delayed ack rides on data), so the entry is often stale by now:
-            // running the session would flush it for nothing. Move it instead.
-            let actual = entry.session.next_deadline();
-            if let Some(at) = actual.filter(|&at| at > now) {
-                entry.scheduled = Some(at);
-                self.timers.push(Reverse((at, slot, generation)));
-                self.stats.timers_moved += 1;
-                continue;
-            }
             entry.scheduled = None;
-            fired += 1;
-            self.stats.timers_run += 1;
             self.io.set_owner(slot);
-            entry.session.handle_timeout(now, &mut self.io);
-            // Rescheduled by the next flush: what is due now (acks, resends) only
-            // clears once flushed.
-            self.mark(slot);
+            if entry.session.run_due_timers(now, &mut self.io) {
+                fired += 1;
+                self.stats.timers_run += 1;
+                // Rescheduled by the next flush: what is due now (acks, resends)
+                // only clears once flushed.
+                self.mark(slot);
+            } else {
+                // Deadlines mostly move later without a timer (an ack arrives, a
+                // delayed ack rides on data): nothing was due, so there is nothing
+                // to flush; the timer only moves to the session's real deadline.
+                self.stats.timers_moved += 1;
+                self.reschedule(slot);
+            }
         }
         false
     }

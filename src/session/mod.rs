@@ -80,6 +80,8 @@ enum Deadline {
 /// Which deadlines have passed, in one call of `handle_timeout`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Due {
+    /// Any deadline at all, those the next flush serves included.
+    any: bool,
     connect_timeout: bool,
     connect_retry: bool,
     inactivity: bool,
@@ -90,6 +92,7 @@ struct Due {
 
 impl Due {
     fn mark(&mut self, deadline: Deadline) {
+        self.any = true;
         match deadline {
             Deadline::ConnectTimeout => self.connect_timeout = true,
             Deadline::ConnectRetry => self.connect_retry = true,
@@ -1508,6 +1511,13 @@ impl SoeSession {
     /// [`SoeSession::flush`]. A session quiet for a second also gives back the
     /// buffers its channels grew.
     pub fn handle_timeout(&mut self, now: Instant, io: &mut SessionIo) {
+        self.run_due_timers(now, io);
+    }
+
+    /// [`SoeSession::handle_timeout`], telling whether any deadline had passed: one
+    /// that has not (it moved later since the caller's timer was set) needs no
+    /// flush either.
+    pub(crate) fn run_due_timers(&mut self, now: Instant, io: &mut SessionIo) -> bool {
         let now = self.timestamp(now);
         if now.saturating_duration_since(self.last_received) >= QUIET_RELEASE {
             for s in self.senders.iter_mut() {
@@ -1544,6 +1554,7 @@ impl SoeSession {
             }
         }
         // Retransmissions and delayed acks go out in the next flush.
+        due.any
     }
 
     /// Writes every datagram due at `now` into `io`: handshake packets, acks,
