@@ -9,7 +9,6 @@
 //!
 //! Sequences are tracked as 64-bit counters; only the low 16 bits go on the wire.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::timestamp::Timestamp;
@@ -31,57 +30,60 @@ pub(crate) const MESSAGE_OVERHEAD: usize = 5;
 /// A queue buffer that empties with more capacity than this gives it back at once.
 const KEEP_EMPTY_CAPACITY: usize = 16 << 10;
 
-/// Messages waiting for a sequence number, stored back to back.
+/// Bytes before each queued message: its length.
+const LEN_PREFIX: usize = std::mem::size_of::<u32>();
+
+/// Messages waiting for a sequence number, stored back to back in one buffer, each
+/// after its length: queueing a message and cutting it into a packet touch one
+/// place in memory (with thousands of sessions, each one's state is cold in the
+/// cache when its turn comes, and every separate buffer costs a miss).
 ///
-/// Its buffers grow by at most half their length at a time and never past the room
+/// Its buffer grows by at most half its length at a time and never past the room
 /// the session allows, so the memory it holds tracks what it queues: a peer that
 /// never acknowledges cannot make it hold more than `max_pending_bytes`.
 #[derive(Debug, Default)]
 struct MessageQueue {
     buf: Vec<u8>,
+    /// Where the first message's length starts.
     head: usize,
-    lens: VecDeque<u32>,
+    /// Messages queued.
+    count: usize,
 }
 
 impl MessageQueue {
     fn is_empty(&self) -> bool {
-        self.lens.is_empty()
+        self.count == 0
     }
 
+    /// Bytes of the messages themselves.
     fn bytes(&self) -> usize {
-        self.buf.len() - self.head
+        self.buf.len() - self.head - self.count * LEN_PREFIX
     }
 
-    /// Memory the queue holds: its buffers' capacity.
+    /// Memory the queue holds: its buffer's capacity.
     fn memory(&self) -> usize {
-        self.buf.capacity() + self.lens.capacity() * std::mem::size_of::<u32>()
+        self.buf.capacity()
     }
 
-    /// Makes room for `needed` more bytes and one more message, growing by at most
+    /// Makes room for one more message of up to `needed` bytes, growing by at most
     /// `room` bytes of memory beyond that.
     fn reserve(&mut self, needed: usize, room: usize) {
+        let needed = needed + LEN_PREFIX;
         if self.buf.capacity() - self.buf.len() < needed && self.head > 0 {
             // The consumed front is reused before anything grows.
             self.compact();
         }
-        let mut room = room;
         let free = self.buf.capacity() - self.buf.len();
         if free < needed {
             let extra = (self.buf.len() / 2).min(room);
             self.buf.reserve_exact(needed - free + extra);
-            room -= extra;
-        }
-        if self.lens.len() == self.lens.capacity() {
-            let entry = std::mem::size_of::<u32>();
-            self.lens
-                .reserve_exact((self.lens.len() / 2).min(room / entry).max(1));
         }
     }
 
     /// Gives back what it can cheaply: everything when empty, otherwise the
     /// consumed front (moved out of the way, so new messages reuse it).
     fn compact(&mut self) {
-        if self.lens.is_empty() {
+        if self.count == 0 {
             *self = Self::default();
         } else if self.head > 0 {
             self.buf.drain(..self.head);
@@ -91,37 +93,49 @@ impl MessageQueue {
 
     /// Appends a message written by `write` into the buffer's tail.
     fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.buf.len();
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; LEN_PREFIX]);
         write(&mut self.buf);
-        let len = self.buf.len() - start;
-        self.lens.push_back(len as u32);
+        let len = (self.buf.len() - at - LEN_PREFIX) as u32;
+        self.buf[at..at + LEN_PREFIX].copy_from_slice(&len.to_ne_bytes());
+        self.count += 1;
+    }
+
+    /// The message whose length starts at `at`, and where the next one starts.
+    #[inline]
+    fn message_at(&self, at: usize) -> (&[u8], usize) {
+        let mut len = [0; LEN_PREFIX];
+        len.copy_from_slice(&self.buf[at..at + LEN_PREFIX]);
+        let start = at + LEN_PREFIX;
+        let end = start + u32::from_ne_bytes(len) as usize;
+        (&self.buf[start..end], end)
     }
 
     /// The messages from the front, in order.
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let mut at = self.head;
-        self.lens.iter().map(move |&len| {
-            let msg = &self.buf[at..at + len as usize];
-            at += len as usize;
+        (0..self.count).map(move |_| {
+            let (msg, next) = self.message_at(at);
+            at = next;
             msg
         })
     }
 
     fn front(&self) -> Option<&[u8]> {
-        let len = *self.lens.front()? as usize;
-        Some(&self.buf[self.head..self.head + len])
+        (self.count > 0).then(|| self.message_at(self.head).0)
     }
 
     /// Messages queued.
     fn len(&self) -> usize {
-        self.lens.len()
+        self.count
     }
 
     fn pop(&mut self) {
-        if let Some(len) = self.lens.pop_front() {
-            self.head += len as usize;
+        if self.count > 0 {
+            self.head = self.message_at(self.head).1;
+            self.count -= 1;
         }
-        if self.lens.is_empty() {
+        if self.count == 0 {
             self.buf.clear();
             self.head = 0;
             if self.buf.capacity() > KEEP_EMPTY_CAPACITY {
@@ -811,6 +825,35 @@ mod tests {
     use crate::protocol::DataBundle;
     use crate::protocol::{Framing, Packet};
     use crate::session::io::SessionIo;
+
+    #[test]
+    fn the_message_queue_keeps_messages_and_their_lengths_in_one_buffer() {
+        let mut q = MessageQueue::default();
+        assert!(q.is_empty() && q.front().is_none() && q.iter().next().is_none());
+        let messages: [&[u8]; 4] = [b"a", &[0; 300], b"", b"last one"];
+        for m in messages {
+            q.reserve(m.len(), 1 << 20);
+            q.push_with(|buf| buf.extend_from_slice(m));
+        }
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.bytes(), 309);
+        assert_eq!(q.memory(), q.buf.capacity());
+        assert_eq!(q.iter().collect::<Vec<_>>(), messages);
+        assert_eq!(q.front(), Some(&b"a"[..]));
+        q.pop();
+        assert_eq!(
+            (q.len(), q.bytes(), q.front()),
+            (3, 308, Some(&[0; 300][..]))
+        );
+        q.pop();
+        q.pop();
+        // Compacting keeps what is queued and drops the consumed front.
+        q.compact();
+        assert_eq!(q.head, 0);
+        assert_eq!(q.iter().collect::<Vec<_>>(), [&b"last one"[..]]);
+        q.pop();
+        assert!(q.is_empty() && q.bytes() == 0 && q.buf.is_empty());
+    }
 
     const MS: Duration = Duration::from_millis(1);
 
