@@ -1169,7 +1169,8 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     /// flushing; returns whether more are due. A driver bounds each loop turn this
     /// way and calls [`SoeMultiplexer::flush`] after. A timer whose session's
     /// deadline has moved later since it was set is moved there instead of run
-    /// (counted in [`MuxStats::timers_moved`], not in `limit`).
+    /// (counted in [`MuxStats::timers_moved`], and in `limit`: the turn's bound
+    /// holds however many timers went stale at once).
     pub fn run_timers(&mut self, now: Instant, limit: usize) -> bool {
         let mut fired = 0;
         while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
@@ -1190,9 +1191,9 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
                 continue;
             }
             entry.scheduled = None;
+            fired += 1;
             self.io.set_owner(slot);
             if entry.session.run_due_timers(now, &mut self.io) {
-                fired += 1;
                 self.stats.timers_run += 1;
                 // Rescheduled by the next flush: what is due now (acks, resends)
                 // only clears once flushed.
