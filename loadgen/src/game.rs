@@ -871,6 +871,9 @@ impl GameResult {
         let g = g.unwrap_or(&empty);
         let secs = o.window.as_secs_f64().max(1e-9);
         let (server_cpu, server_kernel) = crate::server::cpu_between(o.server_start, o.server_end);
+        // Server CPU seconds as microseconds per session-second.
+        let us_per_session_s =
+            |cpu: Option<f64>| cpu.map(|c| round(c * 1e6 / (run.sessions.max(1) as f64 * secs), 2));
         let d = &o.mux.sessions;
         let ratio = |a: u64, b: u64| {
             if b > 0 {
@@ -911,10 +914,8 @@ impl GameResult {
             zone_in_every_s: sc.map(|c| c.zone_in_every.map_or(0.0, |e| e.as_secs_f64())),
             zone_in_size: sc.map(|c| c.zone_in_size.to_string()),
             server_cpu_s: server_cpu.map(|c| round(c, 4)),
-            server_cpu_us_per_session_s: server_cpu
-                .map(|c| round(c * 1e6 / (run.sessions.max(1) as f64 * secs), 2)),
-            server_kernel_us_per_session_s: server_kernel
-                .map(|c| round(c * 1e6 / (run.sessions.max(1) as f64 * secs), 2)),
+            server_cpu_us_per_session_s: us_per_session_s(server_cpu),
+            server_kernel_us_per_session_s: us_per_session_s(server_kernel),
             c2s_messages: o.sent,
             c2s_datagrams: d.datagrams_sent,
             c2s_datagrams_per_msg: ratio(d.datagrams_sent, o.sent),

@@ -142,6 +142,11 @@ impl RunResult {
     pub fn new(setup: Setup, o: &ClientOutcome) -> Self {
         let secs = o.window.as_secs_f64().max(1e-9);
         let (server_cpu, server_kernel) = crate::server::cpu_between(o.server_start, o.server_end);
+        // Server CPU seconds as microseconds per echoed message.
+        let us_per_msg = |cpu: Option<f64>| {
+            cpu.filter(|_| o.received > 0)
+                .map(|c| round(c * 1e6 / o.received as f64, 3))
+        };
         let per_cpu = server_cpu
             .filter(|c| *c > 0.0)
             .map(|c| round(o.received as f64 / c, 1));
@@ -184,12 +189,8 @@ impl RunResult {
                 size: setup.size,
                 channel: setup.channel,
                 churn_per_sec: setup.churn,
-                server_cpu_us_per_msg: server_cpu
-                    .filter(|_| o.received > 0)
-                    .map(|c| round(c * 1e6 / o.received as f64, 3)),
-                server_kernel_us_per_msg: server_kernel
-                    .filter(|_| o.received > 0)
-                    .map(|c| round(c * 1e6 / o.received as f64, 3)),
+                server_cpu_us_per_msg: us_per_msg(server_cpu),
+                server_kernel_us_per_msg: us_per_msg(server_kernel),
                 client_datagrams_per_msg: if o.received > 0 {
                     round(
                         (d.datagrams_sent + d.datagrams_received) as f64 / o.received as f64,

@@ -323,13 +323,8 @@ impl Shard {
             } else {
                 now
             };
-            self.driver.end_turn(now, ended, |driver| {
-                let mut stats = driver.snapshot();
-                stats.cpu_time = sys::thread_cpu_time();
-                stats.kernel_time = sys::thread_kernel_time();
-                stats.socket_drops = sys::socket_drops(fd);
-                stats
-            });
+            self.driver
+                .end_turn(now, ended, |driver| with_os_counters(driver.snapshot(), fd));
             self.sleep(saturated || forwarded_left || commands_left, now)?;
         }
         Ok(())
@@ -444,11 +439,7 @@ impl Shard {
     }
 
     fn snapshot(&self) -> super::ShardStats {
-        let mut stats = self.driver.snapshot();
-        stats.cpu_time = sys::thread_cpu_time();
-        stats.kernel_time = sys::thread_kernel_time();
-        stats.socket_drops = sys::socket_drops(self.fd());
-        stats
+        with_os_counters(self.driver.snapshot(), self.fd())
     }
 
     /// Sessions whose peers moved to an address another shard owns go to that
@@ -675,4 +666,13 @@ impl Shard {
             );
         }
     }
+}
+
+/// `stats` with what only the kernel knows: the shard thread's CPU time and its
+/// kernel part (so this runs on the shard's own thread), and the socket's drops.
+fn with_os_counters(mut stats: super::ShardStats, fd: RawFd) -> super::ShardStats {
+    stats.cpu_time = sys::thread_cpu_time();
+    stats.kernel_time = sys::thread_kernel_time();
+    stats.socket_drops = sys::socket_drops(fd);
+    stats
 }
