@@ -479,3 +479,30 @@ fn a_timer_whose_deadline_moved_later_moves_instead_of_running() {
         }]
     );
 }
+
+/// A turn's bound on timer work holds when timers come due stale: each moved
+/// timer counts toward `run_timers`' limit, and the rest wait for the next call.
+#[test]
+fn moved_timers_count_toward_the_turn_limit() {
+    let clients = [addr("10.0.0.1:5000"), addr("10.0.0.2:5000")];
+    let mut c = Conversation::new(SocketConfig::default());
+    let seeds = clients.map(|client| c.open(0, client));
+    for client in clients {
+        c.mux.enqueue_data(&client, b"hello").unwrap();
+    }
+    assert_eq!(c.tick(1000).len(), 2);
+    let resend_at = c.mux.next_deadline().expect("resends are due");
+    // Both acknowledge: both resend timers go stale.
+    for (client, seed) in clients.into_iter().zip(seeds) {
+        c.recv(1010, client, &sealed(seed, "00 15 00 00"));
+    }
+    assert!(c.tick(1010).is_empty());
+
+    let now = resend_at + Duration::from_millis(1);
+    assert!(c.mux.run_timers(now, 1), "one moved, one still due");
+    assert_eq!(c.mux.stats().timers_moved, 1);
+    assert!(!c.mux.run_timers(now, 1));
+    let stats = c.mux.stats();
+    assert_eq!((stats.timers_run, stats.timers_moved), (0, 2));
+    assert!(!c.mux.needs_flush(), "nothing to flush for a moved timer");
+}
