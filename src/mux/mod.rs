@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crate::protocol::{DisconnectReason, OpCode, Packet, SessionRequest};
 use crate::session::{
     ApplicationParameters, Channel, EnqueueError, SessionEvent, SessionIo, SessionMode,
-    SessionParameters, SessionState, SessionStats, SoeSession,
+    SessionParameters, SessionState, SessionStats, SoeSession, TimerRun,
 };
 
 use self::ids::IdSource;
@@ -1050,10 +1050,19 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
     }
 
     fn reschedule(&mut self, slot: u32) {
+        let next = self.slots[slot as usize]
+            .as_ref()
+            .and_then(|entry| entry.session.next_deadline());
+        self.schedule(slot, next);
+    }
+
+    /// Puts `slot`'s timer at `deadline` (its session's next deadline) unless an
+    /// entry at or before it is in the heap already.
+    fn schedule(&mut self, slot: u32, deadline: Option<Instant>) {
         let Some(entry) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        if let Some(deadline) = entry.session.next_deadline()
+        if let Some(deadline) = deadline
             && entry.scheduled.is_none_or(|s| deadline < s)
         {
             entry.scheduled = Some(deadline);
@@ -1193,17 +1202,21 @@ impl<A: RemoteAddr> SoeMultiplexer<A> {
             entry.scheduled = None;
             fired += 1;
             self.io.set_owner(slot);
-            if entry.session.run_due_timers(now, &mut self.io) {
-                self.stats.timers_run += 1;
-                // Rescheduled by the next flush: what is due now (acks, resends)
-                // only clears once flushed.
-                self.mark(slot);
-            } else {
-                // Deadlines mostly move later without a timer (an ack arrives, a
-                // delayed ack rides on data): nothing was due, so there is nothing
-                // to flush; the timer only moves to the session's real deadline.
-                self.stats.timers_moved += 1;
-                self.reschedule(slot);
+            match entry.session.run_due_timers(now, &mut self.io) {
+                TimerRun::Due => {
+                    self.stats.timers_run += 1;
+                    // Rescheduled by the next flush: what is due now (acks,
+                    // resends) only clears once flushed.
+                    self.mark(slot);
+                }
+                TimerRun::NotDue(next) => {
+                    // Deadlines mostly move later without a timer (an ack arrives,
+                    // a delayed ack rides on data): nothing was due, so there is
+                    // nothing to flush; the timer only moves to the session's
+                    // real deadline.
+                    self.stats.timers_moved += 1;
+                    self.schedule(slot, next);
+                }
             }
         }
         false

@@ -77,6 +77,17 @@ enum Deadline {
     Pace,
 }
 
+/// What one run of a session's timers found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerRun {
+    /// A deadline had passed: what it owes goes out with the next flush.
+    Due,
+    /// None had (the deadline moved later since the caller's timer was set):
+    /// nothing to flush. The session's next deadline, as
+    /// [`SoeSession::next_deadline`] gives it.
+    NotDue(Option<Instant>),
+}
+
 /// Which deadlines have passed, in one call of `handle_timeout`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Due {
@@ -824,11 +835,7 @@ impl SoeSession {
     /// When [`SoeSession::handle_timeout`] should next run; `None` when ended.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut earliest: Option<Timestamp> = None;
-        self.visit_deadlines(|_, at| {
-            if earliest.is_none_or(|e| at < e) {
-                earliest = Some(at);
-            }
-        });
+        self.visit_deadlines(|_, at| earliest = Timestamp::earliest(earliest, Some(at)));
         earliest.map(|t| t.to_instant(self.epoch))
     }
 
@@ -1516,8 +1523,8 @@ impl SoeSession {
 
     /// [`SoeSession::handle_timeout`], telling whether any deadline had passed: one
     /// that has not (it moved later since the caller's timer was set) needs no
-    /// flush either.
-    pub(crate) fn run_due_timers(&mut self, now: Instant, io: &mut SessionIo) -> bool {
+    /// flush either, and the same walk over the deadlines gives the new one.
+    pub(crate) fn run_due_timers(&mut self, now: Instant, io: &mut SessionIo) -> TimerRun {
         let now = self.timestamp(now);
         if now.saturating_duration_since(self.last_received) >= QUIET_RELEASE {
             for s in self.senders.iter_mut() {
@@ -1528,11 +1535,17 @@ impl SoeSession {
             }
         }
         let mut due = Due::default();
+        let mut earliest = None;
         self.visit_deadlines(|name, at| {
             if at <= now {
                 due.mark(name);
             }
+            earliest = Timestamp::earliest(earliest, Some(at));
         });
+        if !due.any {
+            // Nothing below would change: `earliest` is `next_deadline`.
+            return TimerRun::NotDue(earliest.map(|t| t.to_instant(self.epoch)));
+        }
         // In the table's order: an ending beats what else is due.
         if due.connect_timeout {
             self.end(DisconnectReason::ConnectFail, Ending::Silent, now, io);
@@ -1554,7 +1567,7 @@ impl SoeSession {
             }
         }
         // Retransmissions and delayed acks go out in the next flush.
-        due.any
+        TimerRun::Due
     }
 
     /// Writes every datagram due at `now` into `io`: handshake packets, acks,
