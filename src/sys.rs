@@ -614,7 +614,7 @@ pub(crate) fn return_free_memory() {
 /// The part of the calling thread's CPU time spent in the kernel (system calls,
 /// and the network stack work they do inline). The kernel splits the exact total
 /// into user and system time by the scheduler tick's samples, so the split is an
-/// estimate with a tick's resolution.
+/// estimate with a tick's resolution. Zero if the kernel refuses the call.
 pub(crate) fn thread_kernel_time() -> std::time::Duration {
     // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
